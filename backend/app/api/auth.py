@@ -1,0 +1,129 @@
+"""Accounts and sessions. Token endpoints answer RFC 6749 errors beside the problem members."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from app.api.deps import Claims, ClientIP, CurrentUser, DbSession
+from app.api.problems import problem_responses
+from app.schemas.auth import (
+    EmailIn,
+    LogoutIn,
+    PasswordResetConfirm,
+    RefreshIn,
+    RegisterIn,
+    TokenIn,
+    TokenPairOut,
+)
+from app.schemas.common import Message
+from app.schemas.user import UserOut
+from app.services import auth
+from app.services.guards import limit_sensitive
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+ACCEPTED = Message(detail="If the address can receive mail, a message is on its way.")
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Create an account (answers the same whether or not the email is taken)",
+    responses=problem_responses(422, 429),
+)
+async def register(body: RegisterIn, session: DbSession, client_ip: ClientIP) -> Message:
+    """Create an account and mail a verification link; an existing account's owner is told instead."""
+    await limit_sensitive("register", client_ip, body.email)
+    await auth.register(
+        session,
+        email=body.email,
+        password=body.password,
+        full_name=body.full_name,
+        timezone=body.timezone,
+        locale=body.locale,
+    )
+    return ACCEPTED
+
+
+@router.post("/verify-email", summary="Confirm an email address", responses=problem_responses(400, 422, 429))
+async def verify_email(body: TokenIn, session: DbSession, client_ip: ClientIP) -> UserOut:
+    """Spend a verification token (single use) and answer the verified user."""
+    await limit_sensitive("verify", client_ip)
+    return UserOut.model_validate(await auth.verify_email(session, body.token))
+
+
+@router.post(
+    "/verify-email/resend",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send the verification email again",
+    responses=problem_responses(422, 429),
+)
+async def resend_verification(body: EmailIn, session: DbSession, client_ip: ClientIP) -> Message:
+    """Mail a fresh verification link if the account exists and is unverified; the answer never tells."""
+    await limit_sensitive("resend", client_ip, body.email)
+    await auth.resend_verification(session, body.email)
+    return ACCEPTED
+
+
+@router.post("/login", summary="Sign in (OAuth2 password grant)", responses=problem_responses(400, 403, 422, 429))
+async def login(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: DbSession, client_ip: ClientIP, response: Response
+) -> TokenPairOut:
+    """Exchange email (`username`) and password for an access and a refresh token."""
+    pair = await auth.login(session, form.username, form.password, client_ip)
+    response.headers.update(NO_STORE)
+    return TokenPairOut(**pair.__dict__)
+
+
+@router.post("/refresh", summary="Rotate a refresh token", responses=problem_responses(400, 422))
+async def refresh(body: RefreshIn, session: DbSession, response: Response) -> TokenPairOut:
+    """Spend a refresh token for a new pair; spending one twice ends that whole login."""
+    pair = await auth.refresh(session, body.refresh_token)
+    response.headers.update(NO_STORE)
+    return TokenPairOut(**pair.__dict__)
+
+
+@router.post(
+    "/logout", status_code=status.HTTP_204_NO_CONTENT, summary="Sign out", responses=problem_responses(401, 422)
+)
+async def logout(claims: Claims, _: CurrentUser, body: LogoutIn | None = None) -> None:
+    """Revoke this access token at once and this login's refresh tokens."""
+    await auth.logout(claims, body.refresh_token if body else None)
+
+
+@router.post(
+    "/logout-all",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Sign out everywhere",
+    responses=problem_responses(401),
+)
+async def logout_all(user: CurrentUser, session: DbSession) -> None:
+    """Revoke every session of the caller, this one included."""
+    await auth.revoke_all_sessions(user)
+
+
+@router.post(
+    "/password-reset",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Mail a password reset link",
+    responses=problem_responses(422, 429),
+)
+async def password_reset(body: EmailIn, session: DbSession, client_ip: ClientIP) -> Message:
+    """Mail a reset link if the account exists; the answer never tells."""
+    await limit_sensitive("reset", client_ip, body.email)
+    await auth.request_password_reset(session, body.email)
+    return ACCEPTED
+
+
+@router.post(
+    "/password-reset/confirm",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Set a new password with a reset token",
+    responses=problem_responses(400, 422, 429),
+)
+async def password_reset_confirm(body: PasswordResetConfirm, session: DbSession, client_ip: ClientIP) -> None:
+    """Spend a reset token, set the new password and end every session."""
+    await limit_sensitive("reset-confirm", client_ip)
+    await auth.confirm_password_reset(session, body.token, body.new_password)

@@ -1,0 +1,83 @@
+"""Reusable Annotated dependencies: the session, the caller, their role, their address."""
+
+import ipaddress
+from functools import lru_cache
+from typing import Annotated
+
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import get_settings
+from app.database import get_session
+from app.errors import Forbidden, InvalidToken, Unauthorized
+from app.models import Role, User
+from app.services import auth
+from app.utils.security import AccessClaims, decode_access_token
+
+# scope="function": the transaction commits before the response is sent, so a failed commit is never a 2xx.
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+
+
+async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)]) -> AccessClaims:
+    if not token:
+        raise Unauthorized()
+    try:
+        return decode_access_token(token)
+    except jwt.InvalidTokenError as exc:
+        raise InvalidToken() from exc
+
+
+Claims = Annotated[AccessClaims, Depends(get_access_claims)]
+
+
+async def get_current_user(session: DbSession, claims: Claims) -> User:
+    return await auth.authenticate_access(session, claims)
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_role(*roles: Role):
+    async def dependency(user: CurrentUser) -> User:
+        if user.role not in roles:
+            raise Forbidden("Your role does not allow this")
+        return user
+
+    return dependency
+
+
+StaffUser = Annotated[User, Depends(require_role(Role.staff, Role.admin))]
+AdminUser = Annotated[User, Depends(require_role(Role.admin))]
+
+
+@lru_cache
+def _trusted_networks(raw: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(item, strict=False) for item in raw)
+
+
+def _is_trusted(address: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def get_client_ip(request: Request) -> str:
+    """The peer address; `X-Forwarded-For` is believed only hop by hop through configured proxies."""
+    peer = request.client.host if request.client else "unknown"
+    networks = _trusted_networks(tuple(get_settings().trusted_proxies))
+    if not networks or not _is_trusted(peer, networks):
+        return peer
+    forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
+    for address in reversed(forwarded):
+        if not _is_trusted(address, networks):
+            return address
+    return forwarded[0] if forwarded else peer
+
+
+ClientIP = Annotated[str, Depends(get_client_ip)]

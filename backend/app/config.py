@@ -1,0 +1,90 @@
+"""One settings object for the whole backend, read from the environment (and `.env`)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SECRET_KEY = "change-me-in-production-this-is-only-for-development"
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    secret_key: str = DEFAULT_SECRET_KEY
+    log_level: str = "INFO"
+    data_dir: Path = BACKEND_DIR / ".data"
+
+    # Unset in development means "start embedded servers" (see app/embedded.py).
+    database_url: str | None = None
+    redis_url: str | None = None
+    db_pool_size: int = 10
+
+    mail_server: str = "127.0.0.1"
+    mail_port: int = 1025
+    mail_from: str = "c3po <no-reply@c3po.local>"
+    mail_username: str = ""
+    mail_password: str = ""
+    mail_starttls: bool = False
+    mail_ssl_tls: bool = False
+    mail_timeout_seconds: int = 10
+    frontend_url: str = "http://localhost:5173"
+
+    cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173"]
+    trusted_proxies: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = 1024 * 1024
+
+    jwt_issuer: str = "c3po"
+    jwt_audience: str = "c3po-api"
+    access_token_expire_minutes: int = 15
+    refresh_token_expire_days: int = 14
+    verify_email_token_expire_hours: int = 48
+    password_reset_token_expire_minutes: int = 60
+
+    login_failures_per_email: str = "5/15 minutes"
+    login_attempts_per_ip: str = "30/minute"
+    sensitive_requests_per_ip: str = "10/minute"
+    sensitive_requests_per_email: str = "5/hour"
+
+    cancellation_min_notice_hours: int = 24
+    reminder_offsets: list[int] = Field(default_factory=lambda: [1440, 60])
+
+    outbox_max_attempts: int = 12
+    outbox_relay_seconds: int = 5
+
+    sentry_dsn: str | None = None
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        """Accept `a,b` as well as a JSON list, so the variables are easy to set by hand."""
+        if isinstance(value, str):
+            value = value.strip()
+            if value.startswith("["):
+                import json
+
+                return json.loads(value)
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secret_in_production(self) -> "Settings":
+        if self.environment == "production":
+            if self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32:
+                raise ValueError("SECRET_KEY must be set to a random value of 32+ characters in production")
+            if not self.database_url or not self.redis_url:
+                raise ValueError("DATABASE_URL and REDIS_URL are required in production")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

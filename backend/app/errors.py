@@ -1,0 +1,98 @@
+"""Typed application errors, rendered as RFC 9457 problem details by one handler in `main.py`."""
+
+from typing import Any
+
+
+class AppError(Exception):
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class NotFound(AppError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Unauthorized(AppError):
+    status, code, title = 401, "not_authenticated", "Not authenticated"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
+
+
+class InvalidToken(Unauthorized):
+    code, title = "invalid_token", "Invalid or expired token"
+
+
+class Forbidden(AppError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class EmailNotVerified(Forbidden):
+    code, title = "email_not_verified", "Email address not verified"
+
+
+class InactiveUser(Forbidden):
+    code, title = "inactive_user", "Account is deactivated"
+
+
+class Conflict(AppError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class EmailTaken(Conflict):
+    code, title = "email_taken", "An account with this email already exists"
+
+
+class BadToken(AppError):
+    """A single-use token (verification, password reset) that is unknown, used or expired."""
+
+    status, code, title = 400, "invalid_token", "Invalid or expired token"
+
+
+class WrongPassword(AppError):
+    status, code, title = 400, "invalid_password", "Current password is incorrect"
+
+
+class WeakPassword(AppError):
+    status, code, title = 422, "weak_password", "Password is too common"
+
+
+class OAuthError(AppError):
+    """Token endpoint errors carry RFC 6749 §5.2 members beside the problem members."""
+
+    status, code, title = 400, "invalid_grant", "Invalid grant"
+    error = "invalid_grant"
+
+    def __init__(self, detail: str | None = None, **extra: Any) -> None:
+        super().__init__(detail, error=self.error, error_description=detail or self.title, **extra)
+
+
+class InvalidCredentials(OAuthError):
+    code, title = "invalid_credentials", "Incorrect email or password"
+
+
+class InvalidRefreshToken(OAuthError):
+    code, title = "invalid_refresh_token", "Refresh token is invalid, expired or revoked"
+
+
+class TokenReused(OAuthError):
+    code, title = "token_reused", "Refresh token was already used; the session has been revoked"
+
+
+class RateLimited(AppError):
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+    def __init__(self, retry_after: int, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(AppError):
+    status, code, title = 503, "service_unavailable", "Service unavailable"

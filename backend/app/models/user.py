@@ -1,0 +1,58 @@
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Timestamps, UUIDPk
+
+
+class Role(enum.StrEnum):
+    user = "user"
+    staff = "staff"
+    admin = "admin"
+
+
+class User(UUIDPk, Timestamps, Base):
+    __tablename__ = "users"
+    __table_args__ = (
+        CheckConstraint("role IN ('user', 'staff', 'admin')", name="role"),
+        CheckConstraint("locale IN ('en', 'ru')", name="locale"),
+        Index("uq_users_email", "email", unique=True),
+    )
+
+    email: Mapped[str] = mapped_column(String(320))  # stored lower-cased
+    hashed_password: Mapped[str] = mapped_column(String(255))
+    full_name: Mapped[str] = mapped_column(String(200))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    locale: Mapped[str] = mapped_column(String(2), default="en")
+    role: Mapped[str] = mapped_column(String(16), default=Role.user.value)
+    is_active: Mapped[bool] = mapped_column(default=True)
+    email_verified_at: Mapped[datetime | None]
+    # Every token issued before this instant is dead: logout-all, password reset, deactivation.
+    tokens_valid_after: Mapped[datetime] = mapped_column(server_default=func.now())
+    deleted_at: Mapped[datetime | None]
+
+    @property
+    def is_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+
+class ActionTokenPurpose(enum.StrEnum):
+    verify_email = "verify_email"
+    password_reset = "password_reset"
+
+
+class ActionToken(Base):
+    """Single-use tokens mailed to a user; only a SHA-256 of the token is kept."""
+
+    __tablename__ = "action_tokens"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())

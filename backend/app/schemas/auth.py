@@ -1,0 +1,54 @@
+from pydantic import BaseModel, EmailStr, Field
+
+from app.schemas.common import FullName, Password, StrictModel, TimeZoneName
+from app.schemas.user import Locale
+
+
+class RegisterIn(StrictModel):
+    email: EmailStr
+    password: Password
+    full_name: FullName
+    timezone: TimeZoneName = "UTC"
+    locale: Locale = "en"
+
+    model_config = {
+        "json_schema_extra": {
+            "examples": [
+                {
+                    "email": "ada@example.com",
+                    "password": "correct horse battery staple",
+                    "full_name": "Ada Lovelace",
+                    "timezone": "Europe/London",
+                    "locale": "en",
+                }
+            ]
+        }
+    }
+
+
+class TokenIn(StrictModel):
+    token: str = Field(min_length=1, max_length=256)
+
+
+class EmailIn(StrictModel):
+    email: EmailStr
+
+
+class RefreshIn(StrictModel):
+    refresh_token: str = Field(min_length=1, max_length=256)
+
+
+class LogoutIn(StrictModel):
+    refresh_token: str | None = Field(default=None, max_length=256)
+
+
+class PasswordResetConfirm(StrictModel):
+    token: str = Field(min_length=1, max_length=256)
+    new_password: Password
+
+
+class TokenPairOut(BaseModel):
+    access_token: str
+    refresh_token: str
+    token_type: str = "bearer"
+    expires_in: int = Field(description="Seconds until the access token expires")

@@ -1,0 +1,35 @@
+from typing import Annotated
+from zoneinfo import available_timezones
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+# Unicode and spaces are fine, nothing is truncated; common passwords are refused by the service.
+Password = Annotated[str, Field(min_length=8, max_length=128, examples=["correct horse battery staple"])]
+
+
+def _known_timezone(value: str) -> str:
+    if value not in _TIMEZONES:
+        raise ValueError("unknown IANA time zone (for example Europe/Berlin or America/New_York)")
+    return value
+
+
+_TIMEZONES = frozenset(available_timezones())
+TimeZoneName = Annotated[str, AfterValidator(_known_timezone), Field(examples=["Europe/Berlin"])]
+FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class StrictModel(BaseModel):
+    """Request bodies: unknown fields are refused, so nobody can sneak in `role` or `is_active`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page[T](BaseModel):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int

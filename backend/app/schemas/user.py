@@ -1,0 +1,62 @@
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
+
+from app.models import Role
+from app.schemas.common import FullName, Password, StrictModel, TimeZoneName
+
+Locale = Literal["en", "ru"]
+
+
+class UserOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    email: str
+    full_name: str
+    phone: str | None
+    timezone: str
+    locale: str
+    role: Role
+    is_active: bool
+    is_verified: bool
+    created_at: datetime
+
+
+class UserUpdateMe(StrictModel):
+    """Only these fields; `role`, `email` and `is_active` are refused with 422."""
+
+    full_name: FullName | None = None
+    phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9 ()-]{3,32}$", examples=["+49 30 1234567"])
+    timezone: TimeZoneName | None = None
+    locale: Locale | None = None
+
+
+class PasswordChange(StrictModel):
+    current_password: str = Field(max_length=128)
+    new_password: Password
+
+
+class UserCreate(StrictModel):
+    email: EmailStr
+    password: Password
+    full_name: FullName
+    role: Role = Role.user
+    timezone: TimeZoneName = "UTC"
+    locale: Locale = "en"
+    phone: str | None = Field(default=None, max_length=32)
+    is_verified: bool = True
+
+
+class UserAdminUpdate(UserUpdateMe):
+    role: Role | None = None
+    is_active: bool | None = None
+
+
+class UserExport(BaseModel):
+    user: UserOut
+    email_verified_at: datetime | None
+    updated_at: datetime
+    appointments: list[dict] = Field(default_factory=list)

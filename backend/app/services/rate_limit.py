@@ -1,0 +1,55 @@
+"""Moving-window rate limits in Redis (`limits`), shared by every API process."""
+
+import time
+
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from app.config import get_settings
+from app.errors import RateLimited
+
+_limiter: MovingWindowRateLimiter | None = None
+_storage: RedisStorage | None = None
+
+
+def _get_limiter() -> MovingWindowRateLimiter:
+    global _limiter, _storage
+    if _limiter is None:
+        url = get_settings().redis_url or ""
+        _storage = RedisStorage("async+" + url, implementation="redispy", socket_timeout=2, socket_connect_timeout=2)
+        _limiter = MovingWindowRateLimiter(_storage)
+    return _limiter
+
+
+def reset_limiter() -> None:
+    global _limiter, _storage
+    _limiter = _storage = None
+
+
+async def _retry_after(item: RateLimitItem, *key: str) -> int:
+    stats = await _get_limiter().get_window_stats(item, *key)
+    return max(1, int(stats.reset_time - time.time()) + 1)
+
+
+async def ensure_allowed(limit: str, *key: str) -> None:
+    """Raise 429 if the window is already full, without counting this request."""
+    item = parse(limit)
+    if not await _get_limiter().test(item, *key):
+        raise RateLimited(await _retry_after(item, *key))
+
+
+async def hit(limit: str, *key: str) -> None:
+    """Count one request; raise 429 when the window was already full."""
+    item = parse(limit)
+    if not await _get_limiter().hit(item, *key):
+        raise RateLimited(await _retry_after(item, *key))
+
+
+async def record(limit: str, *key: str) -> None:
+    """Count one event (a failed login, say) without refusing anything now."""
+    await _get_limiter().hit(parse(limit), *key)
+
+
+def limits_for(name: str) -> str:
+    return getattr(get_settings(), name)

@@ -1,0 +1,106 @@
+"""Password hashing (argon2id, bcrypt accepted and upgraded) and JWT access tokens."""
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+from pwdlib import PasswordHash
+from pwdlib.hashers.argon2 import Argon2Hasher
+from pwdlib.hashers.bcrypt import BcryptHasher
+
+from app.config import get_settings
+
+ALGORITHM = "HS256"
+ACCESS_TOKEN_TYPE = "access"
+
+# The first hasher hashes; the others only verify, and `verify_and_update` re-hashes with the first.
+password_hash = PasswordHash((Argon2Hasher(), BcryptHasher()))
+# Verifying against this keeps "unknown email" as slow as "wrong password".
+_DUMMY_HASH = password_hash.hash("timing-equaliser-" + secrets.token_hex(8))
+
+
+def hash_password(password: str) -> str:
+    return password_hash.hash(password)
+
+
+def verify_password(password: str, hashed: str) -> tuple[bool, str | None]:
+    """(valid, new hash when the stored one should be upgraded)."""
+    try:
+        return password_hash.verify_and_update(password, hashed)
+    except ValueError:  # bcrypt refuses passwords over 72 bytes: such a password never matched
+        return False, None
+
+
+def burn_password_check(password: str) -> None:
+    password_hash.verify(password, _DUMMY_HASH)
+
+
+def random_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AccessClaims:
+    user_id: uuid.UUID
+    jti: str
+    role: str
+    session_id: str  # the refresh-token family this access token was issued with
+    issued_at: float
+    expires_at: float
+
+
+def create_access_token(
+    user_id: uuid.UUID, role: str, *, session_id: str, now: datetime | None = None
+) -> tuple[str, int]:
+    settings = get_settings()
+    issued = now or datetime.now(UTC)
+    lifetime = settings.access_token_expire_minutes * 60
+    claims: dict[str, Any] = {
+        "sub": str(user_id),
+        "role": role,
+        "typ": ACCESS_TOKEN_TYPE,
+        "jti": uuid.uuid4().hex,
+        "sid": session_id,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        # Sub-second iat so "tokens valid after" can cut between two tokens of the same second.
+        "iat": issued.timestamp(),
+        "nbf": int(issued.timestamp()),
+        "exp": int((issued + timedelta(seconds=lifetime)).timestamp()),
+    }
+    return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM), lifetime
+
+
+def decode_access_token(token: str) -> AccessClaims:
+    """Raise `jwt.InvalidTokenError` for anything but a valid, unexpired access token of ours."""
+    settings = get_settings()
+    claims = jwt.decode(
+        token,
+        settings.secret_key,
+        algorithms=[ALGORITHM],
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        options={"require": ["sub", "exp", "iat", "nbf", "jti", "iss", "aud", "typ", "role", "sid"]},
+    )
+    if claims["typ"] != ACCESS_TOKEN_TYPE:
+        raise jwt.InvalidTokenError("not an access token")
+    try:
+        user_id = uuid.UUID(claims["sub"])
+    except (ValueError, TypeError) as exc:
+        raise jwt.InvalidTokenError("bad subject") from exc
+    return AccessClaims(
+        user_id=user_id,
+        jti=str(claims["jti"]),
+        role=str(claims["role"]),
+        session_id=str(claims["sid"]),
+        issued_at=float(claims["iat"]),
+        expires_at=float(claims["exp"]),
+    )

@@ -1,0 +1,143 @@
+"""Test harness: a fresh database built by Alembic on real PostgreSQL, a real Redis, per-test cleanup.
+
+`TEST_DATABASE_URL` / `TEST_REDIS_URL` point at running servers (CI); when unset, embedded
+PostgreSQL and Valkey are started for the session. The Redis database given is flushed between tests.
+"""
+
+import asyncio
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from httpx import ASGITransport, AsyncClient
+
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def _plain(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+@pytest.fixture(scope="session")
+def service_urls() -> Iterator[dict[str, str]]:
+    """Servers for the session and a database of our own on the PostgreSQL one."""
+    embedded = None
+    db_url = os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("TEST_REDIS_URL")
+    if not db_url or not redis_url:
+        from app.embedded import start_embedded
+
+        embedded = start_embedded(
+            Path(tempfile.mkdtemp(prefix="c3po-test-")), need_db=not db_url, need_redis=not redis_url
+        )
+        db_url = db_url or embedded.database_url
+        redis_url = redis_url or embedded.redis_url
+    name = f"c3po_test_{uuid.uuid4().hex[:12]}"
+    admin_url = _plain(db_url)
+
+    async def create() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    test_db_url = _with_database(_plain(db_url), name)
+    os.environ.update(
+        ENVIRONMENT="test",
+        DATABASE_URL=test_db_url,
+        REDIS_URL=redis_url,
+        SECRET_KEY="test-secret-key-" + "x" * 32,
+        LOG_LEVEL="WARNING",
+    )
+    from app.config import get_settings
+
+    get_settings.cache_clear()
+    _migrate(test_db_url)
+    try:
+        yield {"database_url": test_db_url, "redis_url": redis_url, "admin_database_url": admin_url}
+    finally:
+        asyncio.run(drop())
+        if embedded is not None:
+            embedded.stop()
+
+
+def _migrate(url: str) -> None:
+    from alembic.config import Config
+
+    from alembic import command
+
+    config = Config(str(BACKEND_DIR / "alembic.ini"))
+    config.attributes["url"] = url
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+
+
+@pytest.fixture(scope="session")
+async def app(service_urls):
+    from app.main import create_app
+
+    application = create_app()
+    yield application
+    from app.database import dispose_engine
+    from app.redis import close_redis
+    from app.services.outbox import close_arq_pool
+    from app.services.rate_limit import reset_limiter
+
+    await close_arq_pool()
+    await close_redis()
+    reset_limiter()
+    await dispose_engine()
+
+
+@pytest.fixture(autouse=True)
+async def _clean_state(request) -> AsyncIterator[None]:
+    """Every test starts with empty tables and an empty Redis database."""
+    if "service_urls" not in request.fixturenames and "app" not in request.fixturenames:
+        yield
+        return
+    yield
+    from sqlalchemy import text
+
+    from app.database import get_engine
+    from app.models import Base
+    from app.redis import get_redis
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with get_engine().begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await get_redis().flushdb()
+
+
+@pytest.fixture
+async def client(app) -> AsyncIterator[AsyncClient]:
+    transport = ASGITransport(app=app, client=("203.0.113.7", 50000))
+    async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+@pytest.fixture
+async def session(app):
+    """A session for arranging data and checking results (commits are real)."""
+    from app.database import get_sessionmaker
+
+    async with get_sessionmaker()() as db:
+        yield db
