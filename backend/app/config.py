@@ -51,10 +51,13 @@ class Settings(BaseSettings):
     sensitive_requests_per_email: str = "5/hour"
 
     cancellation_min_notice_hours: int = 24
+    slot_step_minutes: int | None = None  # unset: slots step by the service's duration
     reminder_offsets: list[int] = Field(default_factory=lambda: [1440, 60])
 
     outbox_max_attempts: int = 12
-    outbox_relay_seconds: int = 5
+    outbox_relay_seconds: float = 5
+    outbox_backoff_seconds: float = 2  # retry after 2 s, 4 s, 8 s, ... up to the maximum
+    outbox_backoff_max_seconds: float = 300
 
     sentry_dsn: str | None = None
 

@@ -1,6 +1,6 @@
 """Async engine and the per-request session: one transaction per unit of work."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from loguru import logger
@@ -51,15 +51,18 @@ async def dispose_engine() -> None:
     _engine = _sessionmaker = None
 
 
+def after_commit(session: AsyncSession, action: Callable[[], Awaitable[None]]) -> None:
+    """Run `action` once this session's transaction has committed (never after a rollback)."""
+    session.info.setdefault("after_commit", []).append(action)
+
+
 @asynccontextmanager
 async def unit_of_work() -> AsyncIterator[AsyncSession]:
     """Open a session, commit once at the end (roll back on any error), then release side effects.
 
-    Services only `flush()`; outbox rows they add are handed to the worker after the commit,
-    so nothing leaves for a change that was rolled back.
+    Services only `flush()`; what they register with `after_commit` (handing outbox rows to the
+    worker, invalidating caches, publishing events) runs only once the data is really there.
     """
-    from app.services.outbox import dispatch_after_commit
-
     async with get_sessionmaker()() as session:
         try:
             yield session
@@ -67,12 +70,12 @@ async def unit_of_work() -> AsyncIterator[AsyncSession]:
         except BaseException:
             await session.rollback()
             raise
-        pending = session.info.pop("outbox_ids", [])
-    if pending:
+        actions = session.info.pop("after_commit", [])
+    for action in actions:
         try:
-            await dispatch_after_commit(pending)
-        except Exception:  # the worker's relay picks the rows up; the request must not fail for this
-            logger.opt(exception=True).warning("outbox hand-off failed; the relay will deliver {}", pending)
+            await action()
+        except Exception:  # best effort: each action has a fallback (the outbox relay, cache expiry)
+            logger.opt(exception=True).warning("an after-commit action failed")
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:

@@ -86,6 +86,10 @@ class TokenReused(OAuthError):
     code, title = "token_reused", "Refresh token was already used; the session has been revoked"
 
 
+class UnsupportedMediaType(AppError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+
 class RateLimited(AppError):
     status, code, title = 429, "rate_limited", "Too many requests"
 

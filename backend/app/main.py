@@ -3,17 +3,18 @@
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import auth, health, users
-from app.api.problems import install_problem_handlers
+from app.api.deps import require_body_media_type
+from app.api.problems import document_common_problems, install_problem_handlers
 from app.config import Settings, get_settings
 from app.database import dispose_engine
 from app.logging import setup_logging
-from app.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from app.redis import close_redis
 from app.services.outbox import close_arq_pool
 from app.services.rate_limit import reset_limiter
@@ -52,18 +53,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1.0.0",
         summary="Book time with specialists: accounts, services, availability, appointments.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
+        dependencies=[Depends(require_body_media_type)],
         generate_unique_id_function=_operation_id,
         swagger_ui_parameters={"persistAuthorization": True},
     )
     install_problem_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
-    api.include_router(auth.router)
-    api.include_router(users.router)
+    for module in (auth, users):
+        api.include_router(document_common_problems(module.router))
     app.include_router(api)
     app.include_router(health.router)
 
+    # Not FastAPI's `max_body_size`: its 413 is plain text sent from outside every user middleware.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -1,11 +1,17 @@
-"""Pure ASGI middleware: request id and security headers (cheap: no body buffering)."""
+"""Pure ASGI middleware: request id, security headers, last-resort 500s, body size limit (no body buffering)."""
 
 import re
+import time
 import uuid
+from http import HTTPStatus
 
-from starlette.datastructures import MutableHeaders
+from loguru import logger
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.problems import problem_response
 from app.logging import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -21,6 +27,7 @@ DOCS_CSP = (
     "worker-src 'self' blob:; frame-ancestors 'none'"
 )
 DOCS_PATHS = ("/docs", "/redoc", "/admin")
+QUIET_PATHS = ("/health", "/metrics")
 
 
 class RequestContextMiddleware:
@@ -36,9 +43,14 @@ class RequestContextMiddleware:
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
         csp = DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else API_CSP
+        started = time.perf_counter()
+        status = 500
+        response_started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                status, response_started = message["status"], True
                 headers = MutableHeaders(scope=message)
                 headers[REQUEST_ID_HEADER] = request_id
                 headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -52,5 +64,61 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            # Answered here, not by Starlette's outermost error middleware: its 500 would bypass this
+            # middleware (no request id, no security headers) and be logged without the request id.
+            logger.opt(exception=exc).error("unhandled error")
+            if response_started or scope["type"] != "http":
+                raise
+            await _internal_error()(scope, receive, send_with_headers)
         finally:
+            if scope["type"] == "http" and not scope["path"].startswith(QUIET_PATHS):
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                logger.info("{} {} {} {:.1f}ms", scope["method"], scope["path"], status, elapsed_ms)
             request_id_var.reset(token)
+
+
+def _internal_error() -> JSONResponse:
+    return problem_response(500, "internal_error", "Internal server error", "Something went wrong on our side")
+
+
+class _BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, _too_large(limit))
+
+
+def _too_large(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes"
+
+
+class BodySizeLimitMiddleware:
+    """413 for a body over `max_bytes`: at once when `Content-Length` says so, else while it streams in.
+
+    Runs inside `RequestContextMiddleware`, so the 413 carries the same headers as every other answer.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = problem_response(413, "payload_too_large", HTTPStatus(413).phrase, _too_large(self.max_bytes))
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def receive_with_limit() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge(self.max_bytes)  # rendered by the HTTPException problem handler
+            return message
+
+        await self.app(scope, receive_with_limit, send)

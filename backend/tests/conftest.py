@@ -127,10 +127,22 @@ async def _clean_state(request) -> AsyncIterator[None]:
     await get_redis().flushdb()
 
 
+# Whatever a test asks, no answer may ever carry a password hash: neither the field nor a hash value.
+# (A 422 may name `hashed_password` in an error's `loc` when a client sent it; that is not a leak.)
+_HASH_MARKERS = ('"hashed_password":', "$argon2", "$2b$")
+
+
+async def _no_password_hash(response) -> None:
+    body = (await response.aread()).decode("utf-8", "replace")
+    leaked = [marker for marker in _HASH_MARKERS if marker in body]
+    assert not leaked, f"{response.request.method} {response.request.url} leaked {leaked}"
+
+
 @pytest.fixture
 async def client(app) -> AsyncIterator[AsyncClient]:
     transport = ASGITransport(app=app, client=("203.0.113.7", 50000))
-    async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+    hooks = {"response": [_no_password_hash]}
+    async with AsyncClient(transport=transport, base_url="http://testserver", event_hooks=hooks) as http:
         yield http
 
 

@@ -1,23 +1,51 @@
 """Reusable Annotated dependencies: the session, the caller, their role, their address."""
 
+import email.message
 import ipaddress
 from functools import lru_cache
 from typing import Annotated
 
 import jwt
-from fastapi import Depends, Request
+from fastapi import Depends, Request, params
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
 from app.database import get_session
-from app.errors import Forbidden, InvalidToken, Unauthorized
+from app.errors import Forbidden, InvalidToken, Unauthorized, UnsupportedMediaType
 from app.models import Role, User
 from app.services import auth
 from app.utils.security import AccessClaims, decode_access_token
 
 # scope="function": the transaction commits before the response is sent, so a failed commit is never a 2xx.
 DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]
+
+FORM_MEDIA_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+
+
+def _accepts(media_type: str, *, form: bool) -> bool:
+    if form:
+        return media_type in FORM_MEDIA_TYPES
+    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
+
+
+async def require_body_media_type(request: Request) -> None:
+    """415 for a body the route cannot read: not JSON for a JSON route, not a form for a form route.
+
+    FastAPI itself would hand such a body to validation and answer a puzzling 422.
+    """
+    body_field = getattr(request.scope.get("route"), "body_field", None)
+    has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+    if body_field is None or not has_body:
+        return
+    form = isinstance(body_field.field_info, params.Form)
+    header = email.message.Message()
+    header["content-type"] = request.headers.get("content-type", "")
+    media_type = header.get_content_type() if request.headers.get("content-type") else ""
+    if not _accepts(media_type, form=form):
+        expected = "a form (application/x-www-form-urlencoded)" if form else "JSON (application/json)"
+        raise UnsupportedMediaType(f"Send the body as {expected}")
+
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 

@@ -3,11 +3,14 @@
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute, iter_route_contexts
 from loguru import logger
 from pydantic import BaseModel
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError
@@ -64,11 +67,38 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return problem_response(422, "validation_error", "Validation error", "The request is not valid", errors=errors)
 
 
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers to: the router's 405 names only the first route that matched the path."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in iter_route_contexts(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and route.methods and regex.match(path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     phrase = HTTPStatus(exc.status_code).phrase
     code = _HTTP_CODES.get(exc.status_code, phrase.lower().replace(" ", "_"))
     detail = exc.detail if isinstance(exc.detail, str) else phrase
-    return problem_response(exc.status_code, code, phrase, detail, dict(exc.headers or {}))
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return problem_response(exc.status_code, code, phrase, detail, headers)
+
+
+async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
+    logger.opt(exception=exc).error("a backing service is unavailable")
+    return problem_response(
+        503, "service_unavailable", "Service unavailable", "Please try again shortly", {"Retry-After": "5"}
+    )
+
+
+async def _dependency_down_if_disconnect(request: Request, exc: DBAPIError) -> JSONResponse:
+    if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
+        return await _dependency_down(request, exc)
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
@@ -80,6 +110,8 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RedisError, _dependency_down)
+    app.add_exception_handler(DBAPIError, _dependency_down_if_disconnect)
     app.add_exception_handler(Exception, _unexpected)
 
 
@@ -93,3 +125,16 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
         }
         for status in statuses
     }
+
+
+def document_common_problems(router: APIRouter) -> APIRouter:
+    """Problems any route can answer (body too large or of the wrong type, a server or dependency
+    failure) go into each route's documented responses, so generated clients know their shape."""
+    ref = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        statuses = [500, 503] + ([413, 415] if route.body_field is not None else [])
+        for status in statuses:
+            route.responses.setdefault(status, {"description": HTTPStatus(status).phrase, "content": ref})
+    return router

@@ -8,13 +8,13 @@ from fastapi import APIRouter, Query, status
 from app.api.deps import AdminUser, Claims, CurrentUser, DbSession
 from app.api.problems import problem_responses
 from app.models import Role
-from app.schemas.common import Page
-from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserUpdateMe
+from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
 from app.services import auth, users
 
 router = APIRouter(prefix="/users", tags=["users"])
 
-AUTH_ERRORS = problem_responses(401, 422)
+AUTH_ERRORS = problem_responses(401)
+AUTH_BODY_ERRORS = problem_responses(401, 422)
 ADMIN_ERRORS = problem_responses(401, 403, 404, 422)
 
 
@@ -24,7 +24,7 @@ async def get_me(user: CurrentUser) -> UserOut:
     return UserOut.model_validate(user)
 
 
-@router.patch("/me", summary="Edit my profile", responses=AUTH_ERRORS)
+@router.patch("/me", summary="Edit my profile", responses=AUTH_BODY_ERRORS)
 async def update_me(body: UserUpdateMe, user: CurrentUser, session: DbSession) -> UserOut:
     """Change name, phone, time zone or locale; any other field is refused with 422."""
     return UserOut.model_validate(await users.update_profile(user, body.model_dump(exclude_unset=True)))
@@ -54,17 +54,17 @@ async def delete_me(user: CurrentUser, session: DbSession) -> None:
 
 
 @router.get("", summary="List users", responses=problem_responses(401, 403, 422))
-async def list_users(
+async def list(
     _: AdminUser,
     session: DbSession,
     role: Role | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Part of the email or name")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> Page[UserOut]:
+) -> UserPage:
     """Users, oldest first, filtered by role and by a part of the email or name."""
     rows, total = await users.list_users(session, role=role, q=q, limit=limit, offset=offset)
-    return Page[UserOut](items=[UserOut.model_validate(u) for u in rows], total=total, limit=limit, offset=offset)
+    return UserPage(items=[UserOut.model_validate(u) for u in rows], total=total, limit=limit, offset=offset)
 
 
 @router.post(
@@ -73,20 +73,20 @@ async def list_users(
     summary="Create a user",
     responses=problem_responses(401, 403, 409, 422),
 )
-async def create_user(body: UserCreate, _: AdminUser, session: DbSession) -> UserOut:
+async def create(body: UserCreate, _: AdminUser, session: DbSession) -> UserOut:
     """Create a user of any role (a new specialist, say), verified or not."""
     data = body.model_dump(exclude={"is_verified"})
     return UserOut.model_validate(await users.create_user(session, verified=body.is_verified, **data))
 
 
 @router.get("/{user_id}", summary="Get a user", responses=ADMIN_ERRORS)
-async def get_user(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> UserOut:
+async def get(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> UserOut:
     """One user by id."""
     return UserOut.model_validate(await users.get_user(session, user_id))
 
 
 @router.patch("/{user_id}", summary="Edit a user", responses=ADMIN_ERRORS)
-async def update_user(user_id: uuid.UUID, body: UserAdminUpdate, _: AdminUser, session: DbSession) -> UserOut:
+async def update(user_id: uuid.UUID, body: UserAdminUpdate, _: AdminUser, session: DbSession) -> UserOut:
     """Change a user's profile, role or active flag; a role change or deactivation ends their sessions."""
     user = await users.get_user(session, user_id)
     return UserOut.model_validate(await users.admin_update(session, user, body.model_dump(exclude_unset=True)))
@@ -95,6 +95,6 @@ async def update_user(user_id: uuid.UUID, body: UserAdminUpdate, _: AdminUser, s
 @router.delete(
     "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a user", responses=ADMIN_ERRORS
 )
-async def deactivate_user(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> None:
+async def deactivate(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> None:
     """Deactivate a user: they can no longer sign in and their sessions end at once."""
     await users.deactivate(session, await users.get_user(session, user_id))

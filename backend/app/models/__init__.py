@@ -1,5 +1,34 @@
+from app.models.appointment import (
+    LIVE_STATUSES,
+    Appointment,
+    AppointmentSeries,
+    AppointmentStatus,
+    Reminder,
+)
+from app.models.audit import AuditEntry
 from app.models.base import Base
 from app.models.outbox import OutboxMessage
+from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInterval
+from app.models.service import Service, service_staff
 from app.models.user import ActionToken, ActionTokenPurpose, Role, User
 
-__all__ = ["ActionToken", "ActionTokenPurpose", "Base", "OutboxMessage", "Role", "User"]
+__all__ = [
+    "LIVE_STATUSES",
+    "ActionToken",
+    "ActionTokenPurpose",
+    "Appointment",
+    "AppointmentSeries",
+    "AppointmentStatus",
+    "AuditEntry",
+    "Base",
+    "DateOverride",
+    "OutboxMessage",
+    "Reminder",
+    "Role",
+    "Service",
+    "StaffProfile",
+    "TimeOff",
+    "User",
+    "WeeklyInterval",
+    "service_staff",
+]

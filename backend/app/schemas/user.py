@@ -5,7 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from app.models import Role
-from app.schemas.common import FullName, Password, StrictModel, TimeZoneName
+from app.schemas.common import FullName, Page, Password, StrictModel, TimeZoneName
 
 Locale = Literal["en", "ru"]
 
@@ -23,6 +23,10 @@ class UserOut(BaseModel):
     is_active: bool
     is_verified: bool
     created_at: datetime
+
+
+class UserPage(Page[UserOut]):
+    pass
 
 
 class UserUpdateMe(StrictModel):

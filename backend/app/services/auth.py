@@ -59,10 +59,12 @@ async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> Us
     """The user behind a decoded access token, or 401 if the token was revoked in any way."""
     async with get_redis().pipeline(transaction=False) as pipe:
         pipe.exists(f"denied-jti:{claims.jti}")
-        pipe.hget(f"family:{claims.session_id}", "reaffirmed")
-        denied, reaffirmed = await pipe.execute()
+        pipe.hmget(f"family:{claims.session_id}", ["reaffirmed", "revoked"])
+        denied, (reaffirmed, family_revoked) = await pipe.execute()
     if denied:
         raise InvalidToken("This token has been revoked")
+    if family_revoked:  # its login ended: logout, or a refresh token of that login was replayed
+        raise InvalidToken("This session has been revoked")
     user = await session.get(User, claims.user_id)
     if user is None or not user.is_active or user.deleted_at is not None:
         raise InvalidToken()
@@ -86,10 +88,10 @@ async def login(session: AsyncSession, email: str, password: str, client_ip: str
     await rate_limit.ensure_allowed(settings.login_failures_per_email, "login-fail", email)
     user = await get_user_by_email(session, email)
     if user is None or user.deleted_at is not None:
-        burn_password_check(password)
+        await burn_password_check(password)
         await rate_limit.record(settings.login_failures_per_email, "login-fail", email)
         raise InvalidCredentials()
-    valid, upgraded = verify_password(password, user.hashed_password)
+    valid, upgraded = await verify_password(password, user.hashed_password)
     if not valid:
         await rate_limit.record(settings.login_failures_per_email, "login-fail", email)
         raise InvalidCredentials()
@@ -188,7 +190,7 @@ async def register(
 ) -> None:
     """Create an account, or mail the owner of an existing one; the caller cannot tell which."""
     ensure_strong(password)
-    hashed = hash_password(password)  # also for a known email, so both paths take the same time
+    hashed = await hash_password(password)  # also for a known email, so both paths take the same time
     existing = await get_user_by_email(session, email)
     if existing is not None:
         if existing.deleted_at is None:
@@ -247,7 +249,7 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
 async def confirm_password_reset(session: AsyncSession, token: str, new_password: str) -> None:
     ensure_strong(new_password)
     user = await _spend_action_token(session, token, ActionTokenPurpose.password_reset)
-    user.hashed_password = hash_password(new_password)
+    user.hashed_password = await hash_password(new_password)
     # The mailbox was proven, so an unverified address counts as verified from now on.
     user.email_verified_at = user.email_verified_at or _now()
     await revoke_all_sessions(user)
@@ -255,9 +257,9 @@ async def confirm_password_reset(session: AsyncSession, token: str, new_password
 
 async def change_password(session: AsyncSession, user: User, claims: AccessClaims, current: str, new: str) -> None:
     """New password; every other session ends, the caller's own stays signed in."""
-    valid, _ = verify_password(current, user.hashed_password)
+    valid, _ = await verify_password(current, user.hashed_password)
     if not valid:
         raise WrongPassword()
     ensure_strong(new)
-    user.hashed_password = hash_password(new)
+    user.hashed_password = await hash_password(new)
     await revoke_all_sessions(user, keep_session=claims.session_id)

@@ -1,11 +1,13 @@
 """Write side effects into the outbox inside the caller's transaction; hand them over after commit."""
 
+from functools import partial
 from typing import Any
 
 from arq.connections import ArqRedis
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
+from app.database import after_commit
 from app.models import OutboxMessage
 
 DELIVER_JOB = "deliver_outbox"
@@ -13,15 +15,25 @@ _pool: ArqRedis | None = None
 
 
 async def queue_email(
-    session: AsyncSession, *, to: str, template: str, locale: str, context: dict[str, Any]
+    session: AsyncSession,
+    *,
+    to: str,
+    template: str,
+    locale: str,
+    context: dict[str, Any],
+    attachments: list[dict[str, str]] | None = None,
 ) -> OutboxMessage:
-    """Queue `templates/email/{locale}/{template}.{html,txt}` for `to`; it leaves only if the transaction commits."""
-    message = OutboxMessage(
-        kind="email", payload={"to": to, "template": template, "locale": locale, "context": context}
-    )
+    """Queue `templates/email/{locale}/{template}.{html,txt}` for `to`; it leaves only if the transaction commits.
+
+    `attachments`: `[{filename, content, mime_type}]`, text content as is, anything else base64.
+    """
+    payload: dict[str, Any] = {"to": to, "template": template, "locale": locale, "context": context}
+    if attachments:
+        payload["attachments"] = attachments
+    message = OutboxMessage(kind="email", payload=payload)
     session.add(message)
     await session.flush()
-    session.info.setdefault("outbox_ids", []).append(message.id)
+    after_commit(session, partial(dispatch, message.id))
     return message
 
 
@@ -34,7 +46,7 @@ async def get_arq_pool() -> ArqRedis:
     global _pool
     if _pool is None:
         # Not the app's client: arq stores pickled bytes, the app's client decodes strings.
-        _pool = ArqRedis.from_url(get_settings().redis_url, socket_timeout=2, socket_connect_timeout=2)
+        _pool = ArqRedis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1)
     return _pool
 
 
@@ -45,7 +57,7 @@ async def close_arq_pool() -> None:
     _pool = None
 
 
-async def dispatch_after_commit(outbox_ids: list[int]) -> None:
+async def dispatch(outbox_id: int) -> None:
+    """Hand a committed row to the worker; if Redis is down, the worker's relay finds the row anyway."""
     pool = await get_arq_pool()
-    for outbox_id in outbox_ids:
-        await pool.enqueue_job(DELIVER_JOB, outbox_id, _job_id=job_id(outbox_id))
+    await pool.enqueue_job(DELIVER_JOB, outbox_id, _job_id=job_id(outbox_id))

@@ -1,10 +1,13 @@
 """Moving-window rate limits in Redis (`limits`), shared by every API process."""
 
 import time
+from collections.abc import Awaitable
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
+from loguru import logger
+from redis.exceptions import RedisError
 
 from app.config import get_settings
 from app.errors import RateLimited
@@ -27,6 +30,15 @@ def reset_limiter() -> None:
     _limiter = _storage = None
 
 
+async def _fail_open(check: Awaitable[bool]) -> bool:
+    """A Redis outage must not take sign-up and password reset down with it: allow, and say so."""
+    try:
+        return await check
+    except (RedisError, OSError) as exc:
+        logger.warning("rate limiter unavailable ({}); allowing the request", type(exc).__name__)
+        return True
+
+
 async def _retry_after(item: RateLimitItem, *key: str) -> int:
     stats = await _get_limiter().get_window_stats(item, *key)
     return max(1, int(stats.reset_time - time.time()) + 1)
@@ -35,20 +47,20 @@ async def _retry_after(item: RateLimitItem, *key: str) -> int:
 async def ensure_allowed(limit: str, *key: str) -> None:
     """Raise 429 if the window is already full, without counting this request."""
     item = parse(limit)
-    if not await _get_limiter().test(item, *key):
+    if not await _fail_open(_get_limiter().test(item, *key)):
         raise RateLimited(await _retry_after(item, *key))
 
 
 async def hit(limit: str, *key: str) -> None:
     """Count one request; raise 429 when the window was already full."""
     item = parse(limit)
-    if not await _get_limiter().hit(item, *key):
+    if not await _fail_open(_get_limiter().hit(item, *key)):
         raise RateLimited(await _retry_after(item, *key))
 
 
 async def record(limit: str, *key: str) -> None:
     """Count one event (a failed login, say) without refusing anything now."""
-    await _get_limiter().hit(parse(limit), *key)
+    await _fail_open(_get_limiter().hit(parse(limit), *key))
 
 
 def limits_for(name: str) -> str:

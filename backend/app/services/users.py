@@ -50,7 +50,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     user.email = f"deleted-{user.id}@deleted.invalid"
     user.full_name = "Deleted user"
     user.phone = None
-    user.hashed_password = hash_password(random_token())
+    user.hashed_password = await hash_password(random_token())
     user.is_active = False
     user.deleted_at = datetime.now(UTC)
 
@@ -86,7 +86,7 @@ async def create_user(
         raise EmailTaken()
     user = User(
         email=auth.normalize_email(email),
-        hashed_password=hash_password(password),
+        hashed_password=await hash_password(password),
         full_name=full_name,
         role=role.value,
         timezone=timezone,

@@ -1,0 +1,85 @@
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Identity, Index, String, Text, func, text
+from sqlalchemy.dialects.postgresql import ExcludeConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, Timestamps, UUIDPk
+
+
+class AppointmentStatus(enum.StrEnum):
+    pending = "pending"
+    confirmed = "confirmed"
+    completed = "completed"
+    no_show = "no_show"
+    cancelled = "cancelled"
+
+
+LIVE_STATUSES = (AppointmentStatus.pending, AppointmentStatus.confirmed)
+
+
+class AppointmentSeries(UUIDPk, Base):
+    __tablename__ = "appointment_series"
+
+    rrule: Mapped[str] = mapped_column(String(500))
+    client_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    staff_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"))
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class Appointment(UUIDPk, Timestamps, Base):
+    """A booking. `blocked_*` is the time the staff member is taken, buffers included.
+
+    The exclusion constraint makes two overlapping live bookings of one staff member impossible,
+    whatever the concurrency: the database, not the application, is the guarantee.
+    """
+
+    __tablename__ = "appointments"
+    __table_args__ = (
+        ExcludeConstraint(
+            ("staff_id", "="),
+            (text("tstzrange(blocked_from, blocked_until, '[)')"), "&&"),
+            name="no_double_booking",
+            using="gist",
+            where=text("status IN ('pending', 'confirmed')"),
+        ),
+        CheckConstraint("starts_at < ends_at", name="order"),
+        CheckConstraint("blocked_from <= starts_at AND blocked_until >= ends_at", name="blocked_covers"),
+        CheckConstraint("status IN ('pending', 'confirmed', 'completed', 'no_show', 'cancelled')", name="status"),
+        Index("ix_appointments_staff_blocked", "staff_id", "blocked_from", "blocked_until"),
+        Index("ix_appointments_client_starts", "client_id", "starts_at"),
+    )
+
+    series_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointment_series.id"), index=True)
+    client_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    staff_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    service_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("services.id"))
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime]
+    blocked_from: Mapped[datetime]
+    blocked_until: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(16))
+    notes: Mapped[str | None] = mapped_column(Text)
+    cancellation_reason: Mapped[str | None] = mapped_column(String(500))
+    cancelled_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    # RFC 5545 SEQUENCE: bumped by every change a calendar should pick up (move, cancel).
+    sequence: Mapped[int] = mapped_column(default=0)
+
+
+class Reminder(Base):
+    """One reminder per (appointment, offset); the cron claims due rows with FOR UPDATE SKIP LOCKED."""
+
+    __tablename__ = "reminders"
+    __table_args__ = (
+        Index("uq_reminders_appointment_offset", "appointment_id", "offset_minutes", unique=True),
+        Index("ix_reminders_due", "due_at", postgresql_where=text("sent_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    appointment_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("appointments.id", ondelete="CASCADE"))
+    offset_minutes: Mapped[int]
+    due_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]

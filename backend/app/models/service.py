@@ -1,0 +1,45 @@
+import uuid
+from decimal import Decimal
+
+from sqlalchemy import CheckConstraint, Column, ForeignKey, Numeric, String, Table, Text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.models.base import Base, Timestamps, UUIDPk
+
+service_staff = Table(
+    "service_staff",
+    Base.metadata,
+    Column("service_id", ForeignKey("services.id", ondelete="CASCADE"), primary_key=True),
+    Column("staff_id", ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True),
+)
+
+
+class Service(UUIDPk, Timestamps, Base):
+    """Something a client can book: how long it takes, what it costs, which policies apply."""
+
+    __tablename__ = "services"
+    __table_args__ = (
+        CheckConstraint("duration_minutes BETWEEN 5 AND 1440", name="duration"),
+        CheckConstraint("buffer_before_minutes >= 0 AND buffer_after_minutes >= 0", name="buffers"),
+        CheckConstraint("price >= 0", name="price"),
+        CheckConstraint("min_notice_minutes >= 0", name="min_notice"),
+        CheckConstraint("max_advance_days BETWEEN 1 AND 730", name="max_advance"),
+    )
+
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    duration_minutes: Mapped[int]
+    buffer_before_minutes: Mapped[int] = mapped_column(default=0)
+    buffer_after_minutes: Mapped[int] = mapped_column(default=0)
+    price: Mapped[Decimal] = mapped_column(Numeric(10, 2), default=Decimal("0"))
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    requires_confirmation: Mapped[bool] = mapped_column(default=False)
+    min_notice_minutes: Mapped[int] = mapped_column(default=60)
+    max_advance_days: Mapped[int] = mapped_column(default=90)
+    is_active: Mapped[bool] = mapped_column(default=True)
+
+    staff: Mapped[list["User"]] = relationship(secondary=service_staff, lazy="raise")  # noqa: F821
+
+    @property
+    def staff_ids(self) -> list[uuid.UUID]:
+        return [member.id for member in self.staff]

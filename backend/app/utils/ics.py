@@ -1,0 +1,81 @@
+"""RFC 5545 calendar files for appointments (METHOD:REQUEST invites, METHOD:CANCEL withdrawals)."""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+PRODID = "-//c3po//booking//EN"
+
+
+@dataclass(frozen=True)
+class CalendarEvent:
+    uid: str
+    sequence: int
+    starts_at: datetime
+    ends_at: datetime
+    summary: str
+    description: str = ""
+    organizer_email: str | None = None
+    organizer_name: str | None = None
+    attendee_email: str | None = None
+    attendee_name: str | None = None
+    status: str = "CONFIRMED"  # CONFIRMED | TENTATIVE | CANCELLED
+    stamp: datetime | None = None
+
+
+def _utc(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError("calendar times must be aware")
+    return value.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _text(value: str) -> str:
+    """TEXT escaping (§3.3.11)."""
+    return (
+        value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,").replace("\r\n", "\\n").replace("\n", "\\n")
+    )
+
+
+def _param(value: str) -> str:
+    """A parameter value: quoted, without the characters a quoted value cannot hold."""
+    return '"' + value.replace('"', "'").replace("\r", " ").replace("\n", " ") + '"'
+
+
+def _fold(line: str) -> str:
+    """Lines longer than 75 octets continue on the next line after CRLF + space (§3.1), never mid-character."""
+    out, current = [], b""
+    for char in line:
+        encoded = char.encode()
+        if len(current) + len(encoded) > (75 if not out else 74):
+            out.append(current.decode())
+            current = b""
+        current += encoded
+    out.append(current.decode())
+    return "\r\n ".join(out)
+
+
+def build_calendar(event: CalendarEvent, method: str = "REQUEST") -> str:
+    lines = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        f"PRODID:{PRODID}",
+        "CALSCALE:GREGORIAN",
+        f"METHOD:{method}",
+        "BEGIN:VEVENT",
+        f"UID:{event.uid}",
+        f"SEQUENCE:{event.sequence}",
+        f"DTSTAMP:{_utc(event.stamp or datetime.now(UTC))}",
+        f"DTSTART:{_utc(event.starts_at)}",
+        f"DTEND:{_utc(event.ends_at)}",
+        f"SUMMARY:{_text(event.summary)}",
+        f"STATUS:{event.status}",
+    ]
+    if event.description:
+        lines.append(f"DESCRIPTION:{_text(event.description)}")
+    if event.organizer_email:
+        name = f";CN={_param(event.organizer_name)}" if event.organizer_name else ""
+        lines.append(f"ORGANIZER{name}:mailto:{event.organizer_email}")
+    if event.attendee_email:
+        name = f";CN={_param(event.attendee_name)}" if event.attendee_name else ""
+        lines.append(f"ATTENDEE{name};ROLE=REQ-PARTICIPANT:mailto:{event.attendee_email}")
+    lines += ["END:VEVENT", "END:VCALENDAR"]
+    return "".join(_fold(line) + "\r\n" for line in lines)

@@ -1,0 +1,130 @@
+"""Shared plumbing for benchmarks: servers, a throwaway database, a uvicorn process, latency stats."""
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+BACKEND_DIR = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def bench_database() -> Iterator[tuple[str, str]]:
+    """(database_url, redis_url) of a fresh, migrated database; embedded servers when none are given."""
+    sys.path.insert(0, str(BACKEND_DIR))
+    db_url = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
+    redis_url = os.environ.get("BENCH_REDIS_URL") or os.environ.get("TEST_REDIS_URL")
+    embedded = None
+    if not db_url or not redis_url:
+        from app.embedded import start_embedded
+
+        embedded = start_embedded(
+            Path(tempfile.mkdtemp(prefix="c3po-bench-")), need_db=not db_url, need_redis=not redis_url
+        )
+        db_url, redis_url = db_url or embedded.database_url, redis_url or embedded.redis_url
+    admin_url = db_url.replace("postgresql+asyncpg://", "postgresql://")
+    name = f"c3po_bench_{uuid.uuid4().hex[:8]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = urlunsplit(urlsplit(admin_url)._replace(path="/" + name))
+    try:
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "-x", f"url={url}", "upgrade", "head"], cwd=BACKEND_DIR, check=True
+        )
+        yield url, redis_url
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if embedded is not None:
+            embedded.stop()
+
+
+@contextlib.contextmanager
+def api_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "app.main:create_app",
+            "--factory",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=BACKEND_DIR,
+        env={**os.environ, **env},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError("the API did not come up")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def measure(
+    name: str, call: Callable[[], Awaitable[None]], *, requests: int, concurrency: int
+) -> dict[str, float]:
+    """Run `requests` calls with `concurrency` in flight; print and return throughput and latency."""
+    latencies: list[float] = []
+    queue = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in queue:
+            started = time.perf_counter()
+            await call()
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    result = {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": statistics.median(latencies) * 1000,
+        "p95_ms": latencies[int(len(latencies) * 0.95) - 1] * 1000,
+    }
+    print(
+        f"{name:<28} {len(latencies):>6} requests  {result['rps']:8.1f} req/s  "
+        f"p50 {result['p50_ms']:7.1f} ms  p95 {result['p95_ms']:7.1f} ms  (concurrency {concurrency})"
+    )
+    return result
