@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -247,20 +247,24 @@ def _wait_for_api(url: str, children: dict[str, subprocess.Popen], timeout: floa
     logger.warning("the API did not answer {} within {} s", url, timeout)
 
 
+def _signal_group(child: subprocess.Popen, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(child.pid, sig)
+
+
 def _stop(children: dict[str, subprocess.Popen]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean-up short
     for child in reversed(children.values()):  # the API first: no new work while the worker finishes
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+        _signal_group(child, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
     for name, child in children.items():
         try:
             child.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             logger.warning("the {} process did not stop in time; killing it", name)
-            os.killpg(child.pid, signal.SIGKILL)
-            child.wait()
+        _signal_group(child, signal.SIGKILL)  # and whatever it left behind
+        child.wait()
 
 
 def _banner(base: str, urls: Urls, smtp_port: int, data_dir: Path, accounts: list[tuple[str, str, bool]]) -> str:

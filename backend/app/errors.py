@@ -100,3 +100,39 @@ class RateLimited(AppError):
 
 class ServiceUnavailable(AppError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
+
+
+class SlotNotOffered(AppError):
+    """Outside working hours, in time off, too soon or too far ahead: availability would not offer it."""
+
+    status, code, title = 422, "slot_not_offered", "This time is not offered"
+
+
+class SlotUnavailable(Conflict):
+    """Taken by another live appointment (the exclusion constraint `no_double_booking` says so)."""
+
+    code, title = "slot_unavailable", "This time is no longer available"
+
+
+class InvalidTransition(Conflict):
+    code, title = "invalid_transition", "The appointment cannot change to that status"
+
+
+class CancellationWindowClosed(Conflict):
+    code, title = "cancellation_window_closed", "It is too late to cancel or move this appointment"
+
+
+class AppointmentNotStarted(Conflict):
+    code, title = "appointment_not_started", "The appointment has not started yet"
+
+
+class InvalidRecurrence(AppError):
+    status, code, title = 422, "invalid_recurrence", "The recurrence rule is not supported"
+
+
+class IdempotencyKeyReused(AppError):
+    status, code, title = 422, "idempotency_key_reused", "This Idempotency-Key was used with a different request"
+
+
+class IdempotencyKeyInProgress(Conflict):
+    code, title = "idempotency_key_in_progress", "A request with this Idempotency-Key is still being processed"

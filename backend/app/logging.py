@@ -30,13 +30,18 @@ def setup_logging(settings: Settings) -> None:
     logger.remove()
     logger.configure(patcher=_add_request_id)
     if settings.is_production:
-        logger.add(sys.stderr, level=settings.log_level, serialize=True)
+        logger.add(sys.stderr, level=settings.log_level, serialize=True, diagnose=False)
     else:
         fmt = (
             "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
             "<cyan>{extra[request_id]}</cyan> {name}:{line} - <level>{message}</level>"
         )
-        logger.add(sys.stderr, level=settings.log_level, format=fmt, colorize=settings.environment == "development")
+        logger.add(
+            sys.stderr,
+            level=settings.log_level,
+            format=fmt,
+            colorize=None if settings.environment == "development" else False,
+        )
     logging.basicConfig(handlers=[_InterceptHandler()], level=0, force=True)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "arq"):
         logging.getLogger(name).handlers = [_InterceptHandler()]

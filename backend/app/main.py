@@ -8,7 +8,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from app.api import auth, health, users
+from app.api import appointments, audit, auth, availability, health, series, services, staff, users, ws
 from app.api.deps import require_body_media_type
 from app.api.problems import document_common_problems, install_problem_handlers
 from app.config import Settings, get_settings
@@ -16,6 +16,7 @@ from app.database import dispose_engine
 from app.logging import setup_logging
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from app.redis import close_redis
+from app.services.events import close_hub
 from app.services.outbox import close_arq_pool
 from app.services.rate_limit import reset_limiter
 
@@ -38,6 +39,7 @@ def _init_sentry(settings: Settings) -> None:
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     yield
+    await close_hub()
     await close_arq_pool()
     await close_redis()
     reset_limiter()
@@ -60,8 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users):
+    for module in (auth, users, services, staff, availability, appointments, series, audit):
         api.include_router(document_common_problems(module.router))
+    api.include_router(ws.router)
     app.include_router(api)
     app.include_router(health.router)
 
@@ -81,3 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app, include_in_schema=False, should_gzip=True
     )
     return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    """`uvicorn app.main:app` works too: the app is built on first access, after settings are in place."""
+    if name == "app":
+        return create_app()
+    raise AttributeError(name)

@@ -65,8 +65,10 @@ def bench_database() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def api_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
+def api_server(env: dict[str, str], workers: int = 1, log_path: Path | None = None) -> Iterator[str]:
+    """A uvicorn process on a free port; its log (stderr) goes to `log_path` when given."""
     port = free_port()
+    log = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in `finally`
     process = subprocess.Popen(
         [
             sys.executable,
@@ -84,6 +86,7 @@ def api_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
         ],
         cwd=BACKEND_DIR,
         env={**os.environ, **env},
+        stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -99,6 +102,8 @@ def api_server(env: dict[str, str], workers: int = 1) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+        if log is not None:
+            log.close()
 
 
 async def measure(

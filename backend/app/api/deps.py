@@ -9,6 +9,7 @@ import jwt
 from fastapi import Depends, Request, params
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from app.config import get_settings
 from app.database import get_session
@@ -29,11 +30,13 @@ def _accepts(media_type: str, *, form: bool) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
-async def require_body_media_type(request: Request) -> None:
+async def require_body_media_type(request: HTTPConnection) -> None:
     """415 for a body the route cannot read: not JSON for a JSON route, not a form for a form route.
 
     FastAPI itself would hand such a body to validation and answer a puzzling 422.
     """
+    if request.scope["type"] != "http":
+        return  # a WebSocket has no body to check
     body_field = getattr(request.scope.get("route"), "body_field", None)
     has_body = request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
     if body_field is None or not has_body:

@@ -73,10 +73,10 @@ async def list(
     summary="Create a user",
     responses=problem_responses(401, 403, 409, 422),
 )
-async def create(body: UserCreate, _: AdminUser, session: DbSession) -> UserOut:
+async def create(body: UserCreate, admin: AdminUser, session: DbSession) -> UserOut:
     """Create a user of any role (a new specialist, say), verified or not."""
     data = body.model_dump(exclude={"is_verified"})
-    return UserOut.model_validate(await users.create_user(session, verified=body.is_verified, **data))
+    return UserOut.model_validate(await users.create_user(session, verified=body.is_verified, actor=admin, **data))
 
 
 @router.get("/{user_id}", summary="Get a user", responses=ADMIN_ERRORS)
@@ -86,15 +86,16 @@ async def get(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> UserOut:
 
 
 @router.patch("/{user_id}", summary="Edit a user", responses=ADMIN_ERRORS)
-async def update(user_id: uuid.UUID, body: UserAdminUpdate, _: AdminUser, session: DbSession) -> UserOut:
+async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, session: DbSession) -> UserOut:
     """Change a user's profile, role or active flag; a role change or deactivation ends their sessions."""
     user = await users.get_user(session, user_id)
-    return UserOut.model_validate(await users.admin_update(session, user, body.model_dump(exclude_unset=True)))
+    changes = body.model_dump(exclude_unset=True)
+    return UserOut.model_validate(await users.admin_update(session, user, changes, actor=admin))
 
 
 @router.delete(
     "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a user", responses=ADMIN_ERRORS
 )
-async def deactivate(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> None:
+async def deactivate(user_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
     """Deactivate a user: they can no longer sign in and their sessions end at once."""
-    await users.deactivate(session, await users.get_user(session, user_id))
+    await users.deactivate(session, await users.get_user(session, user_id), actor=admin)

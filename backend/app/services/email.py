@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.cron import cron
 from arq.worker import Worker, create_worker, func
 from loguru import logger
 from sqlalchemy import func as sql
@@ -33,6 +34,7 @@ from app.logging import setup_logging
 from app.models import OutboxMessage
 from app.services.mailer import send_email
 from app.services.outbox import DELIVER_JOB, job_id
+from app.services.reminders import send_due_reminders
 
 SUPERVISED = "supervised"  # ctx flag: the caller runs the relay and owns logging and the engine
 JOB_TIMEOUT_SECONDS = 60
@@ -171,6 +173,8 @@ def redis_settings() -> RedisSettings:
 
 class WorkerSettings:
     functions = [func(deliver_outbox, name=DELIVER_JOB, max_tries=3)]  # tries again only if cancelled
+    # Every minute and at start (catch-up); the id per minute keeps two workers from both running it.
+    cron_jobs = [cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120)]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = redis_settings()

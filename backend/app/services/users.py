@@ -8,10 +8,46 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import EmailTaken, NotFound
-from app.models import Role, User
-from app.services import auth
+from app.models import AuditEntry, Role, User
+from app.services import appointments, audit, auth
 from app.services.passwords import ensure_strong
 from app.utils.security import hash_password, random_token
+
+# Never written to the audit trail.
+_SECRET_FIELDS = ("created_at", "updated_at", "hashed_password", "tokens_valid_after")
+# Written, and replaced by "[erased]" in every entry once the user erases their account.
+_PERSONAL_FIELDS = frozenset({"email", "full_name", "phone"})
+
+
+def _audit_view(user: User) -> dict[str, Any]:
+    return audit.snapshot(user, exclude=_SECRET_FIELDS)
+
+
+async def _audit(session: AsyncSession, actor: User | None, action: str, user: User, before: dict | None) -> None:
+    after = _audit_view(user)
+    if before != after:
+        await audit.record(
+            session,
+            actor_id=actor.id if actor else None,
+            action=action,
+            entity_type="user",
+            entity_id=user.id,
+            before=before,
+            after=after,
+        )
+
+
+async def _redact_audit_trail(session: AsyncSession, user: User) -> None:
+    """Erasure reaches the audit log too: earlier entries about this user lose the personal values."""
+    entries = await session.scalars(
+        select(AuditEntry).where(AuditEntry.entity_type == "user", AuditEntry.entity_id == str(user.id))
+    )
+    for entry in entries:
+        for side in ("before", "after"):
+            values = getattr(entry, side)
+            if values and _PERSONAL_FIELDS & values.keys():
+                redacted = {k: "[erased]" if k in _PERSONAL_FIELDS and v is not None else v for k, v in values.items()}
+                setattr(entry, side, redacted)
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
@@ -40,12 +76,14 @@ async def export(session: AsyncSession, user: User) -> dict[str, Any]:
         "user": UserOut.model_validate(user).model_dump(mode="json"),
         "email_verified_at": user.email_verified_at,
         "updated_at": user.updated_at,
-        "appointments": [],
+        "appointments": await appointments.export_for(session, user),
     }
 
 
 async def erase(session: AsyncSession, user: User) -> None:
-    """Anonymise the account in place (its id may still be referenced) and end every session."""
+    """Anonymise the account in place (its id may still be referenced) and end every session;
+    future appointments are cancelled first, and the other party is told."""
+    await appointments.cancel_for_erasure(session, user)
     await auth.revoke_all_sessions(user)
     user.email = f"deleted-{user.id}@deleted.invalid"
     user.full_name = "Deleted user"
@@ -53,6 +91,15 @@ async def erase(session: AsyncSession, user: User) -> None:
     user.hashed_password = await hash_password(random_token())
     user.is_active = False
     user.deleted_at = datetime.now(UTC)
+    await _redact_audit_trail(session, user)
+    await audit.record(
+        session,
+        actor_id=user.id,
+        action="user.erase",
+        entity_type="user",
+        entity_id=user.id,
+        after={"is_active": False, "deleted_at": user.deleted_at},
+    )
 
 
 async def list_users(
@@ -80,6 +127,7 @@ async def create_user(
     timezone: str = "UTC",
     locale: str = "en",
     phone: str | None = None,
+    actor: User | None = None,
 ) -> User:
     ensure_strong(password)
     if await auth.get_user_by_email(session, email) is not None:
@@ -96,20 +144,27 @@ async def create_user(
     )
     session.add(user)
     await session.flush()
+    await _audit(session, actor, "user.create", user, None)
     return user
 
 
-async def admin_update(session: AsyncSession, user: User, changes: dict[str, Any]) -> User:
+async def admin_update(
+    session: AsyncSession, user: User, changes: dict[str, Any], *, actor: User | None = None
+) -> User:
+    before = _audit_view(user)
     deactivating = changes.get("is_active") is False and user.is_active
     role_changed = "role" in changes and changes["role"] is not None and changes["role"] != user.role
     await update_profile(user, changes)
     if role_changed or deactivating:
         # A role lives in the access token: make the old ones fail so nobody keeps powers they lost.
         await auth.revoke_all_sessions(user)
+    await _audit(session, actor, "user.update", user, before)
     return user
 
 
-async def deactivate(session: AsyncSession, user: User) -> None:
+async def deactivate(session: AsyncSession, user: User, *, actor: User | None = None) -> None:
     if user.is_active:
+        before = _audit_view(user)
         user.is_active = False
         await auth.revoke_all_sessions(user)
+        await _audit(session, actor, "user.deactivate", user, before)

@@ -1,7 +1,19 @@
-"""Wall-clock time in IANA zones, DST included. Every datetime that leaves here is aware and UTC."""
+"""Wall-clock time in IANA zones, DST included. Every datetime that leaves here is aware and UTC.
+
+Resolution rules, used everywhere (availability, bookings, reminders):
+- a wall time skipped by a spring-forward gap does not exist: `local_to_utc` answers None;
+- a wall time repeated by a fall-back is its first occurrence (`fold=0`, still on summer time);
+- a *bound* (the end of working hours, a day's midnight) inside a gap is the moment the gap ends,
+  the first instant whose wall clock reads at least that time.
+"""
 
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)
+_SECOND = timedelta(seconds=1)
 
 
 def utcnow() -> datetime:
@@ -22,12 +34,42 @@ def local_to_utc(day: date, wall: time, zone: ZoneInfo) -> datetime | None:
 
 
 def local_bound_to_utc(day: date, wall: time, zone: ZoneInfo) -> datetime:
-    """Like `local_to_utc`, but a bound inside a gap moves to the end of the gap (it still bounds)."""
+    """Like `local_to_utc`, but a bound inside a gap becomes the end of the gap (it still bounds)."""
     instant = local_to_utc(day, wall, zone)
     if instant is not None:
         return instant
-    # Inside the gap the pre-transition offset applies, which lands just after the gap ends.
-    return datetime.combine(day, wall, tzinfo=zone).astimezone(UTC)
+    # In a gap, fold=0 reads the wall time with the offset before the change and fold=1 with the one
+    # after; the change itself lies between the two. Transitions fall on whole seconds: bisect.
+    local = datetime.combine(day, wall, tzinfo=zone)
+    low = timestamp(local.replace(fold=1))  # still before the change
+    high = timestamp(local)  # already after it
+    before = local.replace(fold=0).utcoffset()
+    while high - low > 1:
+        middle = (low + high) // 2
+        if from_timestamp(middle).astimezone(zone).utcoffset() == before:
+            low = middle
+        else:
+            high = middle
+    return from_timestamp(high)
+
+
+def fixed_offset(day: date, zone: ZoneInfo) -> timedelta | None:
+    """The zone's UTC offset if it holds for the whole local day, None on a day the clocks change.
+
+    Compares the offset in force at the day's start and at the next day's start (`fold=0`, so a
+    change at midnight itself is seen too). Zones change their clocks at most once a day.
+    """
+    return _fixed_offset(day, zone)
+
+
+@lru_cache(maxsize=65536)
+def _fixed_offset(day: date, zone: ZoneInfo) -> timedelta | None:
+    first = datetime.combine(day, time(0), tzinfo=zone)
+    following = datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)
+    offset = first.utcoffset()
+    if offset != following.utcoffset() or local_to_utc(day, time(0), zone) is None:
+        return None
+    return offset
 
 
 def local_dates(start: datetime, end: datetime, zone: ZoneInfo) -> list[date]:
@@ -37,7 +79,8 @@ def local_dates(start: datetime, end: datetime, zone: ZoneInfo) -> list[date]:
     return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
-def wall_steps(start: time, end: time, step: timedelta) -> list[time]:
+@lru_cache(maxsize=4096)
+def wall_steps(start: time, end: time, step: timedelta) -> tuple[time, ...]:
     """Wall-clock times start, start+step, ... strictly before end (on one local day)."""
     anchor = date(2000, 1, 3)
     current, stop = datetime.combine(anchor, start), datetime.combine(anchor, end)
@@ -45,4 +88,19 @@ def wall_steps(start: time, end: time, step: timedelta) -> list[time]:
     while current < stop:
         out.append(current.time())
         current += step
-    return out
+    return tuple(out)
+
+
+def timestamp(value: datetime, *, ceil: bool = False) -> int:
+    """Whole seconds since the epoch of an aware datetime, rounded down (or up with `ceil`)."""
+    seconds = (value - EPOCH) // _SECOND
+    return seconds + 1 if ceil and value.microsecond else seconds
+
+
+def naive_seconds(day: date, wall: time) -> int:
+    """Seconds since the epoch of a wall time read as if it were UTC (add -offset to get an instant)."""
+    return (datetime.combine(day, wall) - _NAIVE_EPOCH) // _SECOND
+
+
+def from_timestamp(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)

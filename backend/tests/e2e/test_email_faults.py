@@ -14,8 +14,10 @@ from sqlalchemy import func, select
 
 from app.database import get_sessionmaker, unit_of_work
 from app.models import OutboxMessage
+from app.services.email import supervise
 from app.services.outbox import job_id, queue_email
 from tests.e2e.conftest import ARQ_CLI, Stack
+from tests.smtp import settings_env
 
 OUTAGE_SECONDS = 30
 CONTEXT = {"full_name": "Ada", "link": "https://app.test/verify-email?token=t", "expires_hours": 48}
@@ -140,3 +142,28 @@ async def test_the_worker_rides_out_an_smtp_outage(stack):
     await eventually(all_sent, 10, "all rows marked sent")
     assert_each_once(stack, ids)
     assert all(row.last_error for row in await rows())
+
+
+async def test_the_supervisor_starts_arq_again_once_redis_is_back(stack):
+    """The same supervisor in this process, with a short outage: arq restarts, the relay bridges the gap."""
+    health_key = "arq:queue" + health_check_key_suffix
+    stop = asyncio.Event()
+    with settings_env(OUTBOX_RELAY_SECONDS="0.5"):
+        supervisor = asyncio.create_task(supervise(stop))
+        redis = stack.redis.client()
+        try:
+            await eventually(lambda: redis.exists(health_key), 10, "arq running")
+            stack.redis.stop()
+            during = await queue(2)
+            await stack.smtp.wait_for(2, timeout=10)
+            assert not supervisor.done()
+            stack.redis.start()
+            await eventually(lambda: redis.exists(health_key), 15, "arq running again")
+            after = await queue(1)
+            await eventually(lambda: redis.exists(result_key_prefix + job_id(after[0])), 10, "its job run by arq")
+        finally:
+            stop.set()
+            await asyncio.wait_for(supervisor, 30)
+            await redis.aclose()
+    await eventually(all_sent, 10, "all rows marked sent")
+    assert_each_once(stack, during + after)

@@ -1,0 +1,195 @@
+"""Appointments: book, list, read, reschedule, confirm, cancel, complete, no-show, `.ics`."""
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
+
+from app.api.deps import CurrentUser, DbSession
+from app.api.problems import problem_responses
+from app.models import AppointmentStatus, User
+from app.schemas.appointment import (
+    AppointmentCreate,
+    AppointmentOut,
+    AppointmentPage,
+    AppointmentUpdate,
+    CancelRequest,
+    to_json,
+)
+from app.services import booking, idempotency
+from app.services.appointments import get_visible, list_appointments
+
+router = APIRouter(prefix="/appointments", tags=["appointments"])
+
+READ_ERRORS = problem_responses(401, 404, 422)
+CHANGE_ERRORS = problem_responses(401, 403, 404, 409, 422)
+REPLAY_HEADER = "Idempotent-Replayed"
+
+
+@dataclass(frozen=True)
+class Idempotent:
+    """The request's `Idempotency-Key` context: run the change once, replay its answer afterwards."""
+
+    session: Any
+    user: User
+    key: str | None
+    fingerprint: str
+
+    async def respond(
+        self, status_code: int, change: Callable[[], Awaitable[Any]], serialize: Callable[[Any], Any] = to_json
+    ) -> JSONResponse:
+        async def operation() -> Any:
+            return serialize(await change())
+
+        answer = await idempotency.run(
+            self.session,
+            user_id=self.user.id,
+            key=self.key,
+            request_fingerprint=self.fingerprint,
+            status=status_code,
+            operation=operation,
+        )
+        headers = {REPLAY_HEADER: "true"} if answer.replayed else None
+        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+
+
+async def idempotent(
+    request: Request,
+    user: CurrentUser,
+    session: DbSession,
+    key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            description="Send the same key again (same body) to get the first answer instead of a second change",
+        ),
+    ] = None,
+) -> Idempotent:
+    body = await request.body()
+    return Idempotent(session, user, key, idempotency.fingerprint(request.method, request.url.path, body))
+
+
+IdempotentChange = Annotated[Idempotent, Depends(idempotent)]
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AppointmentOut,
+    summary="Book an appointment",
+    responses=problem_responses(401, 403, 404, 409, 422),
+)
+async def create(
+    body: AppointmentCreate, user: CurrentUser, session: DbSession, idem: IdempotentChange
+) -> JSONResponse:
+    """Book a free slot, or a recurring series (all or nothing; the answer is its first occurrence)."""
+    return await idem.respond(201, lambda: booking.create(session, user, body))
+
+
+@router.get("", summary="List appointments", responses=problem_responses(401, 422))
+async def list(
+    user: CurrentUser,
+    session: DbSession,
+    status: AppointmentStatus | None = None,
+    from_: Annotated[AwareDatetime | None, Query(alias="from", description="Starting at or after")] = None,
+    to: Annotated[AwareDatetime | None, Query(description="Starting before")] = None,
+    staff_id: uuid.UUID | None = None,
+    client_id: uuid.UUID | None = None,
+    series_id: uuid.UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AppointmentPage:
+    """My appointments (as client or as staff member; admins see all), by start time."""
+    rows, total = await list_appointments(
+        session,
+        user,
+        status=status,
+        start=from_,
+        end=to,
+        staff_id=staff_id,
+        client_id=client_id,
+        series_id=series_id,
+        limit=limit,
+        offset=offset,
+    )
+    return AppointmentPage(
+        items=[AppointmentOut.model_validate(a) for a in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/{appointment_id}.ics",
+    response_class=Response,
+    summary="Download as a calendar file",
+    responses={200: {"content": {"text/calendar": {"schema": {"type": "string"}}}}, **READ_ERRORS},
+)
+async def get_ics(appointment_id: uuid.UUID, user: CurrentUser, session: DbSession) -> Response:
+    """The appointment as an RFC 5545 `.ics` file."""
+    content = await booking.calendar_file(session, user, appointment_id)
+    return Response(
+        content,
+        media_type="text/calendar; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="appointment-{appointment_id}.ics"'},
+    )
+
+
+@router.get("/{appointment_id}", summary="Get an appointment", responses=READ_ERRORS)
+async def get(appointment_id: uuid.UUID, user: CurrentUser, session: DbSession) -> AppointmentOut:
+    """One appointment: its client, its staff member and admins may see it."""
+    return AppointmentOut.model_validate(await get_visible(session, user, appointment_id))
+
+
+@router.patch("/{appointment_id}", response_model=AppointmentOut, summary="Reschedule or edit", responses=CHANGE_ERRORS)
+async def update(
+    appointment_id: uuid.UUID, body: AppointmentUpdate, user: CurrentUser, session: DbSession, idem: IdempotentChange
+) -> JSONResponse:
+    """Move to a new `starts_at` (checked like a new booking) and/or change the `notes`."""
+    changes = body.model_dump(include=body.model_fields_set)
+    return await idem.respond(200, lambda: booking.update(session, user, appointment_id, changes))
+
+
+@router.post("/{appointment_id}/confirm", response_model=AppointmentOut, summary="Confirm", responses=CHANGE_ERRORS)
+async def confirm(
+    appointment_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange
+) -> JSONResponse:
+    """Confirm a pending appointment (its staff member or an admin)."""
+    return await idem.respond(200, lambda: booking.confirm(session, user, appointment_id))
+
+
+@router.post("/{appointment_id}/cancel", response_model=AppointmentOut, summary="Cancel", responses=CHANGE_ERRORS)
+async def cancel(
+    appointment_id: uuid.UUID,
+    user: CurrentUser,
+    session: DbSession,
+    idem: IdempotentChange,
+    body: CancelRequest | None = None,
+) -> JSONResponse:
+    """Cancel: the client until the cut-off before the start, its staff member and admins any time."""
+    reason = body.reason if body else None
+    return await idem.respond(200, lambda: booking.cancel(session, user, appointment_id, reason))
+
+
+@router.post(
+    "/{appointment_id}/complete", response_model=AppointmentOut, summary="Mark completed", responses=CHANGE_ERRORS
+)
+async def complete(
+    appointment_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange
+) -> JSONResponse:
+    """Record that a confirmed appointment took place (once it has started)."""
+    return await idem.respond(200, lambda: booking.complete(session, user, appointment_id))
+
+
+@router.post(
+    "/{appointment_id}/no-show", response_model=AppointmentOut, summary="Mark no-show", responses=CHANGE_ERRORS
+)
+async def no_show(
+    appointment_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange
+) -> JSONResponse:
+    """Record that the client did not come (once the appointment has started)."""
+    return await idem.respond(200, lambda: booking.no_show(session, user, appointment_id))

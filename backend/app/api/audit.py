@@ -1,0 +1,42 @@
+"""The audit log: who changed what and when (admins only)."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from pydantic import AwareDatetime
+
+from app.api.deps import AdminUser, DbSession
+from app.api.problems import problem_responses
+from app.schemas.audit import AuditEntryOut, AuditPage
+from app.services import audit_log
+
+router = APIRouter(prefix="/audit-log", tags=["audit"])
+
+
+@router.get("", summary="Audit log", responses=problem_responses(401, 403, 422))
+async def list(
+    _: AdminUser,
+    session: DbSession,
+    entity_type: Annotated[str | None, Query(max_length=32, examples=["service"])] = None,
+    entity_id: Annotated[str | None, Query(max_length=64)] = None,
+    actor_id: uuid.UUID | None = None,
+    action: Annotated[str | None, Query(max_length=64, examples=["schedule.replace"])] = None,
+    start: Annotated[AwareDatetime | None, Query(alias="from", description="Entries at or after this")] = None,
+    end: Annotated[AwareDatetime | None, Query(alias="to", description="Entries before this")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AuditPage:
+    """Changes to users, services, schedules and appointments, newest first."""
+    rows, total = await audit_log.search(
+        session,
+        entity_type=entity_type,
+        entity_id=entity_id,
+        actor_id=actor_id,
+        action=action,
+        start=start,
+        end=end,
+        limit=limit,
+        offset=offset,
+    )
+    return AuditPage(items=[AuditEntryOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)

@@ -1,0 +1,30 @@
+"""Free slots of a service, public."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from app.api.deps import DbSession
+from app.api.problems import problem_responses
+from app.schemas.availability import Availability, AvailabilityQuery
+from app.services import availability
+
+router = APIRouter(prefix="/availability", tags=["availability"])
+
+
+@router.get("", response_model=Availability, summary="Free slots", responses=problem_responses(404, 422))
+async def list(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
+    """Free start times of an active service in `[start, end)` (at most 62 days), for one staff
+    member or everyone offering it, by time. Times are UTC with `Z`.
+
+    `start`/`end` are date-times with an offset, or plain dates with `tz`: `start=2026-03-08&
+    end=2026-03-15&tz=America/New_York` is that week's local midnights, DST included (`end` is
+    exclusive). With `tz` each slot also carries `starts_at_local`/`ends_at_local` in that zone,
+    ready to group by local day. Errors: 404 unknown or inactive service, or a staff member who does
+    not offer it; 422 `validation_error` (naive date-time, plain date without `tz`, unknown `tz`),
+    `invalid_window` (end not after start), `window_too_large`.
+    """
+    body = await availability.availability_text(
+        session, query.service_id, query.start_at, query.end_at, staff_id=query.staff_id, zone=query.zone
+    )
+    return Response(body, media_type="application/json")

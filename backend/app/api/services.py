@@ -1,0 +1,81 @@
+"""The service catalogue: public reading, admin editing."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+
+from app.api.deps import AdminUser, DbSession, get_access_claims, oauth2_scheme
+from app.api.problems import problem_responses
+from app.errors import Forbidden, Unauthorized
+from app.models import Role, User
+from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
+from app.services import auth, catalogue
+
+router = APIRouter(prefix="/services", tags=["services"])
+
+ADMIN_ERRORS = problem_responses(401, 403, 404, 422)
+
+
+async def get_optional_user(session: DbSession, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User | None:
+    """The caller when a Bearer token is sent (a bad one is still 401); None for anonymous callers."""
+    if not token:
+        return None
+    return await auth.authenticate_access(session, await get_access_claims(token))
+
+
+OptionalUser = Annotated[User | None, Depends(get_optional_user)]
+
+
+def _is_admin(user: User | None) -> bool:
+    return user is not None and user.role == Role.admin.value
+
+
+@router.get("", summary="List services", responses=problem_responses(401, 403, 422))
+async def list(
+    session: DbSession,
+    caller: OptionalUser,
+    staff_id: Annotated[uuid.UUID | None, Query(description="Only services this staff member provides")] = None,
+    include_inactive: Annotated[bool, Query(description="Admins only: deactivated services too")] = False,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ServicePage:
+    """Bookable services by name; admins may ask for deactivated ones too."""
+    if include_inactive and caller is None:
+        raise Unauthorized("Sign in as an admin to list deactivated services")
+    if include_inactive and not _is_admin(caller):
+        raise Forbidden("Only admins can list deactivated services")
+    rows, total = await catalogue.list_services(
+        session, include_inactive=include_inactive, staff_id=staff_id, limit=limit, offset=offset
+    )
+    return ServicePage(items=[ServiceOut.model_validate(s) for s in rows], total=total, limit=limit, offset=offset)
+
+
+@router.get("/{service_id}", summary="Get a service", responses=problem_responses(401, 404, 422))
+async def get(service_id: uuid.UUID, session: DbSession, caller: OptionalUser) -> ServiceOut:
+    """One active service (admins also see deactivated ones)."""
+    service = await catalogue.get_service(session, service_id, include_inactive=_is_admin(caller))
+    return ServiceOut.model_validate(service)
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, summary="Create a service", responses=problem_responses(401, 403, 422)
+)
+async def create(body: ServiceCreate, admin: AdminUser, session: DbSession) -> ServiceOut:
+    """Add a service; `staff_ids` must name active staff members (else 422 `unknown_staff`)."""
+    return ServiceOut.model_validate(await catalogue.create_service(session, admin, body.model_dump()))
+
+
+@router.patch("/{service_id}", summary="Edit a service", responses=ADMIN_ERRORS)
+async def update(service_id: uuid.UUID, body: ServiceUpdate, admin: AdminUser, session: DbSession) -> ServiceOut:
+    """Change the fields sent; `staff_ids` replaces the whole list of providers."""
+    changes = body.model_dump(exclude_unset=True)
+    return ServiceOut.model_validate(await catalogue.update_service(session, admin, service_id, changes))
+
+
+@router.delete(
+    "/{service_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a service", responses=ADMIN_ERRORS
+)
+async def deactivate(service_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
+    """Deactivate a service: no longer listed or bookable; existing appointments keep it."""
+    await catalogue.deactivate_service(session, admin, service_id)

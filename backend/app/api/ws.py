@@ -1,0 +1,169 @@
+"""WebSocket `/api/v1/ws`: the caller's real-time events, fanned out through Redis.
+
+Protocol (JSON text frames):
+- authenticate with `?token=ACCESS_TOKEN` or, better (URLs end up in logs), with the first message:
+  `{"token": "..."}` or the bare token; the check is the HTTP Bearer one (signature, expiry,
+  revocation). A missing, invalid or revoked token closes the socket with code 4401, as does the
+  token's expiry: send `{"token": "<fresh access token>"}` before then to stay connected.
+- the server answers `{"type": "ready", "data": {"user_id", "expires_at"}}` once events flow, then
+  sends `{"type": "appointment.created" | ..., "data": {...}}` as they happen, and
+  `{"type": "heartbeat"}` after `HEARTBEAT_SECONDS` of silence, when it also checks again that the
+  session was not revoked (logout, password change, deactivation: 4401);
+- `"ping"` or `{"type": "ping"}` is answered with `{"type": "pong"}`.
+"""
+
+import asyncio
+import json
+import time
+from contextlib import suppress
+from datetime import UTC, datetime
+
+import jwt
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketState
+
+from app.database import get_sessionmaker
+from app.errors import AppError
+from app.services import auth
+from app.services.events import get_hub
+from app.utils.security import AccessClaims, decode_access_token
+
+router = APIRouter(tags=["events"])
+
+AUTH_FAILED = 4401  # 4000 + HTTP 401, as several WebSocket APIs do
+AUTH_TIMEOUT_SECONDS = 10
+HEARTBEAT_SECONDS = 25
+
+
+class _AuthFailed(Exception):
+    pass
+
+
+async def _authenticate(token: str) -> AccessClaims:
+    """The HTTP Bearer check, for a socket: valid signature and claims, not revoked, user still active."""
+    try:
+        claims = decode_access_token(token)
+    except jwt.InvalidTokenError as exc:
+        raise _AuthFailed("invalid token") from exc
+    await _check(claims)
+    return claims
+
+
+async def _check(claims: AccessClaims) -> None:
+    """Raise `_AuthFailed` once the token is revoked (logout, password change, deactivation)."""
+    async with get_sessionmaker()() as session:
+        try:
+            await auth.authenticate_access(session, claims)
+        except AppError as exc:
+            raise _AuthFailed(exc.detail) from exc
+
+
+def _token_of(text: str) -> str:
+    """`{"token": "..."}` or the bare token."""
+    with suppress(ValueError):
+        message = json.loads(text)
+        if isinstance(message, dict):
+            return str(message.get("token") or "")
+    return text.strip()
+
+
+def _is_ping(text: str) -> bool:
+    if text.strip() == "ping":
+        return True
+    with suppress(ValueError):
+        message = json.loads(text)
+        return isinstance(message, dict) and message.get("type") == "ping"
+    return False
+
+
+async def _first_token(websocket: WebSocket) -> str:
+    try:
+        text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_SECONDS)
+    except TimeoutError as exc:
+        raise _AuthFailed("no token") from exc
+    return _token_of(text)
+
+
+class _Connection:
+    def __init__(self, websocket: WebSocket, claims: AccessClaims) -> None:
+        self.websocket = websocket
+        self.claims = claims
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock:
+            await self.websocket.send_text(text)
+
+    async def listen(self) -> None:
+        """Client messages: pings and fresh tokens; returns when the client goes."""
+        while True:
+            text = await self.websocket.receive_text()
+            if _is_ping(text):
+                await self.send('{"type":"pong"}')
+                continue
+            token = _token_of(text)
+            if not token:
+                continue
+            claims = await _authenticate(token)
+            if claims.user_id != self.claims.user_id:
+                raise _AuthFailed("token of another user")
+            self.claims = claims
+            await self.send(json.dumps({"type": "authenticated", "data": {"expires_at": _iso(claims.expires_at)}}))
+
+    async def relay(self, queue: asyncio.Queue[str]) -> None:
+        """Events to the socket, a heartbeat when quiet; returns when the token runs out."""
+        while True:
+            remaining = self.claims.expires_at - time.time()
+            if remaining <= 0:
+                raise _AuthFailed("token expired")
+            try:
+                text = await asyncio.wait_for(queue.get(), min(HEARTBEAT_SECONDS, remaining))
+            except TimeoutError:
+                if self.claims.expires_at - time.time() > 0:
+                    await _check(self.claims)  # a quiet moment: is the session still valid?
+                    await self.send('{"type":"heartbeat"}')
+                continue
+            await self.send(text)
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+
+
+async def _serve(websocket: WebSocket, claims: AccessClaims) -> None:
+    connection = _Connection(websocket, claims)
+    async with get_hub().subscription(claims.user_id) as queue:
+        ready = {"user_id": str(claims.user_id), "expires_at": _iso(claims.expires_at)}
+        await connection.send(json.dumps({"type": "ready", "data": ready}))
+        tasks = {asyncio.create_task(connection.listen()), asyncio.create_task(connection.relay(queue))}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()  # raises what ended the connection
+
+
+async def stream(websocket: WebSocket) -> None:
+    """Real-time events for the caller (appointment changes), authenticated by an access token."""
+    await websocket.accept()
+    try:
+        claims = await _authenticate(websocket.query_params.get("token") or await _first_token(websocket))
+        await _serve(websocket, claims)
+    except _AuthFailed as exc:
+        await _close(websocket, AUTH_FAILED, str(exc))
+    except WebSocketDisconnect:
+        pass
+
+
+# A plain Starlette route: FastAPI would apply the app-wide dependencies, which read an HTTP `Request`
+# (body media type) that a WebSocket is not; this endpoint takes nothing from dependency injection.
+router.add_websocket_route("/ws", stream, name="stream")
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    if websocket.client_state == WebSocketState.CONNECTED and websocket.application_state == WebSocketState.CONNECTED:
+        with suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code, reason[:120])

@@ -1,0 +1,125 @@
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+
+from app.models import AppointmentStatus
+from app.schemas.common import Page, StrictModel
+
+# Answers are always UTC (`...Z`), whatever offset the request used.
+UtcDatetime = Annotated[
+    datetime, PlainSerializer(lambda value: value.astimezone(UTC).isoformat().replace("+00:00", "Z"), return_type=str)
+]
+Notes = Annotated[str, Field(max_length=2000, examples=["First visit; please bring earlier X-rays."])]
+
+
+class Recurrence(StrictModel):
+    rrule: str = Field(
+        max_length=500,
+        description="RFC 5545 RRULE subset: FREQ=DAILY|WEEKLY|MONTHLY, INTERVAL, and COUNT or UNTIL; "
+        "at most 52 occurrences, each at the same local time in the staff member's time zone",
+        examples=["FREQ=WEEKLY;INTERVAL=1;COUNT=6"],
+    )
+
+
+class AppointmentCreate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "service_id": "3f0e8a52-3c55-4a8e-9d0e-2a4f1f7f6b10",
+                    "staff_id": "0b7c9e0e-5b0a-4c1e-8f57-6a1b2c3d4e5f",
+                    "starts_at": "2026-12-03T09:00:00+01:00",
+                    "notes": "First visit",
+                },
+                {
+                    "service_id": "3f0e8a52-3c55-4a8e-9d0e-2a4f1f7f6b10",
+                    "staff_id": "0b7c9e0e-5b0a-4c1e-8f57-6a1b2c3d4e5f",
+                    "starts_at": "2026-12-03T09:00:00+01:00",
+                    "recurrence": {"rrule": "FREQ=WEEKLY;INTERVAL=1;COUNT=6"},
+                },
+            ]
+        }
+    )
+
+    service_id: uuid.UUID
+    staff_id: uuid.UUID
+    starts_at: AwareDatetime
+    notes: Notes | None = None
+    client_id: uuid.UUID | None = Field(
+        default=None, description="Staff and admins may book for a client; others may only book for themselves"
+    )
+    recurrence: Recurrence | None = None
+
+
+class AppointmentUpdate(StrictModel):
+    """`starts_at` reschedules (the same checks as booking); `notes` replaces the notes (`null` clears them)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"starts_at": "2026-12-04T10:00:00+01:00"}, {"notes": "Running late"}]}
+    )
+
+    starts_at: AwareDatetime | None = None
+    notes: Notes | None = None
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> "AppointmentUpdate":
+        if not self.model_fields_set:
+            raise ValueError("give starts_at and/or notes")
+        if "starts_at" in self.model_fields_set and self.starts_at is None:
+            raise ValueError("starts_at cannot be null")
+        return self
+
+
+class CancelRequest(StrictModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"reason": "Feeling unwell"}]})
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class SeriesCancelRequest(StrictModel):
+    model_config = ConfigDict(
+        populate_by_name=True, json_schema_extra={"examples": [{"from": "2026-12-17T09:00:00+01:00"}, {}]}
+    )
+
+    from_: AwareDatetime | None = Field(
+        default=None,
+        alias="from",
+        description="Cancel the live occurrences starting at or after this instant (default: from now on)",
+    )
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class AppointmentOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    series_id: uuid.UUID | None
+    client_id: uuid.UUID
+    staff_id: uuid.UUID
+    service_id: uuid.UUID
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
+    status: AppointmentStatus
+    notes: str | None
+    cancellation_reason: str | None
+    cancelled_by: uuid.UUID | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class AppointmentPage(Page[AppointmentOut]):
+    pass
+
+
+class SeriesOut(BaseModel):
+    """A recurring series' occurrences (the ones a call created or changed)."""
+
+    series_id: uuid.UUID
+    appointments: list[AppointmentOut]
+
+
+def to_json(appointment: object) -> dict:
+    """The appointment exactly as the API answers it, JSON-ready (for events and stored answers)."""
+    return AppointmentOut.model_validate(appointment).model_dump(mode="json")

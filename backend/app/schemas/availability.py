@@ -1,0 +1,150 @@
+"""Availability: the query (window bounds as instants or as local dates) and the answer.
+
+The answer is rendered by `render`, not by pydantic: a month for a busy service is thousands of
+slots, and the rendered text is what the cache keeps. `Availability` documents the same shape for
+OpenAPI, and a unit test holds the two together.
+"""
+
+import re
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, time
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
+from pydantic.json_schema import SkipJsonSchema
+
+from app.schemas.common import TimeZoneName
+from app.services.availability_engine import Slot
+from app.utils.time import from_timestamp, local_bound_to_utc
+
+_LOCAL_START, _LOCAL_END = "2026-03-09T10:00:00-04:00", "2026-03-09T11:00:00-04:00"
+_PLAIN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+# `+01:00` sent unencoded in a query string arrives as ` 01:00`: read the space back as a plus.
+_SPACE_FOR_PLUS = re.compile(r" (\d{2}(:?\d{2})?)$")
+
+
+def _window_bound(value: object) -> datetime | date:
+    if isinstance(value, datetime | date):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("expected a date-time with an offset or a plain date")
+    value = value.strip()
+    if _PLAIN_DATE.match(value):
+        return date.fromisoformat(value)
+    try:
+        parsed = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"+\1", value))
+    except ValueError:
+        raise ValueError("expected ISO 8601: 2026-03-08T00:00:00-05:00, 2026-03-08T05:00:00Z or 2026-03-08") from None
+    if parsed.tzinfo is None:
+        raise ValueError("a date-time needs a UTC offset, e.g. 2026-03-08T09:00:00+01:00 or ...Z")
+    return parsed
+
+
+WindowBound = Annotated[
+    datetime | date,
+    PlainValidator(_window_bound),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "description": "A date-time with an offset, or a plain date read as local midnight in `tz`",
+            "examples": ["2026-03-08T00:00:00-05:00", "2026-03-08"],
+        }
+    ),
+]
+
+
+class AvailabilityQuery(BaseModel):
+    """`GET /availability` parameters; `start_at`/`end_at` are the resolved instants."""
+
+    service_id: uuid.UUID
+    start: WindowBound = Field(description="Window start (inclusive): slots starting at or after it")
+    end: WindowBound = Field(description="Window end (exclusive); at most 62 days after `start`")
+    staff_id: uuid.UUID | None = Field(None, description="Only this staff member (default: everyone offering it)")
+    tz: TimeZoneName | None = Field(
+        None,
+        validate_default=True,
+        description="IANA zone of the client: plain-date bounds are its local midnights, and each slot also "
+        "carries `starts_at_local`/`ends_at_local` in it",
+    )
+
+    @field_validator("tz")
+    @classmethod
+    def _plain_dates_need_a_zone(cls, tz: str | None, info: ValidationInfo) -> str | None:
+        plain = [name for name in ("start", "end") if type(info.data.get(name)) is date]
+        if tz is None and plain:
+            raise ValueError(f"{' and '.join(plain)} is a plain date: say in which zone with `tz`")
+        return tz
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        return ZoneInfo(self.tz) if self.tz else None
+
+    def _instant(self, bound: datetime | date) -> datetime:
+        if isinstance(bound, datetime):
+            return bound.astimezone(UTC)
+        assert self.tz is not None
+        return local_bound_to_utc(bound, time(0), ZoneInfo(self.tz))
+
+    @property
+    def start_at(self) -> datetime:
+        return self._instant(self.start)
+
+    @property
+    def end_at(self) -> datetime:
+        return self._instant(self.end)
+
+
+class AvailableSlot(BaseModel):
+    staff_id: uuid.UUID
+    starts_at: datetime = Field(examples=["2026-03-09T14:00:00Z"])
+    ends_at: datetime = Field(examples=["2026-03-09T15:00:00Z"])
+    starts_at_local: datetime | SkipJsonSchema[None] = Field(
+        None, description="Only with `tz`: the start in that zone, with its offset", examples=[_LOCAL_START]
+    )
+    ends_at_local: datetime | SkipJsonSchema[None] = Field(
+        None, description="Only with `tz`: the end in that zone, with its offset", examples=[_LOCAL_END]
+    )
+
+
+class Availability(BaseModel):
+    start: datetime = Field(description="The window start as understood, in UTC")
+    end: datetime = Field(description="The window end as understood, in UTC")
+    slots: list[AvailableSlot] = Field(description="Free slots by start time, then staff member")
+
+
+def render(slots: Sequence[Slot], start: datetime, end: datetime, zone: ZoneInfo | None) -> str:
+    """The JSON text of `Availability` (UTC with `Z`; local renderings only with a zone).
+
+    Slots of one service share a few hundred distinct (start, end) pairs across all staff, so each
+    pair's text is built once; per slot only a dictionary lookup and a concatenation remain.
+    """
+    times: dict[tuple[int, int], str] = {}
+    staff: dict[uuid.UUID, str] = {}
+    parts = []
+    for slot in slots:
+        pair = slot[:2]
+        text = times.get(pair)
+        if text is None:
+            text = times[pair] = _times_text(pair[0], pair[1], zone)
+        sid = staff.get(slot[2])
+        if sid is None:
+            sid = staff[slot[2]] = '{"staff_id":"' + str(slot[2])
+        parts.append(sid + text)
+    window = f'"start":"{_utc_z(start)}","end":"{_utc_z(end)}"'
+    return f'{{{window},"slots":[{",".join(parts)}]}}'
+
+
+def _times_text(start: int, end: int, zone: ZoneInfo | None) -> str:
+    starts_at, ends_at = from_timestamp(start), from_timestamp(end)
+    # Whole seconds in UTC: isoformat() is "YYYY-MM-DDTHH:MM:SS+00:00", far cheaper than strftime.
+    text = f'","starts_at":"{starts_at.isoformat()[:19]}Z","ends_at":"{ends_at.isoformat()[:19]}Z"'
+    if zone is not None:
+        local = f',"starts_at_local":"{starts_at.astimezone(zone).isoformat()}"'
+        text += local + f',"ends_at_local":"{ends_at.astimezone(zone).isoformat()}"'
+    return text + "}"
+
+
+def _utc_z(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

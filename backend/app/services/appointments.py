@@ -1,0 +1,283 @@
+"""Appointment building blocks shared by booking and series: who sees what, slot checks, writes.
+
+The friendly checks (availability) come first; the guarantee is the exclusion constraint
+`no_double_booking`, whose violation (SQLSTATE 23P01) becomes 409 `slot_unavailable`. Inserts and
+moves run in a SAVEPOINT, so a clash leaves the request's transaction usable, and every status
+change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected RETURNING`).
+"""
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import InvalidTransition, NotFound, SlotNotOffered, SlotUnavailable
+from app.models import Appointment, AppointmentStatus, Role, Service, User
+from app.models.appointment import LIVE_STATUSES
+from app.schemas.appointment import to_json
+from app.services import audit, availability, events, notifications, reminders
+from app.utils.time import utcnow
+
+EXCLUSION_VIOLATION = "23P01"
+LIVE = [s.value for s in LIVE_STATUSES]
+
+
+class Party(Protocol):
+    client_id: uuid.UUID
+    staff_id: uuid.UUID
+
+
+def can_see(user: User, item: Party) -> bool:
+    return user.role == Role.admin or user.id in (item.client_id, item.staff_id)
+
+
+def handles(user: User, item: Party) -> bool:
+    """Its staff member or an admin: confirm, complete, cancel at any time."""
+    return user.role == Role.admin or user.id == item.staff_id
+
+
+def iso(value: datetime) -> str:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+async def get_visible(session: AsyncSession, user: User, appointment_id: uuid.UUID) -> Appointment:
+    """The appointment if the caller may see it; 404 otherwise (no probing of other people's ids)."""
+    appointment = await session.get(Appointment, appointment_id)
+    if appointment is None or not can_see(user, appointment):
+        raise NotFound("No such appointment")
+    return appointment
+
+
+async def list_appointments(
+    session: AsyncSession,
+    user: User,
+    *,
+    status: AppointmentStatus | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    staff_id: uuid.UUID | None = None,
+    client_id: uuid.UUID | None = None,
+    series_id: uuid.UUID | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Appointment], int]:
+    """Admins see all; everybody else the appointments they are the client or the staff member of."""
+    query = select(Appointment)
+    if user.role != Role.admin:
+        query = query.where((Appointment.client_id == user.id) | (Appointment.staff_id == user.id))
+    filters = {"status": status, "staff_id": staff_id, "client_id": client_id, "series_id": series_id}
+    for name, value in filters.items():
+        if value is not None:
+            query = query.where(getattr(Appointment, name) == value)
+    if start is not None:
+        query = query.where(Appointment.starts_at >= start)
+    if end is not None:
+        query = query.where(Appointment.starts_at < end)
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = await session.scalars(query.order_by(Appointment.starts_at, Appointment.id).limit(limit).offset(offset))
+    return list(rows), total or 0
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, datetime]:
+    ends_at = starts_at + timedelta(minutes=service.duration_minutes)
+    return (
+        starts_at - timedelta(minutes=service.buffer_before_minutes),
+        ends_at + timedelta(minutes=service.buffer_after_minutes),
+    )
+
+
+async def _taken(
+    session: AsyncSession, service: Service, staff_id: uuid.UUID, starts: Sequence[datetime], exclude: uuid.UUID | None
+) -> list[datetime]:
+    """The starts whose blocked range overlaps a live appointment of this staff member."""
+    lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
+    query = select(Appointment.blocked_from, Appointment.blocked_until).where(
+        Appointment.staff_id == staff_id,
+        Appointment.status.in_(LIVE),
+        Appointment.blocked_from < hi,
+        Appointment.blocked_until > lo,
+    )
+    if exclude is not None:
+        query = query.where(Appointment.id != exclude)
+    busy = (await session.execute(query)).all()
+
+    def clashes(start: datetime) -> bool:
+        lo, hi = blocked_range(service, start)
+        return any(busy_from < hi and busy_until > lo for busy_from, busy_until in busy)
+
+    return [s for s in starts if clashes(s)]
+
+
+async def ensure_offered(
+    session: AsyncSession,
+    service: Service,
+    staff_id: uuid.UUID,
+    starts: Sequence[datetime],
+    *,
+    exclude: uuid.UUID | None = None,
+) -> None:
+    """422 `slot_not_offered` for times availability would never offer (hours, time off, policies);
+    409 `slot_unavailable` when a live booking is the reason, so a lost race reads the same however
+    it was lost (here, or at the constraint)."""
+    excluded = () if exclude is None else (exclude,)
+    missing = await availability.unoffered_starts(session, service, staff_id, starts, exclude_appointments=excluded)
+    if not missing:
+        return
+    taken = await _taken(session, service, staff_id, missing, exclude)
+    refused = [s for s in missing if s not in taken]
+    if refused:
+        raise SlotNotOffered(
+            "This time is not offered: outside working hours, during time off, too soon or too far ahead",
+            occurrences=[iso(s) for s in refused],
+        )
+    raise SlotUnavailable(conflicts=[iso(s) for s in taken])
+
+
+def is_double_booking(exc: IntegrityError) -> bool:
+    orig = exc.orig
+    codes = {getattr(orig, "sqlstate", None), getattr(getattr(orig, "__cause__", None), "sqlstate", None)}
+    return EXCLUSION_VIOLATION in codes
+
+
+# --- create -------------------------------------------------------------------------------------
+
+
+def new_appointment(
+    service: Service,
+    client: User,
+    staff_id: uuid.UUID,
+    starts_at: datetime,
+    series_id: uuid.UUID | None = None,
+    notes: str | None = None,
+) -> Appointment:
+    starts_at = starts_at.astimezone(UTC)
+    blocked_from, blocked_until = blocked_range(service, starts_at)
+    return Appointment(
+        id=uuid.uuid4(),
+        series_id=series_id,
+        client_id=client.id,
+        staff_id=staff_id,
+        service_id=service.id,
+        starts_at=starts_at,
+        ends_at=starts_at + timedelta(minutes=service.duration_minutes),
+        blocked_from=blocked_from,
+        blocked_until=blocked_until,
+        status=AppointmentStatus.pending if service.requires_confirmation else AppointmentStatus.confirmed,
+        notes=notes,
+        sequence=0,
+    )
+
+
+async def insert_all(session: AsyncSession, actor: User, appointments: list[Appointment]) -> list[Appointment]:
+    """Insert each in its own SAVEPOINT so every clash is found and listed; any clash books nothing."""
+    conflicts: list[datetime] = []
+    for appointment in appointments:
+        try:
+            async with session.begin_nested():
+                session.add(appointment)
+        except IntegrityError as exc:
+            if not is_double_booking(exc):
+                raise
+            conflicts.append(appointment.starts_at)
+    if conflicts:
+        raise SlotUnavailable(conflicts=[iso(s) for s in conflicts])
+    for appointment in appointments:
+        await audit.record(
+            session,
+            actor_id=actor.id,
+            action="appointment.create",
+            entity_type="appointment",
+            entity_id=appointment.id,
+            after=audit.snapshot(appointment),
+        )
+        await reminders.schedule(session, appointment)
+        _publish(session, appointment, "appointment.created")
+    availability.invalidate_after_commit(session, appointments[0].staff_id)
+    await notifications.booked(session, appointments)
+    return appointments
+
+
+# --- changes ------------------------------------------------------------------------------------
+
+
+def _publish(session: AsyncSession, appointment: Appointment, event_type: str) -> None:
+    events.publish_after_commit(
+        session, [appointment.client_id, appointment.staff_id], event_type, data=to_json(appointment)
+    )
+
+
+async def compare_and_swap(
+    session: AsyncSession, appointment: Appointment, values: dict[str, Any], *, expected: str | None
+) -> Appointment | None:
+    """`UPDATE ... WHERE id = :id [AND status = :expected] RETURNING`; None when the status moved meanwhile."""
+    query = update(Appointment).where(Appointment.id == appointment.id)
+    if expected is not None:
+        query = query.where(Appointment.status == expected)
+    query = query.values(**values, updated_at=func.now()).returning(Appointment)
+    result = await session.execute(query.execution_options(populate_existing=True, synchronize_session=False))
+    return result.scalar_one_or_none()
+
+
+async def record_change(
+    session: AsyncSession, actor: User, appointment: Appointment, action: str, before: dict, event_type: str
+) -> None:
+    await audit.record(
+        session,
+        actor_id=actor.id,
+        action=action,
+        entity_type="appointment",
+        entity_id=appointment.id,
+        before=before,
+        after=audit.snapshot(appointment),
+    )
+    availability.invalidate_after_commit(session, appointment.staff_id)
+    _publish(session, appointment, event_type)
+
+
+async def cancel_one(session: AsyncSession, actor: User, appointment: Appointment, reason: str | None) -> Appointment:
+    """Cancel a live appointment (no permission checks, no email: the callers see to both)."""
+    if appointment.status not in LIVE:
+        raise InvalidTransition(f"A {appointment.status} appointment cannot be cancelled")
+    before = audit.snapshot(appointment)
+    values = {
+        "status": AppointmentStatus.cancelled.value,
+        "cancellation_reason": reason,
+        "cancelled_by": actor.id,
+        "sequence": Appointment.sequence + 1,
+    }
+    updated = await compare_and_swap(session, appointment, values, expected=appointment.status)
+    if updated is None:
+        raise InvalidTransition("The appointment changed meanwhile; reload it")
+    await reminders.cancel(session, updated)
+    await record_change(session, actor, updated, "appointment.cancel", before, "appointment.cancelled")
+    return updated
+
+
+# --- GDPR ---------------------------------------------------------------------------------------
+
+
+def _involving(user: User):
+    return select(Appointment).where((Appointment.client_id == user.id) | (Appointment.staff_id == user.id))
+
+
+async def export_for(session: AsyncSession, user: User) -> list[dict[str, Any]]:
+    """Every appointment the user is the client or the staff member of, as the API shows it."""
+    rows = await session.scalars(_involving(user).order_by(Appointment.starts_at, Appointment.id))
+    return [to_json(appointment) for appointment in rows]
+
+
+async def cancel_for_erasure(session: AsyncSession, user: User) -> list[Appointment]:
+    """Cancel the user's future live appointments; the other party is told, the erased user is not."""
+    query = _involving(user).where(Appointment.status.in_(LIVE), Appointment.starts_at > utcnow())
+    cancelled = []
+    for appointment in list(await session.scalars(query.order_by(Appointment.starts_at))):
+        cancelled.append(await cancel_one(session, user, appointment, "Account deleted"))
+        await notifications.cancelled(session, [cancelled[-1]], skip={user.id})
+    return cancelled

@@ -1,0 +1,170 @@
+"""Booking emails through the outbox: booked, confirmed, rescheduled, cancelled.
+
+Each party gets one email in their own locale, with times in their own time zone, and an `.ics`
+per appointment: METHOD:REQUEST (TENTATIVE while pending, else CONFIRMED) or METHOD:CANCEL, a
+stable UID (`{id}@c3po`) and the appointment's SEQUENCE, which every change increases, so a
+calendar replaces what it holds instead of adding a second event. A series gets one email with an
+`.ics` per occurrence.
+"""
+
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.config import get_settings
+from app.models import Appointment, AppointmentStatus, Service, User
+from app.services import outbox
+from app.utils.ics import CalendarEvent, build_calendar
+
+UID_DOMAIN = "c3po"
+_WEEKDAYS = {
+    "en": ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"),
+    "ru": ("пн", "вт", "ср", "чт", "пт", "сб", "вс"),
+}
+_MONTHS = {
+    "en": ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"),
+    "ru": (
+        "января",
+        "февраля",
+        "марта",
+        "апреля",
+        "мая",
+        "июня",
+        "июля",
+        "августа",
+        "сентября",
+        "октября",
+        "ноября",
+        "декабря",
+    ),
+}
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def format_when(starts_at: datetime, ends_at: datetime, timezone: str, locale: str) -> str:
+    """`Thu 3 Dec 2026, 09:00–10:00 (Europe/Berlin)` / `чт, 3 декабря 2026, 09:00–10:00 (Europe/Moscow)`."""
+    locale = locale if locale in _MONTHS else "en"
+    zone = _zone(timezone)
+    start, end = starts_at.astimezone(zone), ends_at.astimezone(zone)
+    weekday, month = _WEEKDAYS[locale][start.weekday()], _MONTHS[locale][start.month - 1]
+    separator = ", " if locale == "ru" else " "
+    day = f"{weekday}{separator}{start.day} {month} {start.year}"
+    return f"{day}, {start:%H:%M}–{end:%H:%M} ({zone.key})"
+
+
+def uid(appointment: Appointment) -> str:
+    return f"{appointment.id}@{UID_DOMAIN}"
+
+
+async def _parties(session: AsyncSession, appointment: Appointment) -> tuple[Service, User, User]:
+    service = await session.get(Service, appointment.service_id)
+    client = await session.get(User, appointment.client_id)
+    staff = await session.get(User, appointment.staff_id)
+    assert service is not None and client is not None and staff is not None
+    return service, client, staff
+
+
+def _event(appointment: Appointment, service: Service, client: User, staff: User, viewer: User) -> CalendarEvent:
+    other = client if viewer.id == staff.id else staff
+    status = {AppointmentStatus.cancelled: "CANCELLED", AppointmentStatus.pending: "TENTATIVE"}.get(
+        AppointmentStatus(appointment.status), "CONFIRMED"
+    )
+    return CalendarEvent(
+        uid=uid(appointment),
+        sequence=appointment.sequence,
+        starts_at=appointment.starts_at,
+        ends_at=appointment.ends_at,
+        summary=f"{service.name} — {other.full_name}",
+        description=f"{get_settings().frontend_url}/appointments/{appointment.id}",
+        organizer_email=staff.email,
+        organizer_name=staff.full_name,
+        attendee_email=client.email,
+        attendee_name=client.full_name,
+        status=status,
+    )
+
+
+async def calendar_for(session: AsyncSession, appointment: Appointment, *, viewer: User, method: str) -> str:
+    service, client, staff = await _parties(session, appointment)
+    return build_calendar(_event(appointment, service, client, staff, viewer), method=method)
+
+
+async def _send(
+    session: AsyncSession,
+    template: str,
+    appointments: Sequence[Appointment],
+    *,
+    method: str,
+    previous_start: datetime | None = None,
+    skip: Collection[uuid.UUID] = (),
+) -> None:
+    """One email per party (client, staff) about these appointments, which share their parties."""
+    first = appointments[0]
+    service, client, staff = await _parties(session, first)
+    recipients = [(client, "client")] + ([(staff, "staff")] if staff.id != client.id else [])
+    for recipient, role in recipients:
+        if recipient.id in skip or recipient.deleted_at is not None:
+            continue
+        zone, locale = recipient.timezone, recipient.locale
+        duration = first.ends_at - first.starts_at
+        context: dict[str, Any] = {
+            "recipient_name": recipient.full_name,
+            "role": role,
+            "service_name": service.name,
+            "staff_name": staff.full_name,
+            "client_name": client.full_name,
+            "other_name": client.full_name if role == "staff" else staff.full_name,
+            "when": format_when(first.starts_at, first.ends_at, zone, locale),
+            "occurrences": [format_when(a.starts_at, a.ends_at, zone, locale) for a in appointments],
+            "count": len(appointments),
+            "status": first.status,
+            "previous_when": format_when(previous_start, previous_start + duration, zone, locale)
+            if previous_start
+            else "",
+            "reason": first.cancellation_reason or "",
+            "notes": first.notes or "",
+            "timezone": _zone(zone).key,
+            "link": f"{get_settings().frontend_url}/appointments/{first.id}",
+        }
+        attachments = [
+            {
+                "filename": f"appointment-{appointment.id}.ics",
+                "content": build_calendar(_event(appointment, service, client, staff, recipient), method=method),
+                "mime_type": f"text/calendar; method={method}",
+            }
+            for appointment in appointments
+        ]
+        await outbox.queue_email(
+            session, to=recipient.email, template=template, locale=locale, context=context, attachments=attachments
+        )
+
+
+async def booked(session: AsyncSession, appointments: Sequence[Appointment]) -> None:
+    """To the client and the staff member: one appointment, or every occurrence of a new series."""
+    await _send(session, "appointment_booked", appointments, method="REQUEST")
+
+
+async def confirmed(session: AsyncSession, appointment: Appointment) -> None:
+    await _send(session, "appointment_confirmed", [appointment], method="REQUEST")
+
+
+async def rescheduled(session: AsyncSession, appointment: Appointment, previous_start: datetime) -> None:
+    await _send(session, "appointment_rescheduled", [appointment], method="REQUEST", previous_start=previous_start)
+
+
+async def cancelled(
+    session: AsyncSession, appointments: Sequence[Appointment], *, skip: Collection[uuid.UUID] = ()
+) -> None:
+    """METHOD:CANCEL to both parties (but not to `skip`, e.g. an account being erased)."""
+    if appointments:
+        await _send(session, "appointment_cancelled", appointments, method="CANCEL", skip=skip)
