@@ -15,12 +15,17 @@ router = APIRouter(prefix="/availability", tags=["availability"])
 @router.get("", response_model=Availability, summary="Free slots", responses=problem_responses(404, 422))
 async def list(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
     """Free start times of an active service in `[start, end)` (at most 62 days), for one staff
-    member or everyone offering it, by time. Times are UTC with `Z`.
+    member or everyone offering it, by time (then staff id). Times are UTC with `Z`; the answer
+    also echoes the window as understood.
 
     `start`/`end` are date-times with an offset, or plain dates with `tz`: `start=2026-03-08&
-    end=2026-03-15&tz=America/New_York` is that week's local midnights, DST included (`end` is
-    exclusive). With `tz` each slot also carries `starts_at_local`/`ends_at_local` in that zone,
-    ready to group by local day. Errors: 404 unknown or inactive service, or a staff member who does
+    end=2026-03-15&tz=America/New_York` is that week between local midnights, DST included (`end`
+    is exclusive). With `tz` each slot also carries `starts_at_local`/`ends_at_local` in that zone
+    (ISO 8601 with the offset of that instant), ready to group by local day and display.
+
+    Hours are the staff member's wall-clock hours in their own zone: 09:00 stays 09:00 across a
+    clock change; a time the clocks skip is never offered; a time they repeat (fall back) is offered
+    once, at its first occurrence. Errors: 404 unknown or inactive service, or a `staff_id` who does
     not offer it; 422 `validation_error` (naive date-time, plain date without `tz`, unknown `tz`),
     `invalid_window` (end not after start), `window_too_large`.
     """

@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 
 import jwt
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from loguru import logger
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocketState
 
 from app.database import get_sessionmaker
@@ -31,6 +33,7 @@ from app.utils.security import AccessClaims, decode_access_token
 router = APIRouter(tags=["events"])
 
 AUTH_FAILED = 4401  # 4000 + HTTP 401, as several WebSocket APIs do
+TRY_AGAIN_LATER = 1013
 AUTH_TIMEOUT_SECONDS = 10
 HEARTBEAT_SECONDS = 25
 
@@ -76,9 +79,19 @@ def _is_ping(text: str) -> bool:
     return False
 
 
+async def _receive_text(websocket: WebSocket) -> str:
+    """The next message as text (a binary frame is decoded as UTF-8); WebSocketDisconnect when the client goes."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000), message.get("reason"))
+    if message.get("text") is not None:
+        return message["text"]
+    return (message.get("bytes") or b"").decode("utf-8", "replace")
+
+
 async def _first_token(websocket: WebSocket) -> str:
     try:
-        text = await asyncio.wait_for(websocket.receive_text(), AUTH_TIMEOUT_SECONDS)
+        text = await asyncio.wait_for(_receive_text(websocket), AUTH_TIMEOUT_SECONDS)
     except TimeoutError as exc:
         raise _AuthFailed("no token") from exc
     return _token_of(text)
@@ -97,7 +110,7 @@ class _Connection:
     async def listen(self) -> None:
         """Client messages: pings and fresh tokens; returns when the client goes."""
         while True:
-            text = await self.websocket.receive_text()
+            text = await _receive_text(self.websocket)
             if _is_ping(text):
                 await self.send('{"type":"pong"}')
                 continue
@@ -111,7 +124,7 @@ class _Connection:
             await self.send(json.dumps({"type": "authenticated", "data": {"expires_at": _iso(claims.expires_at)}}))
 
     async def relay(self, queue: asyncio.Queue[str]) -> None:
-        """Events to the socket, a heartbeat when quiet; returns when the token runs out."""
+        """Events to the socket, a heartbeat when quiet; `_AuthFailed` once the token runs out or is revoked."""
         while True:
             remaining = self.claims.expires_at - time.time()
             if remaining <= 0:
@@ -156,6 +169,9 @@ async def stream(websocket: WebSocket) -> None:
         await _close(websocket, AUTH_FAILED, str(exc))
     except WebSocketDisconnect:
         pass
+    except (RedisError, OSError, TimeoutError):  # Redis unreachable: the client should retry shortly
+        logger.opt(exception=True).warning("WebSocket events unavailable")
+        await _close(websocket, TRY_AGAIN_LATER, "events unavailable, try again later")
 
 
 # A plain Starlette route: FastAPI would apply the app-wide dependencies, which read an HTTP `Request`

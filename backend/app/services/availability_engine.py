@@ -177,8 +177,9 @@ def staff_slots(
     calendar: StaffCalendar, rules: ServiceRules, window_start: datetime, window_end: datetime, now: datetime
 ) -> list[Slot]:
     """Free slots of one staff member starting in [window_start, window_end), in time order."""
+    # Starts are whole seconds: start >= x <=> start >= ceil(x), and start < y <=> start < ceil(y).
     earliest = timestamp(max(window_start, now + rules.min_notice), ceil=True)
-    latest = timestamp(min(window_end, now + rules.max_advance))
+    latest = timestamp(min(window_end, now + rules.max_advance), ceil=True)
     if earliest >= latest:
         return []
     duration = rules.duration // _SECOND

@@ -46,7 +46,7 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
         raise EmailNotVerified("Verify your email address before booking")
     client = await _client_for(session, actor, data.client_id, data.staff_id)
     service = await availability.get_bookable_service(session, data.service_id)
-    if not await availability.offering_staff(session, service.id, data.staff_id):
+    if data.staff_id not in await availability.service_staff_ids(session, service.id):
         raise SlotNotOffered("This staff member does not provide this service")
     if data.recurrence is not None:
         booked = await series.book(

@@ -9,6 +9,7 @@ nothing: a socket that was not connected misses the event, and clients refetch o
 
 import asyncio
 import json
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -63,6 +64,7 @@ class Hub:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def channels(self) -> set[str]:
@@ -134,13 +136,24 @@ class Hub:
             return
         if message["type"] != "message":
             return
+        if name not in self._listeners:  # left over from an unsubscribe lost with the connection
+            task = asyncio.create_task(self._drop_orphan(name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            return
         data = message["data"]
         text = data.decode() if isinstance(data, bytes) else data
-        for queue in self._listeners.get(name, ()):
+        for queue in self._listeners[name]:
             if queue.full():
                 queue.get_nowait()
                 logger.warning("a slow socket on {} dropped an event", name)
             queue.put_nowait(text)
+
+    async def _drop_orphan(self, name: str) -> None:
+        async with self._lock:
+            if name not in self._listeners:
+                with suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(name)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -161,8 +174,16 @@ def get_hub() -> Hub:
         url = get_settings().redis_url
         if not url:
             raise RuntimeError("REDIS_URL is not set")
-        # Its own client: no socket timeout (the connection waits for events), a ping every 30 s.
-        _hub = Hub(Redis.from_url(url, decode_responses=True, socket_connect_timeout=2, health_check_interval=30))
+        # Its own client: no socket timeout (the connection waits for events), a ping every 30 s, and
+        # a name that `CLIENT LIST` shows.
+        redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2,
+            health_check_interval=30,
+            client_name=f"c3po-events-{os.getpid()}",
+        )
+        _hub = Hub(redis)
     return _hub
 
 

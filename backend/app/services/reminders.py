@@ -116,7 +116,8 @@ async def _claim(session: AsyncSession, now: datetime, deferred: set[int]) -> li
 
 async def _handle(session: AsyncSession, reminder: Reminder, now: datetime) -> bool | None:
     """True: queued and marked sent. False: will never be sent, deleted. None: try again later."""
-    # FOR SHARE: a move or cancellation waits until we commit; one already under way makes us wait.
+    # FOR SHARE: a move or cancellation waits until we commit; one already under way (the row is
+    # locked) makes us skip it, never wait, so the two cannot deadlock over the reminder rows.
     appointment = await session.scalar(
         select(Appointment)
         .where(Appointment.id == reminder.appointment_id)

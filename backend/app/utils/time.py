@@ -12,7 +12,6 @@ from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)
 _SECOND = timedelta(seconds=1)
 
 
@@ -95,11 +94,6 @@ def timestamp(value: datetime, *, ceil: bool = False) -> int:
     """Whole seconds since the epoch of an aware datetime, rounded down (or up with `ceil`)."""
     seconds = (value - EPOCH) // _SECOND
     return seconds + 1 if ceil and value.microsecond else seconds
-
-
-def naive_seconds(day: date, wall: time) -> int:
-    """Seconds since the epoch of a wall time read as if it were UTC (add -offset to get an instant)."""
-    return (datetime.combine(day, wall) - _NAIVE_EPOCH) // _SECOND
 
 
 def from_timestamp(seconds: int) -> datetime:

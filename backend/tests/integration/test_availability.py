@@ -178,6 +178,16 @@ class TestRequest:
 
         assert_problem(await client.get(URL, params={**params, "staff_id": str(other.id)}), 404, "not_found")
 
+    async def test_documented_for_code_generators(self, client):
+        operation = (await client.get("/openapi.json")).json()["paths"][URL]["get"]
+
+        assert operation["operationId"] == "availability-list"
+        assert operation["responses"]["200"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/Availability"
+        }
+        assert {"404", "422"} <= set(operation["responses"])
+        assert [p["name"] for p in operation["parameters"]] == ["service_id", "start", "end", "staff_id", "tz"]
+
     async def test_public(self, client, session):
         service = await make_service(session, await make_staff(session))
 

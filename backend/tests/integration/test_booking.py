@@ -178,6 +178,14 @@ class TestCreate:
         assert caught.value.extra["conflicts"] == [zulu(TEN)]
         await session.rollback()
 
+    async def test_simultaneous_requests_book_once(self, client, session, service, staff):
+        people = [await headers_for(await create_user(session)) for _ in range(8)]
+
+        responses = await asyncio.gather(*(book(client, headers, service, staff) for headers in people))
+
+        assert sorted(r.status_code for r in responses) == [201] + [409] * 7
+        assert {r.json()["code"] for r in responses if r.status_code == 409} == {"slot_unavailable"}
+
     async def test_a_cancelled_slot_can_be_booked_again(self, client, session, service, staff, customer, as_customer):
         await add_appointment(session, customer, staff, service, TEN, status="cancelled")
 
@@ -428,6 +436,27 @@ class TestReschedule:
 
         assert_problem(refused, 409, "cancellation_window_closed")
         assert moved.status_code == 200, moved.text
+
+    async def test_simultaneous_moves_into_one_slot(self, client, session, service, staff):
+        moves = []
+        for n in range(8):
+            person = await create_user(session)
+            appointment = await add_appointment(session, person, staff, service, TEN + timedelta(days=1, hours=n - 3))
+            moves.append((appointment.id, await headers_for(person)))
+        target = {"starts_at": local(DAY, 15).isoformat()}
+
+        responses = await asyncio.gather(*(client.patch(f"{URL}/{i}", json=target, headers=h) for i, h in moves))
+
+        assert sorted(r.status_code for r in responses) == [200] + [409] * 7
+        assert {r.json()["code"] for r in responses if r.status_code == 409} == {"slot_unavailable"}
+
+    async def test_to_the_same_time_changes_nothing(self, client, session, service, staff, as_customer):
+        body = await booked(client, as_customer, service, staff)
+
+        response = await client.patch(f"{URL}/{body['id']}", json={"starts_at": TEN.isoformat()}, headers=as_customer)
+
+        assert response.status_code == 200 and response.json() == body
+        assert len(await outbox(session, template="appointment_rescheduled")) == 0
 
     async def test_a_cancelled_appointment_cannot_move(self, client, session, service, staff, customer, as_customer):
         appointment = await add_appointment(session, customer, staff, service, TEN, status="cancelled")

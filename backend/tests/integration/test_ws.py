@@ -3,6 +3,7 @@ events published after commit (never after a rollback) reaching only their user'
 
 import asyncio
 import json
+import os
 import socket
 import uuid
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import uvicorn
+from redis.asyncio import Redis
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -93,6 +95,12 @@ class TestAuthentication:
     async def test_token_in_the_query(self, ws_url, user):
         token = (await start_session(user)).access_token
         async with await connect(f"{ws_url}?token={token}") as socket_:
+            assert (await receive(socket_))["data"]["user_id"] == str(user.id)
+
+    async def test_token_in_a_binary_frame(self, ws_url, user):
+        token = (await start_session(user)).access_token
+        async with await connect(ws_url) as socket_:
+            await socket_.send(token.encode())
             assert (await receive(socket_))["data"]["user_id"] == str(user.id)
 
     @pytest.mark.parametrize("token", ["not-a-token", "", "eyJhbGciOiJIUzI1NiJ9.e30.x"])
@@ -243,3 +251,46 @@ class TestConnectionLifetime:
             await asyncio.sleep(0.02)
         assert channel not in hub.channels
         assert subscribers == 0
+
+
+class TestRedisOutage:
+    async def test_the_hub_subscribes_again_after_losing_its_connection(self, ws_url, user):
+        socket_ = await open_socket(ws_url, (await start_session(user)).access_token)
+        redis = get_redis()
+        name = f"c3po-events-{os.getpid()}"
+        killed = [c["id"] for c in await redis.client_list(_type="pubsub") if c.get("name") == name]
+        assert len(killed) == 1
+        await redis.client_kill_filter(_id=killed[0])
+
+        # Pub/sub keeps nothing: what is published before the hub is back is lost, so publish until heard.
+        for _ in range(250):
+            if await redis.publish(events.channel(user.id), events.encode("back", {})):
+                break
+            await asyncio.sleep(0.02)
+        assert await receive(socket_) == {"type": "back", "data": {}}
+        await socket_.close()
+
+    async def test_without_redis_the_socket_is_told_to_try_again_later(self, ws_url, user, monkeypatch):
+        token = (await start_session(user)).access_token
+        unreachable = events.Hub(Redis.from_url(f"redis://127.0.0.1:{_free_port()}/0", socket_connect_timeout=1))
+        monkeypatch.setattr(events, "_hub", unreachable)
+        try:
+            async with await connect(ws_url) as socket_:
+                await socket_.send(token)
+                assert await closed_with(socket_) == ws.TRY_AGAIN_LATER
+        finally:
+            await unreachable.close()
+
+    async def test_a_channel_left_without_listeners_is_unsubscribed_when_it_speaks(self, ws_url, user):
+        hub = events.get_hub()
+        name = events.channel(user.id)
+        await hub._pubsub.subscribe(name)  # as redis-py does on reconnecting when an unsubscribe was lost
+        hub._ensure_reader()
+        redis = get_redis()
+        for _ in range(250):
+            if not await redis.publish(name, events.encode("nobody", {})):
+                break  # the hub let go of it
+            await asyncio.sleep(0.02)
+        [(_, subscribers)] = await redis.pubsub_numsub(name)
+        assert subscribers == 0
+        assert name not in hub.channels

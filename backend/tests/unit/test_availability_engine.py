@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from app.schemas.availability import Availability, AvailabilityQuery, render
+from app.services.availability import CACHE_SECONDS, cache_lifetime
 from app.services.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
 from app.utils.time import fixed_offset, local_bound_to_utc, local_dates, local_to_utc, wall_steps
 
@@ -282,6 +283,18 @@ class TestStepping:
         slots = staff_slots(cal, rules(), utc("2026-07-01T07:00"), utc("2026-07-01T09:00"), LONG_AGO)
 
         assert local_starts(slots, BERLIN) == ["09:00", "10:00"]
+
+    def test_overlapping_hours_still_give_each_start_once_and_in_order(self):
+        cal = calendar(BERLIN, "09:00-12:00", "10:30-12:30")  # the API refuses this; rows could still hold it
+
+        assert local_starts(day_slots(cal, date(2026, 7, 1)), BERLIN) == ["09:00", "10:00", "10:30", "11:00", "11:30"]
+
+    def test_window_bounds_with_fractions_of_a_second(self):
+        cal = calendar(BERLIN, "09:00-12:00")
+
+        slots = staff_slots(cal, rules(), utc("2026-07-01T07:00:00.5"), utc("2026-07-01T09:00:00.5"), LONG_AGO)
+
+        assert local_starts(slots, BERLIN) == ["10:00", "11:00"]
 
     def test_an_interval_shorter_than_the_service_offers_nothing(self):
         assert day_slots(calendar(BERLIN, "09:00-09:45"), date(2026, 7, 1)) == []
@@ -568,7 +581,8 @@ def random_case(rng):
         days=rng.choice([1, 3, 30]),
         step=rng.choice([None, None, 15, 20]),
     )
-    now = window_start + timedelta(minutes=rng.randrange(-3000, 600), seconds=rng.choice([0, 0, 30]))
+    now = window_start + timedelta(minutes=rng.randrange(-3000, 600), seconds=rng.choice([0, 0, 30, 0.25]))
+    window_end += timedelta(seconds=rng.choice([0, 0, 0.5]))
     return cal, service, window_start, window_end, now
 
 
@@ -582,3 +596,21 @@ class TestAgainstTheDefinition:
         engine = [(s.starts_at, s.ends_at) for s in staff_slots(cal, service, window_start, window_end, now)]
 
         assert engine == brute_force(cal, service, window_start, window_end, now)
+
+
+class TestCacheLifetime:
+    """A cached answer must not outlive its earliest slot's minimum notice."""
+
+    NOW = utc("2026-07-01T08:00")
+
+    def slot_at(self, moment: datetime) -> Slot:
+        return Slot(int(moment.timestamp()), int(moment.timestamp()) + 3600, ALICE)
+
+    def test_far_slots_are_cached_for_the_full_time(self):
+        assert cache_lifetime([self.slot_at(utc("2026-07-02T08:00"))], rules(notice=60), self.NOW) == CACHE_SECONDS
+        assert cache_lifetime([], rules(notice=60), self.NOW) == CACHE_SECONDS
+
+    def test_until_the_first_slot_falls_inside_the_notice(self):
+        first = self.slot_at(utc("2026-07-01T09:00:10"))
+
+        assert cache_lifetime([first], rules(notice=60), self.NOW) == 10

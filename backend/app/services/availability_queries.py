@@ -1,0 +1,160 @@
+"""The reads behind availability: who offers a service, and each staff member's calendar.
+
+Statements are built once with bound parameters (SQLAlchemy then reuses their compiled form), and
+the busy time arrives pre-merged from PostgreSQL as arrays of epoch seconds: a month of thousands of
+bookings is one row per staff member, with no datetime objects to build in Python.
+"""
+
+import uuid
+from collections import defaultdict
+from collections.abc import Collection, Mapping
+from datetime import datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import BigInteger, DateTime, and_, bindparam, cast, func, literal, select, text, union_all
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.errors import NotFound
+from app.models import Appointment, DateOverride, Role, Service, StaffProfile, TimeOff, User, WeeklyInterval
+from app.models import service_staff as offers
+from app.services.availability_engine import StaffCalendar
+
+_IDS = bindparam("ids", expanding=True)
+_LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_=DateTime(timezone=True))
+_ZONE = func.coalesce(StaffProfile.timezone, User.timezone)
+_ACTIVE_STAFF = (User.role == Role.staff.value, User.is_active.is_(True), User.deleted_at.is_(None))
+# A literal, not bound parameters, so the planner can use the exclusion constraint's partial GiST index.
+_LIVE = text("appointments.status IN ('pending', 'confirmed')")
+
+
+def _merged_ranges(kind: str, staff_column, ranges, *conditions):
+    """(staff_id, kind, starts, ends): each staff member's ranges merged by `range_agg`, as two sorted
+    arrays of epoch seconds (starts rounded down, ends up, so sub-second parts never shrink them)."""
+    merged = (
+        select(staff_column.label("staff_id"), func.unnest(func.range_agg(ranges)).label("r"))
+        .where(*conditions)
+        .group_by(staff_column)
+        .subquery()
+    )
+    lower = cast(func.floor(func.extract("epoch", func.lower(merged.c.r))), BigInteger)
+    upper = cast(func.ceil(func.extract("epoch", func.upper(merged.c.r))), BigInteger)
+    return select(
+        merged.c.staff_id,
+        literal(kind),
+        func.array_agg(aggregate_order_by(lower, merged.c.r)),
+        func.array_agg(aggregate_order_by(upper, merged.c.r)),
+    ).group_by(merged.c.staff_id)
+
+
+_BLOCKED = func.tstzrange(Appointment.blocked_from, Appointment.blocked_until, "[)")
+_BUSY = union_all(
+    _merged_ranges(
+        "time_off",
+        TimeOff.staff_id,
+        func.tstzrange(TimeOff.starts_at, TimeOff.ends_at, "[)"),
+        TimeOff.staff_id.in_(_IDS),
+        TimeOff.starts_at < _HI,
+        TimeOff.ends_at > _LO,
+    ),
+    _merged_ranges(
+        "busy",
+        Appointment.staff_id,
+        _BLOCKED,
+        Appointment.staff_id.in_(_IDS),
+        _LIVE,
+        _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, "[)")),
+        Appointment.id.not_in(bindparam("excluded", expanding=True)),
+    ),
+)
+_WEEKLY = (
+    select(WeeklyInterval.staff_id, WeeklyInterval.weekday, WeeklyInterval.start_time, WeeklyInterval.end_time)
+    .where(WeeklyInterval.staff_id.in_(_IDS))
+    .order_by(WeeklyInterval.start_time)
+)
+_OVERRIDES = select(DateOverride.staff_id, DateOverride.date, DateOverride.intervals).where(
+    DateOverride.staff_id.in_(_IDS), DateOverride.date.between(bindparam("first_day"), bindparam("last_day"))
+)
+_ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
+
+
+async def offering_staff(
+    session: AsyncSession, service_id: uuid.UUID, staff_id: uuid.UUID | None = None
+) -> dict[uuid.UUID, str]:
+    """Active staff members offering the service (or just `staff_id`, if they do): id -> IANA zone."""
+    query = (
+        select(User.id, _ZONE)
+        .join(offers, offers.c.staff_id == User.id)
+        .outerjoin(StaffProfile, StaffProfile.user_id == User.id)
+        .where(offers.c.service_id == service_id, *_ACTIVE_STAFF)
+        .order_by(User.id)
+    )
+    if staff_id is not None:
+        query = query.where(User.id == staff_id)
+    return {member: zone for member, zone in await session.execute(query)}
+
+
+async def service_and_staff(
+    session: AsyncSession, service_id: uuid.UUID, staff_id: uuid.UUID | None = None
+) -> tuple[Service, dict[uuid.UUID, str]]:
+    """An active service and `offering_staff` in one round trip: 404 for an unknown or inactive
+    service, or for a `staff_id` who does not offer it."""
+    offering = and_(User.id == offers.c.staff_id, *_ACTIVE_STAFF, *([User.id == staff_id] if staff_id else []))
+    rows = (
+        await session.execute(
+            select(Service, User.id, _ZONE)
+            .outerjoin(offers, offers.c.service_id == Service.id)
+            .outerjoin(User, offering)
+            .outerjoin(StaffProfile, StaffProfile.user_id == User.id)
+            .where(Service.id == service_id)
+            .order_by(User.id)
+        )
+    ).all()
+    if not rows or not rows[0][0].is_active:
+        raise NotFound("No such service")
+    staff = {member: zone for _, member, zone in rows if member is not None}
+    if staff_id is not None and not staff:
+        raise NotFound("This staff member does not offer this service")
+    return rows[0][0], staff
+
+
+def _intervals(raw: list[dict[str, str]]) -> list[tuple[time, time]]:
+    return [(time.fromisoformat(item["start"]), time.fromisoformat(item["end"])) for item in raw]
+
+
+async def load_calendars(
+    session: AsyncSession,
+    staff: Mapping[uuid.UUID, str] | Collection[uuid.UUID],
+    start: datetime,
+    end: datetime,
+    *,
+    margin: timedelta,
+    exclude_appointments: Collection[uuid.UUID] = (),
+    exclude_appointment: uuid.UUID | None = None,
+) -> list[StaffCalendar]:
+    """Hours, overrides, time off and live bookings of these staff around [start, end), in three
+    queries. `staff` maps ids to IANA zones (as `offering_staff` answers), or is just ids.
+
+    `margin` widens the window for busy time (a booking ending just before `start` still blocks a
+    slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
+    moved does not block itself)."""
+    if not staff:
+        return []
+    if not isinstance(staff, Mapping):
+        zones = {member: zone for member, zone in await session.execute(_ZONES, {"ids": list(staff)})}
+        staff = {member: zones.get(member, "UTC") for member in staff}
+    excluded = [*exclude_appointments, *([exclude_appointment] if exclude_appointment else [])]
+    ids = list(staff)
+    calendars = {
+        member: StaffCalendar(member, ZoneInfo(zone), weekly=defaultdict(list)) for member, zone in staff.items()
+    }
+    for member, weekday, opens, closes in await session.execute(_WEEKLY, {"ids": ids}):
+        calendars[member].weekly[weekday].append((opens, closes))
+    # Local dates differ from UTC ones by at most a day (offsets are within ±14 h).
+    days = {"first_day": (start - timedelta(days=2)).date(), "last_day": (end + timedelta(days=2)).date()}
+    for member, day, intervals in await session.execute(_OVERRIDES, {"ids": ids, **days}):
+        calendars[member].overrides[day] = _intervals(intervals)
+    params = {"ids": ids, "lo": start - margin, "hi": end + margin, "excluded": excluded}
+    for member, kind, lowers, uppers in await session.execute(_BUSY, params):
+        setattr(calendars[member], kind, list(zip(lowers, uppers, strict=True)))
+    return list(calendars.values())
