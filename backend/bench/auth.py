@@ -12,7 +12,12 @@ import asyncio
 import httpx
 from _harness import api_server, bench_database, measure
 
-EMAIL, PASSWORD = "bench@example.com", "a bench password that nobody uses"
+PASSWORD = "a bench password that nobody uses"
+ACCOUNTS = 32  # logins for one account queue behind each other (the failed-login lock): spread them
+
+
+def email(n: int) -> str:
+    return f"bench{n}@example.com"
 
 
 async def seed(database_url: str, redis_url: str) -> None:
@@ -23,20 +28,23 @@ async def seed(database_url: str, redis_url: str) -> None:
     from app.services.users import create_user
 
     async with unit_of_work() as session:
-        await create_user(session, email=EMAIL, password=PASSWORD, full_name="Bench User")
+        for n in range(ACCOUNTS):
+            await create_user(session, email=email(n), password=PASSWORD, full_name=f"Bench User {n}")
     await dispose_engine()
 
 
 async def run(base: str, args: argparse.Namespace) -> None:
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as http:
-        form = {"username": EMAIL, "password": PASSWORD}
+        turn = iter(range(10**9))
 
         async def login() -> None:
+            form = {"username": email(next(turn) % ACCOUNTS), "password": PASSWORD}
             response = await http.post("/api/v1/auth/login", data=form)
             assert response.status_code == 200, response.text
 
         await measure("POST /api/v1/auth/login", login, requests=args.logins, concurrency=args.concurrency)
+        form = {"username": email(0), "password": PASSWORD}
         token = (await http.post("/api/v1/auth/login", data=form)).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
 

@@ -99,6 +99,9 @@ async def app(service_urls):
     yield application
     from app.database import dispose_engine
     from app.redis import close_redis
+    from app.services.events import close_hub
+
+    await close_hub()
     from app.services.outbox import close_arq_pool
     from app.services.rate_limit import reset_limiter
 

@@ -2,10 +2,10 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
-from app.api.deps import Claims, ClientIP, CurrentUser, DbSession
+from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
 from app.api.problems import problem_responses
 from app.schemas.auth import (
     EmailIn,
@@ -20,6 +20,7 @@ from app.schemas.common import Message
 from app.schemas.user import UserOut
 from app.services import auth
 from app.services.guards import limit_sensitive
+from app.services.passwords import ensure_strong
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -33,11 +34,13 @@ ACCEPTED = Message(detail="If the address can receive mail, a message is on its 
     summary="Create an account (answers the same whether or not the email is taken)",
     responses=problem_responses(422, 429),
 )
-async def register(body: RegisterIn, session: DbSession, client_ip: ClientIP) -> Message:
+async def register(body: RegisterIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
     """Create an account and mail a verification link; an existing account's owner is told instead."""
     await limit_sensitive("register", client_ip, body.email)
-    await auth.register(
-        session,
+    ensure_strong(body.password)  # the one refusal that may be told: it says nothing about the address
+    background.add_task(
+        auth.after_answer,
+        auth.register,
         email=body.email,
         password=body.password,
         full_name=body.full_name,
@@ -48,7 +51,7 @@ async def register(body: RegisterIn, session: DbSession, client_ip: ClientIP) ->
 
 
 @router.post("/verify-email", summary="Confirm an email address", responses=problem_responses(400, 422, 429))
-async def verify_email(body: TokenIn, session: DbSession, client_ip: ClientIP) -> UserOut:
+async def verify_email(body: TokenIn, session: DbSession, client_ip: RateLimitIP) -> UserOut:
     """Spend a verification token (single use) and answer the verified user."""
     await limit_sensitive("verify", client_ip)
     return UserOut.model_validate(await auth.verify_email(session, body.token))
@@ -60,16 +63,19 @@ async def verify_email(body: TokenIn, session: DbSession, client_ip: ClientIP) -
     summary="Send the verification email again",
     responses=problem_responses(422, 429),
 )
-async def resend_verification(body: EmailIn, session: DbSession, client_ip: ClientIP) -> Message:
+async def resend_verification(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
     """Mail a fresh verification link if the account exists and is unverified; the answer never tells."""
     await limit_sensitive("resend", client_ip, body.email)
-    await auth.resend_verification(session, body.email)
+    background.add_task(auth.after_answer, auth.resend_verification, body.email)
     return ACCEPTED
 
 
 @router.post("/login", summary="Sign in (OAuth2 password grant)", responses=problem_responses(400, 403, 422, 429))
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()], session: DbSession, client_ip: ClientIP, response: Response
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    session: DbSession,
+    client_ip: RateLimitIP,
+    response: Response,
 ) -> TokenPairOut:
     """Exchange email (`username`) and password for an access and a refresh token."""
     pair = await auth.login(session, form.username, form.password, client_ip)
@@ -110,10 +116,10 @@ async def logout_all(user: CurrentUser, session: DbSession) -> None:
     summary="Mail a password reset link",
     responses=problem_responses(422, 429),
 )
-async def password_reset(body: EmailIn, session: DbSession, client_ip: ClientIP) -> Message:
+async def password_reset(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
     """Mail a reset link if the account exists; the answer never tells."""
     await limit_sensitive("reset", client_ip, body.email)
-    await auth.request_password_reset(session, body.email)
+    background.add_task(auth.after_answer, auth.request_password_reset, body.email)
     return ACCEPTED
 
 
@@ -123,7 +129,7 @@ async def password_reset(body: EmailIn, session: DbSession, client_ip: ClientIP)
     summary="Set a new password with a reset token",
     responses=problem_responses(400, 422, 429),
 )
-async def password_reset_confirm(body: PasswordResetConfirm, session: DbSession, client_ip: ClientIP) -> None:
+async def password_reset_confirm(body: PasswordResetConfirm, session: DbSession, client_ip: RateLimitIP) -> None:
     """Spend a reset token, set the new password and end every session."""
     await limit_sensitive("reset-confirm", client_ip)
     await auth.confirm_password_reset(session, body.token, body.new_password)

@@ -90,12 +90,21 @@ def _trusted_networks(raw: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipa
     return tuple(ipaddress.ip_network(item, strict=False) for item in raw)
 
 
-def _is_trusted(address: str, networks) -> bool:
+type IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _parse_ip(value: str) -> IPAddress | None:
+    """An address, IPv4-mapped IPv6 (`::ffff:192.0.2.1`, as dual-stack sockets report IPv4 peers) as IPv4."""
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(value)
     except ValueError:
-        return False
-    return any(ip in network for network in networks)
+        return None
+    return (ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else ip
+
+
+def _is_trusted(address: str, networks) -> bool:
+    ip = _parse_ip(address)
+    return ip is not None and any(ip in network for network in networks)
 
 
 def get_client_ip(request: Request) -> str:
@@ -103,12 +112,35 @@ def get_client_ip(request: Request) -> str:
     peer = request.client.host if request.client else "unknown"
     networks = _trusted_networks(tuple(get_settings().trusted_proxies))
     if not networks or not _is_trusted(peer, networks):
-        return peer
-    forwarded = [part.strip() for part in request.headers.get("x-forwarded-for", "").split(",") if part.strip()]
+        return _normalised(peer)
+    # Every header line counts (RFC 9110 §5.3): a proxy that adds its own line after the client's
+    # would otherwise leave us reading only the line the client wrote.
+    lines = request.headers.getlist("x-forwarded-for")
+    forwarded = [part.strip() for line in lines for part in line.split(",") if part.strip()]
     for address in reversed(forwarded):
         if not _is_trusted(address, networks):
-            return address
-    return forwarded[0] if forwarded else peer
+            return _normalised(address)
+    return _normalised(forwarded[0] if forwarded else peer)
+
+
+def _normalised(address: str) -> str:
+    ip = _parse_ip(address)
+    return str(ip) if ip is not None else address
 
 
 ClientIP = Annotated[str, Depends(get_client_ip)]
+
+
+def get_rate_limit_ip(client_ip: ClientIP) -> str:
+    """What per-IP limits count against: an IPv4 address, or the IPv6 /64 around an IPv6 one.
+
+    One subscriber usually holds a whole /64 (or more): counting single IPv6 addresses would let
+    them rotate through 2**64 of them and never be limited.
+    """
+    ip = _parse_ip(client_ip)
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network((ip, 64), strict=False))
+    return client_ip
+
+
+RateLimitIP = Annotated[str, Depends(get_rate_limit_ip)]

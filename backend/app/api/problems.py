@@ -95,9 +95,17 @@ async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _dependency_down_if_disconnect(request: Request, exc: DBAPIError) -> JSONResponse:
+async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
     if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
         return await _dependency_down(request, exc)
+    if str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+        # Class 22 "data exception": a value the database cannot store (a NUL character, say).
+        return problem_response(
+            422,
+            "invalid_value",
+            "Invalid value",
+            "A value in the request cannot be stored",
+        )
     return await _unexpected(request, exc)
 
 
@@ -111,7 +119,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RedisError, _dependency_down)
-    app.add_exception_handler(DBAPIError, _dependency_down_if_disconnect)
+    app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
 
 

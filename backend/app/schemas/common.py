@@ -15,7 +15,17 @@ def _known_timezone(value: str) -> str:
 
 _TIMEZONES = frozenset(available_timezones())
 TimeZoneName = Annotated[str, AfterValidator(_known_timezone), Field(examples=["Europe/Berlin"])]
-FullName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+def _printable(value: str) -> str:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+FullName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_printable)
+]
 
 
 class Message(BaseModel):

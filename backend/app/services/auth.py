@@ -1,12 +1,20 @@
 """Accounts and sessions: registration, verification, login, refresh, logout, password reset."""
 
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
 
+from loguru import logger
+from redis.exceptions import LockError
 from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
+from app.database import unit_of_work
 from app.errors import (
     BadToken,
     EmailNotVerified,
@@ -14,6 +22,7 @@ from app.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
     InvalidToken,
+    RateLimited,
     WrongPassword,
 )
 from app.models import ActionToken, ActionTokenPurpose, User
@@ -49,7 +58,23 @@ def _now() -> datetime:
 
 
 async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
+    if "\x00" in email:  # PostgreSQL text cannot hold NUL, so no such user; asking would be a 500
+        return None
     return await session.scalar(select(User).where(User.email == normalize_email(email)))
+
+
+async def after_answer(work: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> None:
+    """Run `work(session, ...)` in a transaction of its own, as a background task once the answer has left.
+
+    Register, resend and password reset do more work for a known address than for an unknown one;
+    done after the answer, that work cannot show in the response time. The caller was told the same
+    either way, so a failure is only logged (they can ask again).
+    """
+    try:
+        async with unit_of_work() as session:
+            await work(session, *args, **kwargs)
+    except Exception:
+        logger.opt(exception=True).error("{} failed after the answer was sent", work.__name__)
 
 
 # --- access ------------------------------------------------------------------------------------
@@ -81,20 +106,39 @@ async def _issue_pair(user: User, family: str | None = None, refresh_token: str 
     return TokenPair(access_token=access, refresh_token=refresh_token, expires_in=lifetime)
 
 
+@asynccontextmanager
+async def _password_attempt(email: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """Guard one password check for `email` by the per-email failure limit; yields "count a failure".
+
+    Checks for one email run one at a time (a Redis lock): otherwise a burst of concurrent guesses
+    would all pass the limit before the first failure was counted.
+    """
+    limit = get_settings().login_failures_per_email
+    lock = get_redis().lock(f"password-attempt:{email}", timeout=10, sleep=0.02, blocking_timeout=5)
+    if not await lock.acquire():
+        raise RateLimited(1, "Another sign-in to this account is in progress; try again")
+    try:
+        await rate_limit.ensure_allowed(limit, "login-fail", email)
+        yield partial(rate_limit.record, limit, "login-fail", email)
+    finally:
+        with suppress(LockError):  # held past its timeout: already released
+            await lock.release()
+
+
 async def login(session: AsyncSession, email: str, password: str, client_ip: str) -> TokenPair:
-    settings = get_settings()
     email = normalize_email(email)
-    await rate_limit.hit(settings.login_attempts_per_ip, "login-ip", client_ip)
-    await rate_limit.ensure_allowed(settings.login_failures_per_email, "login-fail", email)
-    user = await get_user_by_email(session, email)
-    if user is None or user.deleted_at is not None:
-        await burn_password_check(password)
-        await rate_limit.record(settings.login_failures_per_email, "login-fail", email)
-        raise InvalidCredentials()
-    valid, upgraded = await verify_password(password, user.hashed_password)
-    if not valid:
-        await rate_limit.record(settings.login_failures_per_email, "login-fail", email)
-        raise InvalidCredentials()
+    await rate_limit.hit(get_settings().login_attempts_per_ip, "login-ip", client_ip)
+    async with _password_attempt(email) as count_failure:
+        user = await get_user_by_email(session, email)
+        if user is None or user.deleted_at is not None:
+            await burn_password_check(password)
+            valid, upgraded = False, None
+        else:
+            valid, upgraded = await verify_password(password, user.hashed_password)
+        if not valid:
+            await count_failure()
+            raise InvalidCredentials()
+    assert user is not None
     if not user.is_active:
         raise InactiveUser()
     if not user.is_verified:
@@ -105,7 +149,9 @@ async def login(session: AsyncSession, email: str, password: str, client_ip: str
 
 
 async def refresh(session: AsyncSession, refresh_token: str) -> TokenPair:
-    grant, successor = await tokens.rotate(refresh_token)
+    grant = await tokens.check(refresh_token)
+    # Everything that can fail is checked before the token is spent: a refresh refused for a
+    # passing reason (the database down) leaves the client's token usable for a retry.
     user = await session.get(User, grant.user_id)
     if (
         user is None
@@ -115,6 +161,7 @@ async def refresh(session: AsyncSession, refresh_token: str) -> TokenPair:
     ):
         await tokens.revoke_family(grant.family)
         raise InvalidRefreshToken()
+    successor = await tokens.rotate(refresh_token, grant)
     return await _issue_pair(user, grant.family, successor)
 
 
@@ -161,9 +208,22 @@ async def _spend_action_token(session: AsyncSession, token: str, purpose: Action
         .returning(ActionToken.user_id)
     )
     user = await session.get(User, user_id) if user_id else None
-    if user is None or user.deleted_at is not None:
+    if user is None or not user.is_active or user.deleted_at is not None:
         raise BadToken()
     return user
+
+
+async def _void_password_reset_links(session: AsyncSession, user: User) -> None:
+    """Reset links mailed before the password changed must not change it again."""
+    await session.execute(
+        update(ActionToken)
+        .where(
+            ActionToken.user_id == user.id,
+            ActionToken.purpose == ActionTokenPurpose.password_reset.value,
+            ActionToken.used_at.is_(None),
+        )
+        .values(used_at=_now())
+    )
 
 
 def _link(path: str, token: str) -> str:
@@ -179,6 +239,7 @@ async def _send_verification(session: AsyncSession, user: User) -> None:
         template="verify_email",
         locale=user.locale,
         context={"full_name": user.full_name, "link": _link("verify-email", token), "expires_hours": hours},
+        secret_keys=("link",),
     )
 
 
@@ -192,30 +253,36 @@ async def register(
     ensure_strong(password)
     hashed = await hash_password(password)  # also for a known email, so both paths take the same time
     existing = await get_user_by_email(session, email)
-    if existing is not None:
-        if existing.deleted_at is None:
-            await queue_email(
-                session,
-                to=existing.email,
-                template="already_registered",
-                locale=existing.locale,
-                context={
-                    "full_name": existing.full_name,
-                    "login_link": f"{get_settings().frontend_url.rstrip('/')}/login",
-                    "reset_link": f"{get_settings().frontend_url.rstrip('/')}/reset-password",
-                },
-            )
-        return
-    user = User(
-        email=normalize_email(email),
-        hashed_password=hashed,
-        full_name=full_name,
-        timezone=timezone,
-        locale=locale,
-    )
-    session.add(user)
-    await session.flush()
-    await _send_verification(session, user)
+    if existing is None:
+        user = User(
+            email=normalize_email(email),
+            hashed_password=hashed,
+            full_name=full_name,
+            timezone=timezone,
+            locale=locale,
+        )
+        try:
+            async with session.begin_nested():
+                session.add(user)
+        except IntegrityError as exc:
+            if "uq_users_email" not in str(exc.orig):
+                raise
+            existing = await get_user_by_email(session, email)  # registered a moment ago, concurrently
+        else:
+            await _send_verification(session, user)
+            return
+    if existing is not None and existing.deleted_at is None:
+        await queue_email(
+            session,
+            to=existing.email,
+            template="already_registered",
+            locale=existing.locale,
+            context={
+                "full_name": existing.full_name,
+                "login_link": f"{get_settings().frontend_url.rstrip('/')}/login",
+                "reset_link": f"{get_settings().frontend_url.rstrip('/')}/reset-password",
+            },
+        )
 
 
 async def verify_email(session: AsyncSession, token: str) -> User:
@@ -243,12 +310,14 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
         template="password_reset",
         locale=user.locale,
         context={"full_name": user.full_name, "link": _link("reset-password", token), "expires_minutes": minutes},
+        secret_keys=("link",),
     )
 
 
 async def confirm_password_reset(session: AsyncSession, token: str, new_password: str) -> None:
     ensure_strong(new_password)
     user = await _spend_action_token(session, token, ActionTokenPurpose.password_reset)
+    await _void_password_reset_links(session, user)
     user.hashed_password = await hash_password(new_password)
     # The mailbox was proven, so an unverified address counts as verified from now on.
     user.email_verified_at = user.email_verified_at or _now()
@@ -256,10 +325,17 @@ async def confirm_password_reset(session: AsyncSession, token: str, new_password
 
 
 async def change_password(session: AsyncSession, user: User, claims: AccessClaims, current: str, new: str) -> None:
-    """New password; every other session ends, the caller's own stays signed in."""
-    valid, _ = await verify_password(current, user.hashed_password)
-    if not valid:
-        raise WrongPassword()
+    """New password; every other session ends, the caller's own stays signed in.
+
+    Wrong current passwords count against the same per-email limit as failed logins, so a stolen
+    access token cannot be used to guess the password without limit.
+    """
+    async with _password_attempt(user.email) as count_failure:
+        valid, _ = await verify_password(current, user.hashed_password)
+        if not valid:
+            await count_failure()
+            raise WrongPassword()
     ensure_strong(new)
+    await _void_password_reset_links(session, user)
     user.hashed_password = await hash_password(new)
     await revoke_all_sessions(user, keep_session=claims.session_id)

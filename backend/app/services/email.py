@@ -1,4 +1,5 @@
-"""The worker that delivers the outbox: each row once, retried with backoff, relayed from Postgres.
+"""The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
+runs the reminder cron (`app.services.reminders`).
 
 Two paths lead to `attempt_delivery`, which locks the row (`FOR UPDATE SKIP LOCKED`), sends it and
 commits `sent_at` before the lock goes, so a retried job or a second worker finds nothing to do:
@@ -33,7 +34,7 @@ from app.database import dispose_engine, get_sessionmaker
 from app.logging import setup_logging
 from app.models import OutboxMessage
 from app.services.mailer import send_email
-from app.services.outbox import DELIVER_JOB, job_id
+from app.services.outbox import DELIVER_JOB, job_id, redacted
 from app.services.reminders import send_due_reminders
 
 SUPERVISED = "supervised"  # ctx flag: the caller runs the relay and owns logging and the engine
@@ -85,6 +86,7 @@ async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelt
         except Exception as exc:
             return _record_failure(row, exc)
         row.sent_at = datetime.now(UTC)
+        row.payload = redacted(row.payload)
         logger.info("outbox {} ({}) sent", row.id, row.kind)
         return Attempt(row.id, sent=True, attempts=row.attempts, retry_at=None)
 

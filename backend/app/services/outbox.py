@@ -22,14 +22,19 @@ async def queue_email(
     locale: str,
     context: dict[str, Any],
     attachments: list[dict[str, str]] | None = None,
+    secret_keys: tuple[str, ...] = (),
 ) -> OutboxMessage:
     """Queue `templates/email/{locale}/{template}.{html,txt}` for `to`; it leaves only if the transaction commits.
 
     `attachments`: `[{filename, content, mime_type}]`, text content as is, anything else base64.
+    `secret_keys`: context entries (sign-in links, say) blanked once the email is sent, so the table
+    and its backups do not keep working credentials.
     """
     payload: dict[str, Any] = {"to": to, "template": template, "locale": locale, "context": context}
     if attachments:
         payload["attachments"] = attachments
+    if secret_keys:
+        payload["secret_keys"] = list(secret_keys)
     message = OutboxMessage(kind="email", payload=payload)
     session.add(message)
     await session.flush()
@@ -61,3 +66,12 @@ async def dispatch(outbox_id: int) -> None:
     """Hand a committed row to the worker; if Redis is down, the worker's relay finds the row anyway."""
     pool = await get_arq_pool()
     await pool.enqueue_job(DELIVER_JOB, outbox_id, _job_id=job_id(outbox_id))
+
+
+def redacted(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with its secret context entries blanked (a new dict, so the JSONB change is seen)."""
+    secrets = payload.get("secret_keys") or []
+    if not secrets:
+        return payload
+    context = {k: ("[redacted]" if k in secrets else v) for k, v in payload.get("context", {}).items()}
+    return {**payload, "context": context}

@@ -22,6 +22,7 @@ class RefreshGrant:
     user_id: uuid.UUID
     family: str
     valid_from: float  # when the family began, or was last reaffirmed by a password change
+    expires: float  # the family's absolute end
 
 
 def _ttl_until(expires: float) -> int:
@@ -62,23 +63,31 @@ return state
 """
 
 
-async def rotate(token: str) -> tuple[RefreshGrant, str]:
-    """Spend a refresh token and hand out its successor; a second spend revokes the whole family."""
+async def check(token: str) -> RefreshGrant:
+    """What a refresh token grants, without spending it; presenting a rotated one revokes its whole family."""
     redis = get_redis()
-    key = f"refresh:{token_digest(token)}"
-    record = await redis.hgetall(key)
+    record = await redis.hgetall(f"refresh:{token_digest(token)}")
     if not record:
         raise InvalidRefreshToken()
     family = await redis.hgetall(f"family:{record['family']}")
     if not family or family.get("revoked"):
         raise InvalidRefreshToken()
-    state = await redis.eval(_ROTATE, 1, key)
-    if state != "live":
+    if record.get("state") != "live":
         await revoke_family(record["family"])
         raise TokenReused()
-    user_id = uuid.UUID(record["user"])
-    grant = RefreshGrant(user_id, record["family"], _valid_from(family))
-    return grant, await _issue(user_id, record["family"], float(family["expires"]))
+    return _grant(record, family)
+
+
+async def rotate(token: str, grant: RefreshGrant) -> str:
+    """Spend a checked refresh token and hand out its successor; of two concurrent spends only one wins,
+    and the loser is a reuse: the whole family is revoked."""
+    state = await get_redis().eval(_ROTATE, 1, f"refresh:{token_digest(token)}")
+    if state is None:  # expired with its family a moment ago
+        raise InvalidRefreshToken()
+    if state != "live":
+        await revoke_family(grant.family)
+        raise TokenReused()
+    return await _issue(grant.user_id, grant.family, grant.expires)
 
 
 async def peek(token: str) -> RefreshGrant | None:
@@ -90,13 +99,17 @@ async def peek(token: str) -> RefreshGrant | None:
     family = await redis.hgetall(f"family:{record['family']}")
     if not family or family.get("revoked"):
         return None
-    return RefreshGrant(uuid.UUID(record["user"]), record["family"], _valid_from(family))
+    return _grant(record, family)
+
+
+# Mark a family only while it exists: a plain HSET on a family that just expired would recreate it forever.
+_MARK_FAMILY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+"""
 
 
 async def revoke_family(family: str) -> None:
-    redis = get_redis()
-    if await redis.exists(f"family:{family}"):
-        await redis.hset(f"family:{family}", "revoked", "1")
+    await get_redis().eval(_MARK_FAMILY, 1, f"family:{family}", "revoked", "1")
 
 
 async def revoke_all_families(user_id: uuid.UUID, *, keep: str | None = None) -> None:
@@ -109,9 +122,11 @@ async def revoke_all_families(user_id: uuid.UUID, *, keep: str | None = None) ->
 
 async def reaffirm_family(family: str) -> None:
     """Let one session outlive a "revoke everything before now" (the session that changed the password)."""
-    redis = get_redis()
-    if await redis.exists(f"family:{family}"):
-        await redis.hset(f"family:{family}", "reaffirmed", time.time())
+    await get_redis().eval(_MARK_FAMILY, 1, f"family:{family}", "reaffirmed", repr(time.time()))
+
+
+def _grant(record: dict[str, str], family: dict[str, str]) -> RefreshGrant:
+    return RefreshGrant(uuid.UUID(record["user"]), record["family"], _valid_from(family), float(family["expires"]))
 
 
 def _valid_from(family: dict[str, str]) -> float:
