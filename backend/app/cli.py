@@ -306,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("seed-demo", help="create the demo accounts (idempotent)").set_defaults(handler=cmd_seed_demo)
     commands.add_parser("migrate", help="apply every Alembic migration").set_defaults(handler=cmd_migrate)
-    commands.add_parser("worker", help="run the arq worker (email outbox and reminders)").set_defaults(handler=cmd_worker)
+    commands.add_parser("worker", help="run the arq worker (email outbox and reminders)").set_defaults(
+        handler=cmd_worker
+    )
     return parser
 
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
-from app.api.deps import CurrentUser, DbSession
+from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.models import AppointmentStatus, User
 from app.schemas.appointment import (
@@ -102,8 +102,8 @@ async def list(
     staff_id: uuid.UUID | None = None,
     client_id: uuid.UUID | None = None,
     series_id: uuid.UUID | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> AppointmentPage:
     """My appointments (as client or as staff member; admins see all), by start time."""
     rows, total = await list_appointments(

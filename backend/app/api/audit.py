@@ -6,7 +6,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from pydantic import AwareDatetime
 
-from app.api.deps import AdminUser, DbSession
+from app.api.deps import AdminUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.schemas.audit import AuditEntryOut, AuditPage
 from app.services import audit_log
@@ -24,8 +24,8 @@ async def list(
     action: Annotated[str | None, Query(max_length=64, examples=["schedule.replace"])] = None,
     start: Annotated[AwareDatetime | None, Query(alias="from", description="Entries at or after this")] = None,
     end: Annotated[AwareDatetime | None, Query(alias="to", description="Entries before this")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> AuditPage:
     """Changes to users, services, schedules and appointments, newest first."""
     rows, total = await audit_log.search(

@@ -6,7 +6,7 @@ from functools import lru_cache
 from typing import Annotated
 
 import jwt
-from fastapi import Depends, Request, params
+from fastapi import Depends, Query, Request, params
 from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
@@ -49,6 +49,10 @@ async def require_body_media_type(request: HTTPConnection) -> None:
         expected = "a form (application/x-www-form-urlencoded)" if form else "JSON (application/json)"
         raise UnsupportedMediaType(f"Send the body as {expected}")
 
+
+# Pagination parameters shared by every list: `?limit=` (1..200, default 50 at the route) and `?offset=`.
+Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
+Offset = Annotated[int, Query(ge=0, description="Items to skip")]
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 

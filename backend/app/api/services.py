@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from app.api.deps import AdminUser, DbSession, get_access_claims, oauth2_scheme
+from app.api.deps import AdminUser, DbSession, Limit, Offset, get_access_claims, oauth2_scheme
 from app.api.problems import problem_responses
 from app.errors import Forbidden, Unauthorized
 from app.models import Role, User
@@ -37,8 +37,8 @@ async def list(
     caller: OptionalUser,
     staff_id: Annotated[uuid.UUID | None, Query(description="Only services this staff member provides")] = None,
     include_inactive: Annotated[bool, Query(description="Admins only: deactivated services too")] = False,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> ServicePage:
     """Bookable services by name; admins may ask for deactivated ones too."""
     if include_inactive and caller is None:

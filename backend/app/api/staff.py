@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response, status
 from pydantic import AwareDatetime
 
-from app.api.deps import CurrentUser, DbSession
+from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.schemas.staff import (
     CoveredAppointment,
@@ -28,8 +28,6 @@ router = APIRouter(prefix="/staff", tags=["staff"])
 
 # Only that staff member or an admin; a signed-in user who is neither gets 403 (profiles are public anyway).
 CALENDAR_ERRORS = problem_responses(401, 403, 404, 422)
-Limit = Annotated[int, Query(ge=1, le=200)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 @router.get("", summary="List staff", responses=problem_responses(422))

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import AdminUser, Claims, CurrentUser, DbSession
+from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.models import Role
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
@@ -59,8 +59,8 @@ async def list(
     session: DbSession,
     role: Role | None = None,
     q: Annotated[str | None, Query(max_length=200, description="Part of the email or name")] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Limit = 50,
+    offset: Offset = 0,
 ) -> UserPage:
     """Users, oldest first, filtered by role and by a part of the email or name."""
     rows, total = await users.list_users(session, role=role, q=q, limit=limit, offset=offset)
