@@ -2,6 +2,7 @@ from typing import Annotated
 from zoneinfo import available_timezones
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import PydanticCustomError
 
 # Unicode and spaces are fine, nothing is truncated; common passwords are refused by the service.
 Password = Annotated[str, Field(min_length=8, max_length=128, examples=["correct horse battery staple"])]
@@ -9,7 +10,10 @@ Password = Annotated[str, Field(min_length=8, max_length=128, examples=["correct
 
 def _known_timezone(value: str) -> str:
     if value not in _TIMEZONES:
-        raise ValueError("unknown IANA time zone (for example Europe/Berlin or America/New_York)")
+        # The error's `type` in the 422's `errors` list is `unknown_timezone`, for clients to switch on.
+        raise PydanticCustomError(
+            "unknown_timezone", "unknown IANA time zone (for example Europe/Berlin or America/New_York)"
+        )
     return value
 
 

@@ -125,6 +125,15 @@ class TestUpdateMe:
         assert body["errors"][0]["msg"]
         assert (await reload(session, user)).timezone == "UTC"
 
+    async def test_unknown_timezone_has_its_own_error_type(self, client, session):
+        pair = await start_session(await create_user(session))
+
+        body = assert_problem(
+            await client.patch(ME, json={"timezone": "Europe/Atlantis"}, headers=pair.headers), 422, "validation_error"
+        )
+
+        assert [(e["loc"], e["type"]) for e in body["errors"]] == [(["body", "timezone"], "unknown_timezone")]
+
 
 class TestChangePassword:
     async def test_other_sessions_end_and_the_callers_stays(self, client, session):
