@@ -46,6 +46,10 @@ class Conflict(AppError):
     status, code, title = 409, "conflict", "Conflict"
 
 
+class SelfLockout(Conflict):
+    code, title = "self_lockout", "Admins cannot demote or deactivate themselves"
+
+
 class EmailTaken(Conflict):
     code, title = "email_taken", "An account with this email already exists"
 

@@ -16,6 +16,7 @@ router = APIRouter(prefix="/users", tags=["users"])
 AUTH_ERRORS = problem_responses(401)
 AUTH_BODY_ERRORS = problem_responses(401, 422)
 ADMIN_ERRORS = problem_responses(401, 403, 404, 422)
+ADMIN_WRITE_ERRORS = problem_responses(401, 403, 404, 409, 422)
 
 
 @router.get("/me", summary="My profile", responses=AUTH_ERRORS)
@@ -85,7 +86,7 @@ async def get(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> UserOut:
     return UserOut.model_validate(await users.get_user(session, user_id))
 
 
-@router.patch("/{user_id}", summary="Edit a user", responses=ADMIN_ERRORS)
+@router.patch("/{user_id}", summary="Edit a user", responses=ADMIN_WRITE_ERRORS)
 async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, session: DbSession) -> UserOut:
     """Change a user's profile, role or active flag; a role change or deactivation ends their sessions."""
     user = await users.get_user(session, user_id)
@@ -94,7 +95,7 @@ async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, se
 
 
 @router.delete(
-    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a user", responses=ADMIN_ERRORS
+    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a user", responses=ADMIN_WRITE_ERRORS
 )
 async def deactivate(user_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
     """Deactivate a user: they can no longer sign in and their sessions end at once."""

@@ -1,6 +1,6 @@
 import enum
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func
 from sqlalchemy.orm import Mapped, mapped_column
@@ -32,7 +32,8 @@ class User(UUIDPk, Timestamps, Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     email_verified_at: Mapped[datetime | None]
     # Every token issued before this instant is dead: logout-all, password reset, deactivation.
-    tokens_valid_after: Mapped[datetime] = mapped_column(server_default=func.now())
+    # Set by the app (not the database clock), because token `iat`s come from the app's clock.
+    tokens_valid_after: Mapped[datetime] = mapped_column(default=lambda: datetime.now(UTC), server_default=func.now())
     deleted_at: Mapped[datetime | None]
 
     @property

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import EmailTaken, NotFound
+from app.errors import EmailTaken, NotFound, SelfLockout
 from app.models import AuditEntry, Role, User
 from app.services import appointments, audit, auth
 from app.services.passwords import ensure_strong
@@ -154,6 +154,8 @@ async def admin_update(
     before = _audit_view(user)
     deactivating = changes.get("is_active") is False and user.is_active
     role_changed = "role" in changes and changes["role"] is not None and changes["role"] != user.role
+    if (deactivating or role_changed) and actor is not None and actor.id == user.id:
+        raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
     await update_profile(user, changes)
     if role_changed or deactivating:
         # A role lives in the access token: make the old ones fail so nobody keeps powers they lost.
@@ -163,6 +165,8 @@ async def admin_update(
 
 
 async def deactivate(session: AsyncSession, user: User, *, actor: User | None = None) -> None:
+    if actor is not None and actor.id == user.id:
+        raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
     if user.is_active:
         before = _audit_view(user)
         user.is_active = False

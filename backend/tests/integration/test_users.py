@@ -460,3 +460,34 @@ class TestDeactivateUser:
         user = await create_user(session)
         await client.delete(f"{USERS}/{user.id}", headers=admin.headers)
         assert (await client.get(ME, headers=admin.headers)).status_code == 200
+
+
+class TestAdminSelfLockout:
+    """An admin cannot take away their own powers: with one admin left, nobody could give them back."""
+
+    @pytest.mark.parametrize("change", [{"role": "staff"}, {"is_active": False}])
+    async def test_demoting_or_deactivating_oneself_is_refused(self, client, session, change):
+        me = await create_user(session, role=Role.admin)
+        pair = await start_session(me)
+
+        assert_problem(await client.patch(f"{USERS}/{me.id}", json=change, headers=pair.headers), 409, "self_lockout")
+
+        me = await reload(session, me)
+        assert (me.role, me.is_active) == ("admin", True)
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+    async def test_deleting_oneself_is_refused(self, client, session):
+        me = await create_user(session, role=Role.admin)
+        pair = await start_session(me)
+
+        assert_problem(await client.delete(f"{USERS}/{me.id}", headers=pair.headers), 409, "self_lockout")
+
+        assert (await reload(session, me)).is_active
+
+    async def test_editing_ones_own_profile_is_fine(self, client, session):
+        me = await create_user(session, role=Role.admin)
+        pair = await start_session(me)
+
+        response = await client.patch(f"{USERS}/{me.id}", json={"full_name": "Still Admin"}, headers=pair.headers)
+
+        assert response.status_code == 200 and response.json()["role"] == "admin"
