@@ -1,5 +1,6 @@
 """Async engine and the per-request session: one transaction per unit of work."""
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -8,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.config import get_settings
 
+AFTER_COMMIT_SECONDS = 2.0
 _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
 
@@ -71,11 +73,23 @@ async def unit_of_work() -> AsyncIterator[AsyncSession]:
             await session.rollback()
             raise
         actions = session.info.pop("after_commit", [])
-    for action in actions:
-        try:
-            await action()
-        except Exception:  # best effort: each action has a fallback (the outbox relay, cache expiry)
-            logger.opt(exception=True).warning("an after-commit action failed")
+    if actions:
+        await _run_after_commit(actions)
+
+
+async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> None:
+    """Best effort, side by side, and bounded: each action has a fallback (the outbox relay, cache
+    expiry), so a Redis outage must not hold an already-committed answer back for long."""
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(action() for action in actions), return_exceptions=True), AFTER_COMMIT_SECONDS
+        )
+    except TimeoutError:
+        logger.warning("after-commit actions timed out after {}s", AFTER_COMMIT_SECONDS)
+        return
+    for result in results:
+        if isinstance(result, Exception):
+            logger.opt(exception=result).warning("an after-commit action failed")
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:

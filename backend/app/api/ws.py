@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketState
 
 from app.database import get_sessionmaker
 from app.errors import AppError
+from app.schemas.common import iso_z
 from app.services import auth
 from app.services.events import get_hub
 from app.utils.security import AccessClaims, decode_access_token
@@ -140,7 +141,7 @@ class _Connection:
 
 
 def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
+    return iso_z(datetime.fromtimestamp(timestamp, UTC))
 
 
 async def _serve(websocket: WebSocket, claims: AccessClaims) -> None:

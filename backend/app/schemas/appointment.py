@@ -1,16 +1,11 @@
 import uuid
-from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from app.models import AppointmentStatus
-from app.schemas.common import Page, StrictModel
+from app.schemas.common import Page, StrictModel, UtcDatetime
 
-# Answers are always UTC (`...Z`), whatever offset the request used.
-UtcDatetime = Annotated[
-    datetime, PlainSerializer(lambda value: value.astimezone(UTC).isoformat().replace("+00:00", "Z"), return_type=str)
-]
 Notes = Annotated[str, Field(max_length=2000, examples=["First visit; please bring earlier X-rays."])]
 
 

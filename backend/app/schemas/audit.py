@@ -1,10 +1,9 @@
 import uuid
-from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas.common import Page
+from app.schemas.common import Page, UtcDatetime
 
 
 class AuditEntryOut(BaseModel):
@@ -19,7 +18,7 @@ class AuditEntryOut(BaseModel):
     entity_id: str = Field(description="The entity's id; for `schedule` entries, the staff member's user id")
     before: dict[str, Any] | None = Field(description="Changed fields before; null when the entity was created")
     after: dict[str, Any] | None = Field(description="Changed fields after; null when the entity was removed")
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class AuditPage(Page[AuditEntryOut]):

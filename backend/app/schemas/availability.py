@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
-from app.schemas.common import TimeZoneName
+from app.schemas.common import TimeZoneName, iso_z
 from app.services.availability_engine import Slot
 from app.utils.time import from_timestamp, local_bound_to_utc
 
@@ -132,7 +132,7 @@ def render(slots: Sequence[Slot], start: datetime, end: datetime, zone: ZoneInfo
         if sid is None:
             sid = staff[slot[2]] = '{"staff_id":"' + str(slot[2])
         parts.append(sid + text)
-    window = f'"start":"{_utc_z(start)}","end":"{_utc_z(end)}"'
+    window = f'"start":"{iso_z(start)}","end":"{iso_z(end)}"'
     return f'{{{window},"slots":[{",".join(parts)}]}}'
 
 
@@ -144,7 +144,3 @@ def _times_text(start: int, end: int, zone: ZoneInfo | None) -> str:
         local = f',"starts_at_local":"{starts_at.astimezone(zone).isoformat()}"'
         text += local + f',"ends_at_local":"{ends_at.astimezone(zone).isoformat()}"'
     return text + "}"
-
-
-def _utc_z(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")

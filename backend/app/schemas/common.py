@@ -1,7 +1,8 @@
+from datetime import UTC, datetime
 from typing import Annotated
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 from pydantic_core import PydanticCustomError
 
 # Unicode and spaces are fine, nothing is truncated; common passwords are refused by the service.
@@ -47,3 +48,12 @@ class Page[T](BaseModel):
     total: int
     limit: int
     offset: int
+
+
+def iso_z(value: datetime) -> str:
+    """An aware datetime as UTC ISO 8601 with `Z`, the form every answer uses."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# Answers are always UTC (`...Z`), whatever offset the request or the database used.
+UtcDatetime = Annotated[datetime, PlainSerializer(iso_z, return_type=str)]

@@ -1,11 +1,10 @@
 import uuid
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
 
-from app.schemas.common import Page, StrictModel
+from app.schemas.common import Page, StrictModel, UtcDatetime
 
 ServiceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, upper case", examples=["EUR"])]
@@ -95,8 +94,8 @@ class ServiceOut(BaseModel):
     max_advance_days: int
     is_active: bool
     staff_ids: list[uuid.UUID]
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class ServicePage(Page[ServiceOut]):

@@ -1,11 +1,11 @@
 import re
 import uuid
-from datetime import date, datetime, time
+from datetime import date, time
 from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from app.schemas.common import Page, StrictModel, TimeZoneName
+from app.schemas.common import Page, StrictModel, TimeZoneName, UtcDatetime
 from app.schemas.service import PriceOut
 
 _WALL_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -101,10 +101,10 @@ class TimeOffOut(BaseModel):
 
     id: uuid.UUID
     staff_id: uuid.UUID
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
     reason: str | None
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class TimeOffPage(Page[TimeOffOut]):
@@ -119,8 +119,8 @@ class CoveredAppointment(BaseModel):
     id: uuid.UUID
     client_id: uuid.UUID
     service_id: uuid.UUID
-    starts_at: datetime
-    ends_at: datetime
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
     status: str
 
 

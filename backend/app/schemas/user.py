@@ -1,11 +1,10 @@
 import uuid
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from app.models import Role
-from app.schemas.common import FullName, Page, Password, StrictModel, TimeZoneName
+from app.schemas.common import FullName, Page, Password, StrictModel, TimeZoneName, UtcDatetime
 
 Locale = Literal["en", "ru"]
 
@@ -22,7 +21,7 @@ class UserOut(BaseModel):
     role: Role
     is_active: bool
     is_verified: bool
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class UserPage(Page[UserOut]):
@@ -61,6 +60,6 @@ class UserAdminUpdate(UserUpdateMe):
 
 class UserExport(BaseModel):
     user: UserOut
-    email_verified_at: datetime | None
-    updated_at: datetime
+    email_verified_at: UtcDatetime | None
+    updated_at: UtcDatetime
     appointments: list[dict] = Field(default_factory=list)

@@ -19,6 +19,7 @@ from app.errors import InvalidTransition, NotFound, SlotNotOffered, SlotUnavaila
 from app.models import Appointment, AppointmentStatus, Role, Service, User
 from app.models.appointment import LIVE_STATUSES
 from app.schemas.appointment import to_json
+from app.schemas.common import iso_z
 from app.services import audit, availability, events, notifications, reminders
 from app.utils.time import utcnow
 
@@ -38,10 +39,6 @@ def can_see(user: User, item: Party) -> bool:
 def handles(user: User, item: Party) -> bool:
     """Its staff member or an admin: confirm, complete, cancel at any time."""
     return user.role == Role.admin or user.id == item.staff_id
-
-
-def iso(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 async def get_visible(session: AsyncSession, user: User, appointment_id: uuid.UUID) -> Appointment:
@@ -135,9 +132,9 @@ async def ensure_offered(
     if refused:
         raise SlotNotOffered(
             "This time is not offered: outside working hours, during time off, too soon or too far ahead",
-            occurrences=[iso(s) for s in refused],
+            occurrences=[iso_z(s) for s in refused],
         )
-    raise SlotUnavailable(conflicts=[iso(s) for s in taken])
+    raise SlotUnavailable(conflicts=[iso_z(s) for s in taken])
 
 
 def is_double_booking(exc: IntegrityError) -> bool:
@@ -187,7 +184,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
                 raise
             conflicts.append(appointment.starts_at)
     if conflicts:
-        raise SlotUnavailable(conflicts=[iso(s) for s in conflicts])
+        raise SlotUnavailable(conflicts=[iso_z(s) for s in conflicts])
     for appointment in appointments:
         await audit.record(
             session,

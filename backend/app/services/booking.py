@@ -24,8 +24,9 @@ from app.errors import (
     SlotUnavailable,
 )
 from app.models import Appointment, AppointmentStatus, Role, Service, User
+from app.schemas.common import iso_z
 from app.services import appointments, audit, availability, notifications, reminders, series
-from app.services.appointments import LIVE, compare_and_swap, get_visible, handles, iso, record_change
+from app.services.appointments import LIVE, compare_and_swap, get_visible, handles, record_change
 from app.utils.time import utcnow
 
 
@@ -109,7 +110,7 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
     except IntegrityError as exc:
         if not appointments.is_double_booking(exc):
             raise
-        raise SlotUnavailable(conflicts=[iso(starts_at)]) from None
+        raise SlotUnavailable(conflicts=[iso_z(starts_at)]) from None
     if updated is None:
         raise InvalidTransition("The appointment changed meanwhile; reload it")
     await reminders.schedule(session, updated)

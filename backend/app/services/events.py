@@ -46,8 +46,20 @@ def publish_after_commit(
 ) -> None:
     """Send `{"type": event_type, "data": data}` to each user's sockets once the transaction commits."""
     message = encode(event_type, data)
-    for user_id in dict.fromkeys(user_ids):  # once per user, in order
-        after_commit(session, partial(publish, user_id, message))
+    pending = session.info.get("events")
+    if pending is None:
+        # One action per transaction publishes everything it produced in one pipelined round trip.
+        pending = session.info["events"] = []
+        after_commit(session, partial(_publish_all, session.info))
+    pending.extend((user_id, message) for user_id in dict.fromkeys(user_ids))  # once per user, in order
+
+
+async def _publish_all(info: dict[str, Any]) -> None:
+    messages = info.pop("events", [])
+    async with get_redis().pipeline(transaction=False) as pipe:
+        for user_id, message in messages:
+            pipe.publish(channel(user_id), message)
+        await pipe.execute()
 
 
 async def publish(user_id: uuid.UUID | str, message: str) -> None:

@@ -13,8 +13,8 @@ from app.config import get_settings
 from app.errors import CancellationWindowClosed, InvalidRecurrence, NotFound, SlotNotOffered
 from app.models import Appointment, AppointmentSeries, Service, StaffProfile, User
 from app.models.appointment import LIVE_STATUSES
+from app.schemas.common import iso_z
 from app.services import appointments, notifications
-from app.services.appointments import iso
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
 MAX_OCCURRENCES = 52
@@ -112,7 +112,7 @@ def occurrences(rule: Rule, first: datetime, zone: ZoneInfo) -> list[datetime]:
     if missing:
         raise SlotNotOffered(
             f"{wall:%H:%M} does not exist on some dates in {zone.key} (the clocks change)",
-            occurrences=[iso(m) for m in missing],
+            occurrences=[iso_z(m) for m in missing],
         )
     return starts
 
