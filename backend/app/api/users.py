@@ -28,7 +28,7 @@ async def get_me(user: CurrentUser) -> UserOut:
 @router.patch("/me", summary="Edit my profile", responses=AUTH_BODY_ERRORS)
 async def update_me(body: UserUpdateMe, user: CurrentUser, session: DbSession) -> UserOut:
     """Change name, phone, time zone or locale; any other field is refused with 422."""
-    return UserOut.model_validate(await users.update_profile(user, body.model_dump(exclude_unset=True)))
+    return UserOut.model_validate(await users.update_profile(session, user, body.model_dump(exclude_unset=True)))
 
 
 @router.post(

@@ -21,6 +21,7 @@ from app.models.appointment import LIVE_STATUSES
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit, availability, events, notifications, reminders
+from app.services.pagination import paginate
 from app.utils.time import utcnow
 
 EXCLUSION_VIOLATION = "23P01"
@@ -74,9 +75,7 @@ async def list_appointments(
         query = query.where(Appointment.starts_at >= start)
     if end is not None:
         query = query.where(Appointment.starts_at < end)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(Appointment.starts_at, Appointment.id).limit(limit).offset(offset))
-    return list(rows), total or 0
+    return await paginate(session, query, Appointment.starts_at, Appointment.id, limit=limit, offset=offset)
 
 
 # --- checks -------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import AuditEntry
+from app.services.pagination import paginate
 
 
 async def search(
@@ -35,8 +36,6 @@ async def search(
         query = query.where(AuditEntry.created_at >= start)
     if end is not None:
         query = query.where(AuditEntry.created_at < end)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(
-        query.order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc()).limit(limit).offset(offset)
+    return await paginate(
+        session, query, AuditEntry.created_at.desc(), AuditEntry.id.desc(), limit=limit, offset=offset
     )
-    return list(rows), total or 0

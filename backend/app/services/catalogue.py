@@ -13,6 +13,7 @@ from app.errors import AppError, NotFound
 from app.models import Role, Service, StaffProfile, User, service_staff
 from app.services import audit
 from app.services.availability import invalidate_after_commit
+from app.services.pagination import paginate
 
 CENT = Decimal("0.01")
 
@@ -49,11 +50,8 @@ async def list_services(
     if staff_id is not None:
         offered = select(service_staff.c.service_id).where(service_staff.c.staff_id == staff_id)
         query = query.where(Service.id.in_(offered))
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(
-        query.options(selectinload(Service.staff)).order_by(Service.name, Service.id).limit(limit).offset(offset)
-    )
-    return list(rows), total or 0
+    query = query.options(selectinload(Service.staff))
+    return await paginate(session, query, Service.name, Service.id, limit=limit, offset=offset)
 
 
 async def _staff_members(

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from sqlalchemy import delete, func, literal_column, select
+from sqlalchemy import delete, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,7 @@ from app.schemas.staff import Interval, OverrideIn, Schedule, TimeOffIn
 from app.services import audit
 from app.services.availability import invalidate_after_commit
 from app.services.catalogue import active_staff_filter
+from app.services.pagination import paginate
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
@@ -156,9 +157,7 @@ async def list_overrides(
         query = query.where(DateOverride.date >= first)
     if last is not None:
         query = query.where(DateOverride.date <= last)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(DateOverride.date).limit(limit).offset(offset))
-    return list(rows), total or 0
+    return await paginate(session, query, DateOverride.date, limit=limit, offset=offset)
 
 
 async def set_override(
@@ -223,9 +222,7 @@ async def list_time_off(
         query = query.where(TimeOff.ends_at > start)
     if end is not None:
         query = query.where(TimeOff.starts_at < end)
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(TimeOff.starts_at, TimeOff.id).limit(limit).offset(offset))
-    return list(rows), total or 0
+    return await paginate(session, query, TimeOff.starts_at, TimeOff.id, limit=limit, offset=offset)
 
 
 async def create_time_off(

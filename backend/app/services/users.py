@@ -5,11 +5,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import EmailTaken, NotFound, SelfLockout
 from app.models import AuditEntry, Role, User
 from app.services import appointments, audit, auth
+from app.services.pagination import paginate
 from app.services.passwords import ensure_strong
 from app.utils.security import hash_password, random_token
 
@@ -57,14 +59,18 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
-def apply_changes(user: User, changes: dict[str, Any]) -> None:
+def _apply(user: User, changes: dict[str, Any]) -> None:
+    """Already-validated changes; `None` means "unchanged", except for the phone, which it clears."""
     for field, value in changes.items():
-        setattr(user, field, value)
+        if value is not None or field == "phone":
+            setattr(user, field, value)
 
 
-async def update_profile(user: User, changes: dict[str, Any]) -> User:
-    """Apply already-validated profile changes; `None` only clears the phone number."""
-    apply_changes(user, {k: v for k, v in changes.items() if v is not None or k == "phone"})
+async def update_profile(session: AsyncSession, user: User, changes: dict[str, Any]) -> User:
+    """The user edits their own profile (the audit log names them as the actor)."""
+    before = _audit_view(user)
+    _apply(user, changes)
+    await _audit(session, user, "user.update", user, before)
     return user
 
 
@@ -111,9 +117,7 @@ async def list_users(
     if q:
         pattern = f"%{q.lower().replace('%', r'\%').replace('_', r'\_')}%"
         query = query.where(or_(User.email.like(pattern), func.lower(User.full_name).like(pattern)))
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = await session.scalars(query.order_by(User.created_at, User.id).limit(limit).offset(offset))
-    return list(rows), total or 0
+    return await paginate(session, query, User.created_at, User.id, limit=limit, offset=offset)
 
 
 async def create_user(
@@ -142,25 +146,34 @@ async def create_user(
         phone=phone,
         email_verified_at=datetime.now(UTC) if verified else None,
     )
-    session.add(user)
-    await session.flush()
+    try:
+        async with session.begin_nested():  # two admins creating the same email at once: one 409, not a 500
+            session.add(user)
+            await session.flush()
+    except IntegrityError:
+        raise EmailTaken() from None
     await _audit(session, actor, "user.create", user, None)
     return user
 
 
 async def admin_update(
-    session: AsyncSession, user: User, changes: dict[str, Any], *, actor: User | None = None
+    session: AsyncSession,
+    user: User,
+    changes: dict[str, Any],
+    *,
+    actor: User | None = None,
+    action: str = "user.update",
 ) -> User:
     before = _audit_view(user)
     deactivating = changes.get("is_active") is False and user.is_active
     role_changed = "role" in changes and changes["role"] is not None and changes["role"] != user.role
     if (deactivating or role_changed) and actor is not None and actor.id == user.id:
         raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
-    await update_profile(user, changes)
+    _apply(user, changes)
     if role_changed or deactivating:
         # A role lives in the access token: make the old ones fail so nobody keeps powers they lost.
         await auth.revoke_all_sessions(user)
-    await _audit(session, actor, "user.update", user, before)
+    await _audit(session, actor, action, user, before)
     return user
 
 
@@ -168,7 +181,4 @@ async def deactivate(session: AsyncSession, user: User, *, actor: User | None = 
     if actor is not None and actor.id == user.id:
         raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
     if user.is_active:
-        before = _audit_view(user)
-        user.is_active = False
-        await auth.revoke_all_sessions(user)
-        await _audit(session, actor, "user.deactivate", user, before)
+        await admin_update(session, user, {"is_active": False}, actor=actor, action="user.deactivate")

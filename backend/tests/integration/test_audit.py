@@ -215,6 +215,20 @@ class TestUserChanges:
             {"is_active": False},
         )
 
+    async def test_self_service_profile_edits_name_the_user_as_actor(self, client, session, admin_headers):
+        user = await create_user(session, full_name="Old Name")
+        headers = (await start_session(user)).headers
+
+        response = await client.patch(f"{USERS}/me", json={"full_name": "New Name", "locale": "ru"}, headers=headers)
+        assert response.status_code == 200
+
+        (updated,) = await entries(client, admin_headers, entity_type="user", entity_id=str(user.id))
+        assert (updated["action"], updated["actor_id"]) == ("user.update", str(user.id))
+        assert (updated["before"], updated["after"]) == (
+            {"full_name": "Old Name", "locale": "en"},
+            {"full_name": "New Name", "locale": "ru"},
+        )
+
     async def test_erasure_is_recorded_and_scrubs_personal_data_from_earlier_entries(
         self, client, session, admin_headers
     ):

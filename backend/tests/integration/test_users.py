@@ -1,5 +1,6 @@
 """`/api/v1/users`: the caller's own profile and the admin's user management."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -491,3 +492,16 @@ class TestAdminSelfLockout:
         response = await client.patch(f"{USERS}/{me.id}", json={"full_name": "Still Admin"}, headers=pair.headers)
 
         assert response.status_code == 200 and response.json()["role"] == "admin"
+
+
+class TestConcurrentAdminCreate:
+    async def test_the_same_email_twice_at_once_gives_one_201_and_one_409(self, client, session, admin):
+        body = {"email": "twice@example.org", "password": "a long unusual passphrase", "full_name": "Twice"}
+
+        first, second = await asyncio.gather(
+            client.post(USERS, json=body, headers=admin.headers), client.post(USERS, json=body, headers=admin.headers)
+        )
+
+        assert sorted([first.status_code, second.status_code]) == [201, 409]
+        loser = first if first.status_code == 409 else second
+        assert_problem(loser, 409, "email_taken")
