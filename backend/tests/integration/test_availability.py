@@ -11,12 +11,12 @@ import pytest
 from sqlalchemy import update
 
 from app.database import unit_of_work
-from app.models import Appointment, DateOverride, Role, Service, StaffProfile, TimeOff, User, WeeklyInterval
-from app.models import service_staff as service_staff_table
+from app.models import Appointment, DateOverride, Role, Service, TimeOff, User, WeeklyInterval
 from app.services import availability
 from app.utils.time import fixed_offset
 from tests.assertions import assert_problem
 from tests.factories import create_user
+from tests.scheduling import create_service, create_staff
 
 URL = "/api/v1/availability"
 NEW_YORK, BERLIN = "America/New_York", "Europe/Berlin"
@@ -36,38 +36,25 @@ def utc(day: date, hh_mm: str) -> str:
 
 
 async def make_staff(session, zone: str = "UTC", *spans: str, weekdays=range(7)) -> User:
-    staff = await create_user(session, role=Role.staff, timezone=zone)
-    session.add(StaffProfile(user_id=staff.id, timezone=zone, bio=""))
-    for weekday in weekdays:
-        for span in spans or ("09:00-17:00",):
-            opens, closes = span.split("-")
-            session.add(
-                WeeklyInterval(
-                    staff_id=staff.id,
-                    weekday=weekday,
-                    start_time=time.fromisoformat(opens),
-                    end_time=time.fromisoformat(closes),
-                )
-            )
-    await session.commit()
-    return staff
+    """A staff member working `spans` ("09:00-17:00", ...) local time in `zone` on `weekdays`."""
+    hours = [tuple(span.split("-")) for span in spans or ("09:00-17:00",)]
+    return await create_staff(session, timezone=zone, hours=hours, weekdays=weekdays)
 
 
 async def make_service(session, *staff: User, minutes=60, before=0, after=0, notice=0, advance=730, active=True):
-    service = Service(
+    service = await create_service(
+        session,
+        staff,
         name=f"Service {uuid.uuid4().hex[:6]}",
-        duration_minutes=minutes,
-        buffer_before_minutes=before,
-        buffer_after_minutes=after,
-        min_notice_minutes=notice,
-        max_advance_days=advance,
-        is_active=active,
+        duration=minutes,
+        buffer_before=before,
+        buffer_after=after,
+        min_notice=notice,
+        max_advance=advance,
     )
-    session.add(service)
-    await session.flush()
-    for member in staff:
-        await session.execute(service_staff_table.insert().values(service_id=service.id, staff_id=member.id))
-    await session.commit()
+    if not active:
+        service.is_active = False
+        await session.commit()
     return service
 
 
