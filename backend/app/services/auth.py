@@ -1,5 +1,6 @@
 """Accounts and sessions: registration, verification, login, refresh, logout, password reset."""
 
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -12,9 +13,10 @@ from redis.exceptions import LockError
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import object_session
 
 from app.config import get_settings
-from app.database import unit_of_work
+from app.database import after_commit, unit_of_work
 from app.errors import (
     BadToken,
     EmailNotVerified,
@@ -175,9 +177,22 @@ async def logout(claims: AccessClaims, refresh_token: str | None) -> None:
 
 
 async def revoke_all_sessions(user: User, *, keep_session: str | None = None) -> None:
-    """Every token issued so far stops working at once (the row change commits with the caller)."""
+    """Every token issued so far stops working at once.
+
+    `tokens_valid_after` commits with the caller's change and is what access and refresh checks
+    rely on; the refresh families in Redis are tidied up only after that commit.
+    """
     user.tokens_valid_after = _now()
-    await tokens.revoke_all_families(user.id, keep=keep_session)
+    tidy = partial(_revoke_families, user.id, keep_session)
+    session = object_session(user)
+    if session is None:
+        await tidy()
+    else:
+        after_commit(session, tidy)
+
+
+async def _revoke_families(user_id: uuid.UUID, keep_session: str | None) -> None:
+    await tokens.revoke_all_families(user_id, keep=keep_session)
     if keep_session:
         await tokens.reaffirm_family(keep_session)
 
