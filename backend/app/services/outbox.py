@@ -4,6 +4,7 @@ from functools import partial
 from typing import Any
 
 from arq.connections import ArqRedis
+from sqlalchemy import case, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
@@ -75,3 +76,27 @@ def redacted(payload: dict[str, Any]) -> dict[str, Any]:
         return payload
     context = {k: ("[redacted]" if k in secrets else v) for k, v in payload.get("context", {}).items()}
     return {**payload, "context": context}
+
+
+async def forget_recipient(session: AsyncSession, email: str) -> None:
+    """GDPR erasure: emails to this address keep only their template and locale, and those not yet
+    sent never will be (the account is gone)."""
+    unsent = OutboxMessage.sent_at.is_(None) & OutboxMessage.failed_at.is_(None)
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.kind == "email", OutboxMessage.payload["to"].astext == email)
+        .values(
+            payload=func.jsonb_build_object(
+                "to",
+                "[erased]",
+                "template",
+                OutboxMessage.payload["template"],
+                "locale",
+                OutboxMessage.payload["locale"],
+                "context",
+                func.jsonb_build_object(),
+            ),
+            failed_at=case((unsent, func.now()), else_=OutboxMessage.failed_at),
+            last_error=case((unsent, "recipient erased"), else_=OutboxMessage.last_error),
+        )
+    )

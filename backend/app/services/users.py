@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import EmailTaken, NotFound, SelfLockout
 from app.models import AuditEntry, Role, User
-from app.services import appointments, audit, auth
+from app.services import appointments, audit, auth, outbox
 from app.services.pagination import paginate
 from app.services.passwords import ensure_strong
 from app.utils.security import hash_password, random_token
@@ -91,6 +91,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     future appointments are cancelled first, and the other party is told."""
     await appointments.cancel_for_erasure(session, user)
     await auth.revoke_all_sessions(user)
+    await outbox.forget_recipient(session, user.email)
     user.email = f"deleted-{user.id}@deleted.invalid"
     user.full_name = "Deleted user"
     user.phone = None

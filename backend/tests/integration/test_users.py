@@ -2,11 +2,12 @@
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import select
 
-from app.models import Role, User
+from app.models import OutboxMessage, Role, User
 from tests.assertions import assert_invalid_grant, assert_problem, assert_unauthorized
 from tests.factories import (
     PASSWORD,
@@ -222,6 +223,36 @@ class TestDeleteMe:
             assert_invalid_grant(await refresh(client, tokens.refresh_token), "invalid_refresh_token")
         assert_invalid_grant(await login(client, email), "invalid_credentials")
         assert await session.scalar(select(User).where(User.email == email)) is None
+
+    async def test_mail_to_the_erased_address_is_forgotten_and_never_sent(self, client, session):
+        user = await create_user(session, full_name="Forget Me")
+        headers = (await start_session(user)).headers
+        sent = OutboxMessage(
+            kind="email",
+            payload={
+                "to": user.email,
+                "template": "verify_email",
+                "locale": "en",
+                "context": {"full_name": "Forget Me"},
+            },
+            sent_at=datetime.now(UTC),
+        )
+        pending = OutboxMessage(
+            kind="email",
+            payload={"to": user.email, "template": "password_reset", "locale": "en", "context": {"link": "secret"}},
+        )
+        unrelated = OutboxMessage(kind="email", payload={"to": "someone@else.org", "template": "t", "context": {}})
+        session.add_all([sent, pending, unrelated])
+        await session.commit()
+
+        assert (await client.delete(ME, headers=headers)).status_code == 204
+
+        for row in (sent, pending, unrelated):
+            await session.refresh(row)
+        assert sent.payload == {"to": "[erased]", "template": "verify_email", "locale": "en", "context": {}}
+        assert sent.failed_at is None  # it was delivered; only its content is gone
+        assert pending.payload["to"] == "[erased]" and pending.failed_at is not None and pending.sent_at is None
+        assert unrelated.payload["to"] == "someone@else.org" and unrelated.failed_at is None
 
     async def test_the_address_can_register_again(self, client, session):
         user = await create_user(session)
