@@ -42,6 +42,8 @@ def _param(value: str) -> str:
 
 def _fold(line: str) -> str:
     """Lines longer than 75 octets continue on the next line after CRLF + space (§3.1), never mid-character."""
+    if len(line.encode()) <= 75:  # the common case: nothing to fold
+        return line
     out, current = [], b""
     for char in line:
         encoded = char.encode()
