@@ -81,6 +81,11 @@ async def test_two_workers_send_the_24h_and_1h_reminders_once_each(stack, sessio
     stack.start_worker(APP_WORKER)
     stack.start_worker(APP_WORKER)  # both run the job as they start, at the same moment
     await wait_until_settled(stack, emails=2, timeout=30)
+    deadline = time.monotonic() + 30
+    # Both must really have run the job (one found nothing left), not just been started.
+    while not all("← cron:send_due_reminders" in worker.log() for worker in stack.workers):
+        assert time.monotonic() < deadline and all(w.alive for w in stack.workers), [w.log() for w in stack.workers]
+        await asyncio.sleep(0.1)
 
     assert reminder_recipients(stack) == ["day@example.org", "hour@example.org"]
     for worker in stack.workers:
