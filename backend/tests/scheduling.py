@@ -9,6 +9,7 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import Appointment, Role, Service, StaffProfile, User, WeeklyInterval, service_staff
+from app.schemas.common import iso_z
 from tests.factories import create_user, start_session
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -83,7 +84,7 @@ def local(day: date, hour: int, minute: int = 0, zone: ZoneInfo = BERLIN) -> dat
 
 
 def zulu(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return iso_z(value)
 
 
 async def add_appointment(

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime
 from app.api.deps import AdminUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.schemas.audit import AuditEntryOut, AuditPage
-from app.services import audit_log
+from app.services import audit
 
 router = APIRouter(prefix="/audit-log", tags=["audit"])
 
@@ -28,7 +28,7 @@ async def list(
     offset: Offset = 0,
 ) -> AuditPage:
     """Changes to users, services, schedules and appointments, newest first."""
-    rows, total = await audit_log.search(
+    rows, total = await audit.search(
         session,
         entity_type=entity_type,
         entity_id=entity_id,

@@ -16,7 +16,7 @@ from app.services import availability
 from app.utils.time import fixed_offset
 from tests.assertions import assert_problem
 from tests.factories import create_user
-from tests.scheduling import create_service, create_staff
+from tests.scheduling import add_appointment, create_service, create_staff
 
 URL = "/api/v1/availability"
 NEW_YORK, BERLIN = "America/New_York", "Europe/Berlin"
@@ -61,26 +61,8 @@ async def make_service(session, *staff: User, minutes=60, before=0, after=0, not
 async def book(service: Service, staff: User, starts_at: datetime, status: str = "confirmed") -> Appointment:
     """Insert a booking the way the booking service does: one unit of work, versions bumped after commit."""
     async with unit_of_work() as db:
-        client = User(
-            email=f"client-{uuid.uuid4().hex[:8]}@example.org",
-            hashed_password="x",
-            full_name="Client",
-            role=Role.user.value,
-        )
-        db.add(client)
-        await db.flush()
-        ends_at = starts_at + timedelta(minutes=service.duration_minutes)
-        appointment = Appointment(
-            client_id=client.id,
-            staff_id=staff.id,
-            service_id=service.id,
-            starts_at=starts_at,
-            ends_at=ends_at,
-            blocked_from=starts_at - timedelta(minutes=service.buffer_before_minutes),
-            blocked_until=ends_at + timedelta(minutes=service.buffer_after_minutes),
-            status=status,
-        )
-        db.add(appointment)
+        client = await create_user(db)
+        appointment = await add_appointment(db, client, staff, service, starts_at, status=status, commit=False)
         await db.flush()
         availability.invalidate_after_commit(db, staff.id)
     return appointment

@@ -52,11 +52,12 @@ async def smtp(app):
         server.stop()
 
 
-async def run_workers(count: int = 1) -> None:
+async def run_workers(count: int = 1, **settings) -> None:
     """`count` arq workers side by side, each until the queue is empty (deferred jobs included)."""
     workers = [
         create_worker(
             WorkerSettings,
+            **settings,
             burst=True,
             poll_delay=0.05,
             handle_signals=False,

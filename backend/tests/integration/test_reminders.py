@@ -11,16 +11,14 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 
 import pytest
-from arq.connections import RedisSettings
-from arq.worker import create_worker
 from sqlalchemy import func, select, update
 
-from app.config import get_settings
 from app.database import get_sessionmaker, unit_of_work
 from app.models import Appointment, AppointmentStatus, OutboxMessage, Reminder, Role, Service, User
 from app.services import reminders
-from app.services.email import SUPERVISED, WorkerSettings, attempt_delivery
+from app.services.email import WorkerSettings, attempt_delivery
 from tests.factories import create_user
+from tests.integration.test_email import run_workers as run_email_workers
 from tests.smtp import SmtpServer, settings_env, text_part
 
 DAY, HOUR = 1440, 60
@@ -320,32 +318,17 @@ class TestCatchUp:
         assert found[HOUR].sent_at is not None
 
 
+def fresh_cron_jobs():
+    """The cron's schedule state lives on the job: start it anew, as a new process does."""
+    jobs = [copy.copy(job) for job in WorkerSettings.cron_jobs]
+    for job in jobs:
+        job.next_run = None
+    return jobs
+
+
 async def run_workers(count: int) -> None:
     """`count` arq workers as configured, side by side, each until the queue is empty."""
-
-    def fresh_cron_jobs():  # the cron's schedule state lives on the job: start it anew, as a new process does
-        jobs = [copy.copy(job) for job in WorkerSettings.cron_jobs]
-        for job in jobs:
-            job.next_run = None
-        return jobs
-
-    workers = [
-        create_worker(
-            WorkerSettings,
-            cron_jobs=fresh_cron_jobs(),
-            burst=True,
-            poll_delay=0.05,
-            handle_signals=False,
-            ctx={SUPERVISED: True},
-            redis_settings=RedisSettings.from_dsn(get_settings().redis_url),
-        )
-        for _ in range(count)
-    ]
-    try:
-        await asyncio.wait_for(asyncio.gather(*(worker.async_run() for worker in workers)), 30)
-    finally:
-        for worker in workers:
-            await worker.close()
+    await run_email_workers(count, cron_jobs=fresh_cron_jobs())
 
 
 class TestWorker:
