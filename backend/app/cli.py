@@ -131,7 +131,7 @@ def cmd_migrate(settings: Settings, _: argparse.Namespace) -> None:
 
 def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
     from app.schemas.user import UserCreate
-    from app.services.users import create_user
+    from app.services.accounts.users import create_user
 
     try:
         data = UserCreate(
@@ -180,7 +180,7 @@ def _print_demo_accounts(accounts: list[tuple[str, str, bool]]) -> None:
 
 
 def cmd_worker(_: Settings, __: argparse.Namespace) -> None:
-    from app.services.email import run_worker  # imported here: the other commands do not need arq
+    from app.services.messaging.worker import run_worker  # imported here: the other commands do not need arq
 
     run_worker()
 

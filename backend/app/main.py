@@ -16,8 +16,8 @@ from app.database import dispose_engine
 from app.logging import setup_logging
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from app.redis import close_redis
-from app.services.events import close_hub
-from app.services.outbox import close_arq_pool
+from app.services.messaging.events import close_hub
+from app.services.messaging.outbox import close_arq_pool
 from app.services.rate_limit import reset_limiter
 
 API_PREFIX = "/api/v1"

@@ -25,7 +25,7 @@ async def seed(database_url: str, redis_url: str) -> None:
 
     os.environ.update(DATABASE_URL=database_url, REDIS_URL=redis_url)
     from app.database import dispose_engine, unit_of_work
-    from app.services.users import create_user
+    from app.services.accounts.users import create_user
 
     async with unit_of_work() as session:
         for n in range(ACCOUNTS):

@@ -99,10 +99,10 @@ async def app(service_urls):
     yield application
     from app.database import dispose_engine
     from app.redis import close_redis
-    from app.services.events import close_hub
+    from app.services.messaging.events import close_hub
 
     await close_hub()
-    from app.services.outbox import close_arq_pool
+    from app.services.messaging.outbox import close_arq_pool
     from app.services.rate_limit import reset_limiter
 
     await close_arq_pool()

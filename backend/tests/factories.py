@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import OutboxMessage, Role, User
-from app.services import tokens
+from app.services.accounts import tokens
 from app.utils.security import create_access_token, hash_password
 
 fake = Faker()

@@ -1,81 +1,30 @@
 """Appointments: book, list, read, reschedule, confirm, cancel, complete, no-show, `.ics`."""
 
 import uuid
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
 from app.api.deps import CurrentUser, DbSession, Limit, Offset
+from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
-from app.models import AppointmentStatus, User
+from app.models import AppointmentStatus
 from app.schemas.appointment import (
     AppointmentCreate,
     AppointmentOut,
     AppointmentPage,
     AppointmentUpdate,
     CancelRequest,
-    to_json,
 )
-from app.services import booking, idempotency
-from app.services.appointments import get_visible, list_appointments
+from app.services.booking import booking
+from app.services.booking.appointments import get_visible, list_appointments
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
 
 READ_ERRORS = problem_responses(401, 404, 422)
 CHANGE_ERRORS = problem_responses(401, 403, 404, 409, 422)
-REPLAY_HEADER = "Idempotent-Replayed"
-
-
-@dataclass(frozen=True)
-class Idempotent:
-    """The request's `Idempotency-Key` context: run the change once, replay its answer afterwards."""
-
-    session: Any
-    user: User
-    key: str | None
-    fingerprint: str
-
-    async def respond(
-        self, status_code: int, change: Callable[[], Awaitable[Any]], serialize: Callable[[Any], Any] = to_json
-    ) -> JSONResponse:
-        async def operation() -> Any:
-            return serialize(await change())
-
-        answer = await idempotency.run(
-            self.session,
-            user_id=self.user.id,
-            key=self.key,
-            request_fingerprint=self.fingerprint,
-            status=status_code,
-            operation=operation,
-        )
-        headers = {REPLAY_HEADER: "true"} if answer.replayed else None
-        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
-
-
-async def idempotent(
-    request: Request,
-    user: CurrentUser,
-    session: DbSession,
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Send the same key again (same body) to get the first answer instead of a second change",
-        ),
-    ] = None,
-) -> Idempotent:
-    body = await request.body()
-    return Idempotent(session, user, key, idempotency.fingerprint(request.method, request.url.path, body))
-
-
-IdempotentChange = Annotated[Idempotent, Depends(idempotent)]
 
 
 @router.post(
@@ -92,8 +41,8 @@ async def create(
     return await idem.respond(201, lambda: booking.create(session, user, body))
 
 
-@router.get("", summary="List appointments", responses=problem_responses(401, 422))
-async def list(
+@router.get("", operation_id="appointments-list", summary="List appointments", responses=problem_responses(401, 422))
+async def list_visible(
     user: CurrentUser,
     session: DbSession,
     status: AppointmentStatus | None = None,

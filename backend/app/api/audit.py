@@ -14,8 +14,8 @@ from app.services import audit
 router = APIRouter(prefix="/audit-log", tags=["audit"])
 
 
-@router.get("", summary="Audit log", responses=problem_responses(401, 403, 422))
-async def list(
+@router.get("", operation_id="audit-list", summary="Audit log", responses=problem_responses(401, 403, 422))
+async def list_entries(
     _: AdminUser,
     session: DbSession,
     entity_type: Annotated[str | None, Query(max_length=32, examples=["service"])] = None,

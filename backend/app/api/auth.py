@@ -18,9 +18,9 @@ from app.schemas.auth import (
 )
 from app.schemas.common import Message
 from app.schemas.user import UserOut
-from app.services import auth
-from app.services.guards import limit_sensitive
-from app.services.passwords import ensure_strong
+from app.services.accounts import auth
+from app.services.accounts.guards import limit_sensitive
+from app.services.accounts.passwords import ensure_strong
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 

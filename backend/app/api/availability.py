@@ -7,13 +7,19 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import DbSession
 from app.api.problems import problem_responses
 from app.schemas.availability import Availability, AvailabilityQuery
-from app.services import availability
+from app.services.scheduling import availability
 
 router = APIRouter(prefix="/availability", tags=["availability"])
 
 
-@router.get("", response_model=Availability, summary="Free slots", responses=problem_responses(404, 422))
-async def list(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
+@router.get(
+    "",
+    operation_id="availability-list",
+    response_model=Availability,
+    summary="Free slots",
+    responses=problem_responses(404, 422),
+)
+async def find_slots(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
     """Free start times of an active service in `[start, end)` (at most 62 days), for one staff
     member or everyone offering it, by time (then staff id). Times are UTC with `Z`; the answer
     also echoes the window as understood.

@@ -15,7 +15,7 @@ from app.config import get_settings
 from app.database import get_session
 from app.errors import Forbidden, InvalidToken, Unauthorized, UnsupportedMediaType
 from app.models import Role, User
-from app.services import auth
+from app.services.accounts import auth
 from app.utils.security import AccessClaims, decode_access_token
 
 # scope="function": the transaction commits before the response is sent, so a failed commit is never a 2xx.

@@ -4,11 +4,11 @@ import uuid
 
 from fastapi import APIRouter
 
-from app.api.appointments import IdempotentChange
 from app.api.deps import CurrentUser, DbSession
+from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
 from app.schemas.appointment import AppointmentOut, SeriesCancelRequest, SeriesOut
-from app.services import series
+from app.services.booking import series
 
 router = APIRouter(prefix="/appointment-series", tags=["appointment-series"])
 

@@ -10,7 +10,8 @@ from app.api.problems import problem_responses
 from app.errors import Forbidden, Unauthorized
 from app.models import Role, User
 from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
-from app.services import auth, catalogue
+from app.services.accounts import auth
+from app.services.scheduling import catalogue
 
 router = APIRouter(prefix="/services", tags=["services"])
 
@@ -31,8 +32,8 @@ def _is_admin(user: User | None) -> bool:
     return user is not None and user.role == Role.admin.value
 
 
-@router.get("", summary="List services", responses=problem_responses(401, 403, 422))
-async def list(
+@router.get("", operation_id="services-list", summary="List services", responses=problem_responses(401, 403, 422))
+async def list_services(
     session: DbSession,
     caller: OptionalUser,
     staff_id: Annotated[uuid.UUID | None, Query(description="Only services this staff member provides")] = None,

@@ -22,7 +22,7 @@ from app.schemas.staff import (
     TimeOffOut,
     TimeOffPage,
 )
-from app.services import catalogue, schedules
+from app.services.scheduling import catalogue, schedules
 
 router = APIRouter(prefix="/staff", tags=["staff"])
 
@@ -30,8 +30,8 @@ router = APIRouter(prefix="/staff", tags=["staff"])
 CALENDAR_ERRORS = problem_responses(401, 403, 404, 422)
 
 
-@router.get("", summary="List staff", responses=problem_responses(422))
-async def list(
+@router.get("", operation_id="staff-list", summary="List staff", responses=problem_responses(422))
+async def list_staff(
     session: DbSession,
     service_id: Annotated[uuid.UUID | None, Query(description="Only people who provide this service")] = None,
     limit: Limit = 50,

@@ -9,7 +9,7 @@ from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offse
 from app.api.problems import problem_responses
 from app.models import Role
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
-from app.services import auth, users
+from app.services.accounts import auth, users
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -54,8 +54,8 @@ async def delete_me(user: CurrentUser, session: DbSession) -> None:
     await users.erase(session, user)
 
 
-@router.get("", summary="List users", responses=problem_responses(401, 403, 422))
-async def list(
+@router.get("", operation_id="users-list", summary="List users", responses=problem_responses(401, 403, 422))
+async def list_users(
     _: AdminUser,
     session: DbSession,
     role: Role | None = None,

@@ -27,8 +27,8 @@ from starlette.websockets import WebSocketState
 from app.database import get_sessionmaker
 from app.errors import AppError
 from app.schemas.common import iso_z
-from app.services import auth
-from app.services.events import get_hub
+from app.services.accounts import auth
+from app.services.messaging.events import get_hub
 from app.utils.security import AccessClaims, decode_access_token
 
 router = APIRouter(tags=["events"])

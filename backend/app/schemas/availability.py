@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field, PlainValidator, ValidationInfo, WithJsonS
 from pydantic.json_schema import SkipJsonSchema
 
 from app.schemas.common import TimeZoneName, iso_z
-from app.services.availability_engine import Slot
 from app.utils.time import from_timestamp, local_bound_to_utc
 
 _LOCAL_START, _LOCAL_END = "2026-03-09T10:00:00-04:00", "2026-03-09T11:00:00-04:00"
@@ -114,7 +113,7 @@ class Availability(BaseModel):
     slots: list[AvailableSlot] = Field(description="Free slots by start time, then staff member")
 
 
-def render(slots: Sequence[Slot], start: datetime, end: datetime, zone: ZoneInfo | None) -> str:
+def render(slots: Sequence[tuple[int, int, uuid.UUID]], start: datetime, end: datetime, zone: ZoneInfo | None) -> str:
     """The JSON text of `Availability` (UTC with `Z`; local renderings only with a zone).
 
     Slots of one service share a few hundred distinct (start, end) pairs across all staff, so each

@@ -10,7 +10,9 @@ from app.errors import AppError
 from app.models import Appointment, Role, Service, StaffProfile, User
 from app.schemas.appointment import AppointmentCreate, Recurrence
 from app.schemas.staff import Schedule, WeeklyInterval
-from app.services import auth, availability, booking, catalogue, schedules, users
+from app.services.accounts import auth, users
+from app.services.booking import booking
+from app.services.scheduling import availability, catalogue, schedules
 from app.utils.time import utcnow
 
 # Documented in README.md; not in app/data/common-passwords.txt. Development data only.

@@ -19,7 +19,7 @@ import redis.asyncio
 from tests.smtp import HOST, SmtpServer, free_port, settings_env
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
-WORKER = (sys.executable, "-m", "app.services.email")
+WORKER = (sys.executable, "-m", "app.services.messaging.worker")
 ARQ_CLI = (sys.executable, "-m", "arq", "app.services.email.WorkerSettings")
 # Short periods so that a 30 s outage is caught up within seconds of its end.
 WORKER_ENV = {
@@ -124,7 +124,7 @@ class Stack:
 @pytest.fixture
 async def stack(app, service_urls, tmp_path) -> AsyncIterator[Stack]:
     """Own Redis and SMTP servers; the app in this process hands its outbox to that Redis."""
-    from app.services.outbox import close_arq_pool
+    from app.services.messaging.outbox import close_arq_pool
 
     redis_server = RedisServer().start()
     smtp = SmtpServer().start()

@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.models import Appointment, Role, User
-from app.services import tokens
+from app.services.accounts import tokens
 from app.utils.security import create_access_token
 from tests.factories import hashed, unique_email
 from tests.scheduling import URL, add_appointment, create_service, create_staff, days_ahead

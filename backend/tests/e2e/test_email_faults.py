@@ -14,8 +14,8 @@ from sqlalchemy import func, select
 
 from app.database import get_sessionmaker, unit_of_work
 from app.models import OutboxMessage
-from app.services.email import supervise
-from app.services.outbox import job_id, queue_email
+from app.services.messaging.outbox import job_id, queue_email
+from app.services.messaging.worker import supervise
 from tests.e2e.conftest import ARQ_CLI, Stack
 from tests.smtp import settings_env
 

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
 from app.models import User
-from app.services import auth
+from app.services.accounts import auth
 from tests.assertions import assert_invalid_grant, assert_problem, assert_unauthorized
 from tests.factories import (
     PASSWORD,

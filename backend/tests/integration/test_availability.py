@@ -12,7 +12,7 @@ from sqlalchemy import update
 
 from app.database import unit_of_work
 from app.models import Appointment, DateOverride, Role, Service, TimeOff, User, WeeklyInterval
-from app.services import availability
+from app.services.scheduling import availability
 from app.utils.time import fixed_offset
 from tests.assertions import assert_problem
 from tests.factories import create_user

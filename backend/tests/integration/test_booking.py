@@ -11,8 +11,9 @@ from sqlalchemy import func, select
 
 from app.errors import SlotUnavailable
 from app.models import Appointment, AppointmentSeries, AuditEntry, OutboxMessage, Role, User
-from app.services import appointments, mailer
+from app.services.booking import appointments
 from app.services.demo import seed_demo
+from app.services.messaging import mailer
 from app.utils.time import local_to_utc, utcnow
 from tests.assertions import assert_problem, assert_unauthorized
 from tests.factories import create_user, outbox

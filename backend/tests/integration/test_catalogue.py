@@ -9,8 +9,8 @@ from sqlalchemy import func, select
 
 from app.models import Role, Service, StaffProfile, WeeklyInterval
 from app.redis import get_redis
-from app.services.availability import find_slots, version_key
 from app.services.demo import seed_demo
+from app.services.scheduling.availability import find_slots, version_key
 from tests.assertions import assert_problem, assert_unauthorized
 from tests.factories import create_user, start_session
 

@@ -15,8 +15,8 @@ from sqlalchemy import select
 
 from app.cli import main
 from app.models import User
+from app.services.accounts.passwords import common_passwords
 from app.services.demo import DEMO_ACCOUNTS, DEMO_PASSWORD
-from app.services.passwords import common_passwords
 from app.utils.mailcatcher import MailCatcher, extract_links
 from app.utils.security import verify_password
 

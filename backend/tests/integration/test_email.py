@@ -14,9 +14,9 @@ from sqlalchemy import func, select, update
 from app.config import get_settings
 from app.database import unit_of_work
 from app.models import OutboxMessage
-from app.services.email import SUPERVISED, WorkerSettings, backoff, deliver_outbox, relay_once, supervise
-from app.services.mailer import build_message, message_id, render
-from app.services.outbox import get_arq_pool, job_id, queue_email
+from app.services.messaging.mailer import build_message, message_id, render
+from app.services.messaging.outbox import get_arq_pool, job_id, queue_email
+from app.services.messaging.worker import SUPERVISED, WorkerSettings, backoff, deliver_outbox, relay_once, supervise
 from tests.smtp import SmtpServer, html_part, settings_env, text_part
 
 VERIFY = {"full_name": "Ada Lovelace", "link": "https://app.test/verify-email?token=t0k&x=1", "expires_hours": 48}

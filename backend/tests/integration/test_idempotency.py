@@ -1,4 +1,4 @@
-"""`app.services.idempotency`: one execution per (user, key, request), answers stored only after commit."""
+"""`app.services.booking.idempotency`: one execution per (user, key, request), answers stored only after commit."""
 
 import asyncio
 import json
@@ -9,7 +9,7 @@ import pytest
 from app.database import unit_of_work
 from app.errors import IdempotencyKeyInProgress, IdempotencyKeyReused
 from app.redis import get_redis
-from app.services import idempotency
+from app.services.booking import idempotency
 
 FINGERPRINT = idempotency.fingerprint("POST", "/api/v1/appointments", b'{"a": 1}')
 

@@ -15,8 +15,8 @@ from sqlalchemy import func, select, update
 
 from app.database import get_sessionmaker, unit_of_work
 from app.models import Appointment, AppointmentStatus, OutboxMessage, Reminder, Role, Service, User
-from app.services import reminders
-from app.services.email import WorkerSettings, attempt_delivery
+from app.services.messaging import reminders
+from app.services.messaging.worker import WorkerSettings, attempt_delivery
 from tests.factories import create_user
 from tests.integration.test_email import run_workers as run_email_workers
 from tests.smtp import SmtpServer, settings_env, text_part

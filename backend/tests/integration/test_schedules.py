@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from app.models import Appointment, AuditEntry, Role, Service, StaffProfile, TimeOff, WeeklyInterval
 from app.redis import get_redis
-from app.services.availability import version_key
+from app.services.scheduling.availability import version_key
 from tests.assertions import assert_problem, assert_unauthorized
 from tests.factories import create_user, start_session
 

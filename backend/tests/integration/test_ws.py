@@ -18,7 +18,8 @@ from websockets.exceptions import ConnectionClosed
 from app.api import ws
 from app.database import unit_of_work
 from app.redis import get_redis
-from app.services import auth, events
+from app.services.accounts import auth
+from app.services.messaging import events
 from app.utils.security import create_access_token, decode_access_token
 from tests.factories import create_user, start_session
 

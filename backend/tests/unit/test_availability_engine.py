@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from app.schemas.availability import Availability, AvailabilityQuery, render
-from app.services.availability import CACHE_SECONDS, cache_lifetime
-from app.services.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
+from app.services.scheduling.availability import CACHE_SECONDS, cache_lifetime
+from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
 from app.utils.time import fixed_offset, local_bound_to_utc, local_dates, local_to_utc, wall_steps
 
 NEW_YORK, BERLIN = ZoneInfo("America/New_York"), ZoneInfo("Europe/Berlin")

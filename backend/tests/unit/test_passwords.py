@@ -3,7 +3,7 @@
 import pytest
 
 from app.errors import WeakPassword
-from app.services.passwords import common_passwords, ensure_strong
+from app.services.accounts.passwords import common_passwords, ensure_strong
 
 
 def test_the_list_is_large_and_ships_with_the_code():

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app.errors import InvalidRecurrence, SlotNotOffered
-from app.services.series import MAX_OCCURRENCES, Rule, occurrences, parse_rrule
+from app.services.booking.series import MAX_OCCURRENCES, Rule, occurrences, parse_rrule
 
 NEW_YORK = ZoneInfo("America/New_York")
 

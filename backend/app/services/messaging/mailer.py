@@ -25,7 +25,7 @@ from pydantic import SecretStr
 
 from app.config import get_settings
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates" / "email"
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates" / "email"
 LOCALES = ("en", "ru")
 DEFAULT_LOCALE = "en"
 _TEMPLATE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -14,7 +14,8 @@ from app.errors import CancellationWindowClosed, InvalidRecurrence, NotFound, Sl
 from app.models import Appointment, AppointmentSeries, Service, StaffProfile, User
 from app.models.appointment import LIVE_STATUSES
 from app.schemas.common import iso_z
-from app.services import appointments, notifications
+from app.services.booking import appointments
+from app.services.messaging import notifications
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
 MAX_OCCURRENCES = 52

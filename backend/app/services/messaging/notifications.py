@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
 from app.models import Appointment, AppointmentStatus, Service, User
-from app.services import outbox
+from app.services.messaging import outbox
 from app.utils.ics import CalendarEvent, build_calendar
 
 UID_DOMAIN = "c3po"

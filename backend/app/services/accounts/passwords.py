@@ -5,7 +5,7 @@ from pathlib import Path
 
 from app.errors import WeakPassword
 
-_LIST = Path(__file__).resolve().parent.parent / "data" / "common-passwords.txt"
+_LIST = Path(__file__).resolve().parents[2] / "data" / "common-passwords.txt"
 
 
 @lru_cache

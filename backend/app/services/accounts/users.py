@@ -10,9 +10,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import EmailTaken, NotFound, SelfLockout
 from app.models import AuditEntry, Role, User
-from app.services import appointments, audit, auth, outbox
+from app.services import audit
+from app.services.accounts import auth
+from app.services.accounts.passwords import ensure_strong
+from app.services.booking import appointments
+from app.services.messaging import outbox
 from app.services.pagination import paginate
-from app.services.passwords import ensure_strong
 from app.utils.security import hash_password, random_token
 
 # Never written to the audit trail.

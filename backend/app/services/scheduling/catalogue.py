@@ -12,8 +12,8 @@ from sqlalchemy.orm import selectinload
 from app.errors import AppError, NotFound
 from app.models import Role, Service, StaffProfile, User, service_staff
 from app.services import audit
-from app.services.availability import invalidate_after_commit
 from app.services.pagination import paginate
+from app.services.scheduling.availability import invalidate_after_commit
 
 CENT = Decimal("0.01")
 

@@ -20,8 +20,10 @@ from app.models import Appointment, AppointmentStatus, Role, Service, User
 from app.models.appointment import LIVE_STATUSES
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
-from app.services import audit, availability, events, notifications, reminders
+from app.services import audit
+from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
+from app.services.scheduling import availability
 from app.utils.time import utcnow
 
 EXCLUSION_VIOLATION = "23P01"

@@ -29,9 +29,10 @@ from app.errors import (
 )
 from app.models import ActionToken, ActionTokenPurpose, User
 from app.redis import get_redis
-from app.services import rate_limit, tokens
-from app.services.outbox import queue_email
-from app.services.passwords import ensure_strong
+from app.services import rate_limit
+from app.services.accounts import tokens
+from app.services.accounts.passwords import ensure_strong
+from app.services.messaging.outbox import queue_email
 from app.utils.security import (
     AccessClaims,
     burn_password_check,

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import NotFound
 from app.models import Appointment, DateOverride, Role, Service, StaffProfile, TimeOff, User, WeeklyInterval
 from app.models import service_staff as offers
-from app.services.availability_engine import StaffCalendar
+from app.services.scheduling.availability_engine import StaffCalendar
 
 _IDS = bindparam("ids", expanding=True)
 _LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_=DateTime(timezone=True))

@@ -2,7 +2,7 @@
 
 from app.config import get_settings
 from app.services import rate_limit
-from app.services.auth import normalize_email
+from app.services.accounts.auth import normalize_email
 
 
 async def limit_sensitive(action: str, client_ip: str, email: str | None = None) -> None:

@@ -18,9 +18,9 @@ from app.errors import AppError, Forbidden, NotFound
 from app.models import LIVE_STATUSES, Appointment, DateOverride, Role, StaffProfile, TimeOff, User, WeeklyInterval
 from app.schemas.staff import Interval, OverrideIn, Schedule, TimeOffIn
 from app.services import audit
-from app.services.availability import invalidate_after_commit
-from app.services.catalogue import active_staff_filter
 from app.services.pagination import paginate
+from app.services.scheduling.availability import invalidate_after_commit
+from app.services.scheduling.catalogue import active_staff_filter
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 

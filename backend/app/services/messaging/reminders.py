@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.config import get_settings
 from app.database import unit_of_work
 from app.models import LIVE_STATUSES, Appointment, Reminder, Service, User
-from app.services.notifications import format_when
-from app.services.outbox import queue_email
+from app.services.messaging.notifications import format_when
+from app.services.messaging.outbox import queue_email
 from app.utils.time import utcnow
 
 TEMPLATE = "reminder"

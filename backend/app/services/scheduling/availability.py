@@ -26,8 +26,8 @@ from app.errors import AppError, NotFound
 from app.models import Service
 from app.redis import get_redis
 from app.schemas.availability import render
-from app.services.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
-from app.services.availability_queries import load_calendars, offering_staff, service_and_staff
+from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
+from app.services.scheduling.availability_queries import load_calendars, offering_staff, service_and_staff
 from app.utils.time import timestamp, utcnow
 
 MAX_WINDOW = timedelta(days=62)

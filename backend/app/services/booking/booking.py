@@ -25,8 +25,11 @@ from app.errors import (
 )
 from app.models import Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
-from app.services import appointments, audit, availability, notifications, reminders, series
-from app.services.appointments import LIVE, compare_and_swap, get_visible, handles, record_change
+from app.services import audit
+from app.services.booking import appointments, series
+from app.services.booking.appointments import LIVE, compare_and_swap, get_visible, handles, record_change
+from app.services.messaging import notifications, reminders
+from app.services.scheduling import availability
 from app.utils.time import utcnow
 
 

@@ -1,0 +1,1 @@
+"""Accounts: registration, sign-in and sessions, passwords, profiles and the admin's user management."""

@@ -1,0 +1,1 @@
+"""Booking: appointments and their state machine, recurring series, idempotency keys."""

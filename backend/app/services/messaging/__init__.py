@@ -1,0 +1,1 @@
+"""Messaging: the outbox, the email worker, booking emails, reminders and real-time events."""

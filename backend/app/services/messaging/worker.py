@@ -1,0 +1,274 @@
+"""The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
+runs the reminder cron (`app.services.messaging.reminders`).
+
+Two paths lead to `attempt_delivery`, which locks the row (`FOR UPDATE SKIP LOCKED`), sends it and
+commits `sent_at` before the lock goes, so a retried job or a second worker finds nothing to do:
+
+- the arq job `deliver_outbox`, queued after the commit that wrote the row (job id = outbox id
+  and attempt); after a failed attempt it queues the next one at the row's `next_attempt_at`;
+- the relay, every `outbox_relay_seconds`, for rows still undelivered one period after they were
+  due: never handed to the queue (Redis was down), or whose retry job was lost.
+
+`arq app.services.messaging.worker.WorkerSettings` runs the worker bare; `run_worker()` (`python -m app
+worker`) runs it under `supervise`, which keeps the relay going on its own and starts arq again
+whenever Redis drops it (arq's poll loop stops on the first Redis error).
+"""
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from arq.connections import ArqRedis, RedisSettings
+from arq.cron import cron
+from arq.worker import Worker, create_worker, func
+from loguru import logger
+from sqlalchemy import func as sql
+from sqlalchemy import select
+
+from app.config import get_settings
+from app.database import dispose_engine, get_sessionmaker
+from app.logging import setup_logging
+from app.models import OutboxMessage
+from app.services.messaging.mailer import send_email
+from app.services.messaging.outbox import DELIVER_JOB, job_id, redacted
+from app.services.messaging.reminders import send_due_reminders
+
+SUPERVISED = "supervised"  # ctx flag: the caller runs the relay and owns logging and the engine
+JOB_TIMEOUT_SECONDS = 60
+JOB_CLOCK_SLACK = timedelta(seconds=0.25)  # arq defers by the worker's clock, the row is checked by the database's
+RELAY_BATCH = 100
+RESTART_MAX_DELAY_SECONDS = 5
+
+Handler = Callable[[int, datetime, Mapping[str, Any]], Awaitable[None]]
+HANDLERS: dict[str, Handler] = {"email": send_email}
+
+
+@dataclass(frozen=True)
+class Attempt:
+    outbox_id: int
+    sent: bool
+    attempts: int  # failed attempts so far
+    retry_at: datetime | None  # when the next try is due; None once sent or given up
+
+
+def backoff(attempts: int) -> timedelta:
+    """2 s, 4 s, 8 s, ... capped (settings `outbox_backoff_seconds`, `outbox_backoff_max_seconds`)."""
+    settings = get_settings()
+    seconds = settings.outbox_backoff_seconds * 2 ** min(max(attempts - 1, 0), 30)
+    return timedelta(seconds=min(seconds, settings.outbox_backoff_max_seconds))
+
+
+async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelta = timedelta()) -> Attempt | None:
+    """Deliver one undelivered row due by `now() + due_within`: that one, or the longest waiting.
+
+    None when there is nothing to do: sent already, given up, not due, or locked by another worker.
+    Failures are recorded on the row, never raised.
+    """
+    query = select(OutboxMessage).where(
+        OutboxMessage.sent_at.is_(None),
+        OutboxMessage.failed_at.is_(None),
+        OutboxMessage.next_attempt_at <= sql.now() + due_within,
+    )
+    if outbox_id is None:
+        query = query.order_by(OutboxMessage.next_attempt_at).limit(1)
+    else:
+        query = query.where(OutboxMessage.id == outbox_id)
+    async with get_sessionmaker()() as session, session.begin():
+        row = await session.scalar(query.with_for_update(skip_locked=True))
+        if row is None:
+            return None
+        try:
+            await HANDLERS[row.kind](row.id, row.created_at, row.payload)
+        except Exception as exc:
+            return _record_failure(row, exc)
+        row.sent_at = datetime.now(UTC)
+        row.payload = redacted(row.payload)
+        logger.info("outbox {} ({}) sent", row.id, row.kind)
+        return Attempt(row.id, sent=True, attempts=row.attempts, retry_at=None)
+
+
+def _record_failure(row: OutboxMessage, exc: Exception) -> Attempt:
+    now = datetime.now(UTC)
+    row.attempts += 1
+    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+    if row.attempts >= get_settings().outbox_max_attempts:
+        row.failed_at = now
+        logger.error("outbox {} given up after {} attempts: {}", row.id, row.attempts, row.last_error)
+        return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=None)
+    row.next_attempt_at = retry_at = now + backoff(row.attempts)
+    logger.warning("outbox {} attempt {} failed: {}; next at {}", row.id, row.attempts, row.last_error, retry_at)
+    return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=retry_at)
+
+
+async def deliver_outbox(ctx: dict[str, Any], outbox_id: int) -> str:
+    """The arq job: one attempt at one row; after a failure, queue the next attempt for when it is due."""
+    attempt = await attempt_delivery(outbox_id, due_within=JOB_CLOCK_SLACK)
+    if attempt is None:
+        return "nothing to do"
+    if attempt.retry_at is not None:
+        try:
+            redis: ArqRedis = ctx["redis"]
+            next_id = job_id(outbox_id, attempt.attempts)
+            await redis.enqueue_job(DELIVER_JOB, outbox_id, _job_id=next_id, _defer_until=attempt.retry_at)
+        except Exception:  # the relay picks the row up once it is overdue
+            logger.opt(exception=True).warning("could not queue the retry of outbox {}", outbox_id)
+        return f"attempt {attempt.attempts} failed"
+    return "sent" if attempt.sent else "given up"
+
+
+async def relay_once(stop: asyncio.Event | None = None) -> int:
+    """One pass over rows overdue by more than one relay period; returns how many were attempted."""
+    overdue = timedelta(seconds=get_settings().outbox_relay_seconds)
+    attempted = 0
+    while attempted < RELAY_BATCH and not (stop and stop.is_set()):
+        if await attempt_delivery(due_within=-overdue) is None:
+            break
+        attempted += 1
+    return attempted
+
+
+async def relay_forever(stop: asyncio.Event) -> None:
+    interval = get_settings().outbox_relay_seconds
+    while not stop.is_set():
+        try:
+            if attempted := await relay_once(stop):
+                logger.info("relay attempted {} overdue outbox rows", attempted)
+        except Exception:  # Postgres away: keep trying, the rows wait
+            logger.opt(exception=True).warning("outbox relay pass failed; next in {}s", interval)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+async def _finish_relay(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Let the send in progress commit (a cancelled send may be repeated), then stop."""
+    stop.set()
+    done, _ = await asyncio.wait({task}, timeout=get_settings().mail_timeout_seconds + 5)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task})
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    if ctx.get(SUPERVISED):
+        return
+    setup_logging(get_settings())
+    ctx["relay_stop"] = stop = asyncio.Event()
+    ctx["relay"] = asyncio.create_task(relay_forever(stop))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    if ctx.get(SUPERVISED):
+        return
+    if "relay" in ctx:
+        await _finish_relay(ctx.pop("relay"), ctx.pop("relay_stop"))
+    await dispose_engine()
+
+
+def redis_settings() -> RedisSettings:
+    url = get_settings().redis_url
+    return RedisSettings.from_dsn(url) if url else RedisSettings()
+
+
+class WorkerSettings:
+    functions = [func(deliver_outbox, name=DELIVER_JOB, max_tries=3)]  # tries again only if cancelled
+    # Every minute and at start (catch-up); the id per minute keeps two workers from both running it.
+    cron_jobs = [cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120)]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = redis_settings()
+    max_jobs = 10
+    job_timeout = JOB_TIMEOUT_SECONDS
+    job_completion_wait = 20  # on SIGTERM, let sends in progress finish and commit
+    keep_result = 3600  # a finished job's id stays taken, so the same attempt is not queued again
+
+
+async def supervise(stop: asyncio.Event) -> None:
+    """Run the relay and the arq worker until `stop` is set; start arq again whenever it falls over."""
+    relay = asyncio.create_task(relay_forever(relay_stop := asyncio.Event()))
+    failures = 0
+    loop = asyncio.get_running_loop()
+    try:
+        while not stop.is_set():
+            worker = create_worker(
+                WorkerSettings,
+                ctx={SUPERVISED: True},
+                redis_settings=replace(redis_settings(), conn_retries=0),  # we retry, with backoff
+                handle_signals=False,
+            )
+            started = loop.time()
+            error = await _run_until(worker, stop)
+            await _retire(worker)
+            if stop.is_set():
+                break
+            failures = 1 if loop.time() - started > 60 else failures + 1
+            delay = min(2 ** (failures - 1), RESTART_MAX_DELAY_SECONDS)
+            logger.warning("arq worker stopped ({}); starting it again in {}s", error, delay)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+    finally:
+        await _finish_relay(relay, relay_stop)
+
+
+async def _run_until(worker: Worker, stop: asyncio.Event) -> str:
+    """Run arq until it fails (returns why) or `stop` is set (lets jobs in progress finish)."""
+    run = asyncio.create_task(worker.async_run())
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({run, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        run.cancel()
+        raise
+    finally:
+        stopping.cancel()
+    if not run.done():
+        worker.handle_sig_wait_for_completion(signal.SIGTERM)
+        await asyncio.wait({run})
+    if run.cancelled():
+        return "stopped"
+    error = run.exception()
+    return f"{type(error).__name__}: {error}" if error else "returned"
+
+
+async def _retire(worker: Worker) -> None:
+    """Wait for jobs in progress (they commit to Postgres, not Redis), then drop the Redis pool."""
+    tasks = list(worker.tasks.values())
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=JOB_TIMEOUT_SECONDS + 5)
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(tasks)
+        for task in tasks:  # their Redis bookkeeping may have failed with Redis gone: expected
+            if not task.cancelled() and task.exception():
+                logger.debug("arq job bookkeeping failed: {}", task.exception())
+    if worker.pool is not None:
+        with suppress(Exception):
+            await worker.pool.aclose()
+
+
+async def _serve() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await supervise(stop)
+    finally:
+        await dispose_engine()
+
+
+def run_worker() -> None:
+    """`python -m app worker`: deliver the outbox until SIGINT or SIGTERM, riding out Redis outages."""
+    settings = get_settings()
+    setup_logging(settings)
+    if not settings.database_url or not settings.redis_url:
+        raise SystemExit("the worker needs DATABASE_URL and REDIS_URL")
+    logger.info("outbox worker starting (relay every {}s)", settings.outbox_relay_seconds)
+    asyncio.run(_serve())
+
+
+if __name__ == "__main__":
+    run_worker()

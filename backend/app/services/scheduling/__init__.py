@@ -1,0 +1,1 @@
+"""Scheduling: the catalogue, staff calendars (hours, overrides, time off) and availability."""
