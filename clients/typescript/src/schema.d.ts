@@ -1152,7 +1152,12 @@ export interface components {
              */
             database: "up";
         };
-        /** EmailIn */
+        /**
+         * EmailIn
+         * @example {
+         *       "email": "ada@example.com"
+         *     }
+         */
         EmailIn: {
             /**
              * Email
@@ -1414,7 +1419,13 @@ export interface components {
             /** @enum {string} */
             code: "invalid_window";
         };
-        /** LogoutIn */
+        /**
+         * LogoutIn
+         * @example {
+         *       "refresh_token": "the-refresh-token-from-sign-in"
+         *     }
+         * @example {}
+         */
         LogoutIn: {
             /** Refresh Token */
             refresh_token?: string | null;
@@ -1533,7 +1544,13 @@ export interface components {
             /** Offset */
             offset: number;
         };
-        /** PasswordChange */
+        /**
+         * PasswordChange
+         * @example {
+         *       "current_password": "my old passphrase",
+         *       "new_password": "correct horse battery staple"
+         *     }
+         */
         PasswordChange: {
             /** Current Password */
             current_password: string;
@@ -1543,7 +1560,13 @@ export interface components {
              */
             new_password: string;
         };
-        /** PasswordResetConfirm */
+        /**
+         * PasswordResetConfirm
+         * @example {
+         *       "new_password": "correct horse battery staple",
+         *       "token": "the-token-from-the-email-link"
+         *     }
+         */
         PasswordResetConfirm: {
             /** Token */
             token: string;
@@ -1629,7 +1652,12 @@ export interface components {
              */
             redis: "up";
         };
-        /** RefreshIn */
+        /**
+         * RefreshIn
+         * @example {
+         *       "refresh_token": "the-refresh-token-from-sign-in"
+         *     }
+         */
         RefreshIn: {
             /** Refresh Token */
             refresh_token: string;
@@ -2070,7 +2098,12 @@ export interface components {
             /** Offset */
             offset: number;
         };
-        /** TokenIn */
+        /**
+         * TokenIn
+         * @example {
+         *       "token": "the-token-from-the-email-link"
+         *     }
+         */
         TokenIn: {
             /** Token */
             token: string;
@@ -2140,7 +2173,15 @@ export interface components {
             /** @enum {string} */
             code: "unsupported_media_type";
         };
-        /** UserAdminUpdate */
+        /**
+         * UserAdminUpdate
+         * @example {
+         *       "role": "staff"
+         *     }
+         * @example {
+         *       "is_active": false
+         *     }
+         */
         UserAdminUpdate: {
             /** Full Name */
             full_name?: string | null;
@@ -2157,7 +2198,16 @@ export interface components {
             /** Is Active */
             is_active?: boolean | null;
         };
-        /** UserCreate */
+        /**
+         * UserCreate
+         * @example {
+         *       "email": "grace@example.com",
+         *       "full_name": "Grace Hopper",
+         *       "password": "correct horse battery staple",
+         *       "role": "staff",
+         *       "timezone": "America/New_York"
+         *     }
+         */
         UserCreate: {
             /**
              * Email
@@ -2250,6 +2300,11 @@ export interface components {
         /**
          * UserUpdateMe
          * @description Only these fields; `role`, `email` and `is_active` are refused with 422.
+         * @example {
+         *       "full_name": "Ada King",
+         *       "locale": "en",
+         *       "timezone": "Europe/London"
+         *     }
          */
         UserUpdateMe: {
             /** Full Name */
@@ -3407,6 +3462,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"] | components["schemas"]["WeakPasswordProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
                 };
             };
             /** @description Internal Server Error: `internal_error` */
