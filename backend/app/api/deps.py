@@ -11,9 +11,10 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from app.api.problem_docs import documented
 from app.config import get_settings
 from app.database import get_session
-from app.errors import Forbidden, InvalidToken, Unauthorized, UnsupportedMediaType
+from app.errors import Forbidden, InvalidToken, RateLimited, Unauthorized, UnsupportedMediaType
 from app.models import Role, User
 from app.services.accounts import auth
 from app.utils.security import AccessClaims, decode_access_token
@@ -57,6 +58,7 @@ Offset = Annotated[int, Query(ge=0, description="Items to skip")]
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
+@documented(Unauthorized, InvalidToken)
 async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)]) -> AccessClaims:
     if not token:
         raise Unauthorized()
@@ -69,6 +71,7 @@ async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)]
 Claims = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
+@documented(InvalidToken)
 async def get_current_user(session: DbSession, claims: Claims) -> User:
     return await auth.authenticate_access(session, claims)
 
@@ -77,6 +80,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def require_role(*roles: Role):
+    @documented(Forbidden)
     async def dependency(user: CurrentUser) -> User:
         if user.role not in roles:
             raise Forbidden("Your role does not allow this")
@@ -135,6 +139,7 @@ def _normalised(address: str) -> str:
 ClientIP = Annotated[str, Depends(get_client_ip)]
 
 
+@documented(RateLimited)
 def get_rate_limit_ip(client_ip: ClientIP) -> str:
     """What per-IP limits count against: an IPv4 address, or the IPv6 /64 around an IPv6 one.
 

@@ -36,10 +36,20 @@ class UserUpdateMe(StrictModel):
     timezone: TimeZoneName | None = None
     locale: Locale | None = None
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"full_name": "Ada King", "timezone": "Europe/London", "locale": "en"}]}
+    )
+
 
 class PasswordChange(StrictModel):
     current_password: str = Field(max_length=128)
     new_password: Password
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"current_password": "my old passphrase", "new_password": "correct horse battery staple"}]
+        }
+    )
 
 
 class UserCreate(StrictModel):
@@ -52,10 +62,26 @@ class UserCreate(StrictModel):
     phone: str | None = Field(default=None, max_length=32)
     is_verified: bool = True
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "grace@example.com",
+                    "password": "correct horse battery staple",
+                    "full_name": "Grace Hopper",
+                    "role": "staff",
+                    "timezone": "America/New_York",
+                }
+            ]
+        }
+    )
+
 
 class UserAdminUpdate(UserUpdateMe):
     role: Role | None = None
     is_active: bool | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "staff"}, {"is_active": False}]})
 
 
 class UserExport(BaseModel):
