@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query, status
 from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.models import Role
-from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
+from app.schemas.export import UserExport
+from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserOut, UserPage, UserUpdateMe
 from app.services.accounts import auth, users
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -45,7 +46,7 @@ async def change_password(body: PasswordChange, user: CurrentUser, claims: Claim
 @router.get("/me/export", summary="Export my data", responses=AUTH_ERRORS)
 async def export_me(user: CurrentUser, session: DbSession) -> UserExport:
     """Everything stored about me, as JSON (GDPR data portability)."""
-    return UserExport.model_validate(await users.export(session, user))
+    return await users.export(session, user)
 
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, summary="Delete my account", responses=AUTH_ERRORS)

@@ -56,10 +56,3 @@ class UserCreate(StrictModel):
 class UserAdminUpdate(UserUpdateMe):
     role: Role | None = None
     is_active: bool | None = None
-
-
-class UserExport(BaseModel):
-    user: UserOut
-    email_verified_at: UtcDatetime | None
-    updated_at: UtcDatetime
-    appointments: list[dict] = Field(default_factory=list)
