@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import icalendar
 from sqlalchemy import select
 
-from app.models import Appointment, AuditEntry, OutboxMessage, Role, StaffProfile, User
+from app.models import Appointment, AuditEntry, OutboxMessage, Role, StaffProfile, TimeOff, User
 from app.services.accounts import auth
 from app.utils.time import utcnow
 from tests.factories import PASSWORD, create_user, outbox, start_session
@@ -78,7 +78,12 @@ async def _client_with_history(client, session):
 
 class TestErasure:
     async def test_no_column_of_any_table_keeps_the_client(self, client, session):
-        person, as_person, _, _, other, other_booking = await _client_with_history(client, session)
+        person, as_person, staff, _, other, other_booking = await _client_with_history(client, session)
+        # A table erasure knows nothing about: only the sweep over every column finds the address.
+        day = days_ahead(40)
+        off = {"starts_at": local(day, 8).isoformat(), "ends_at": local(day, 9).isoformat(), "reason": f"Call {EMAIL}"}
+        as_staff = (await start_session(staff)).headers
+        time_off = await _ok(await client.post(f"/api/v1/staff/{staff.id}/time-off", json=off, headers=as_staff), 201)
         assert set(await traces_of(session, EMAIL, NAME, PHONE, OLD_PHONE)) >= {
             "users.email: " + EMAIL,
             "outbox.payload: " + NAME,
@@ -100,6 +105,8 @@ class TestErasure:
         other_row = await session.get(Appointment, other_booking["id"])
         assert other_row.notes == "Olga's notes"
         assert len(await outbox(session, to=other.email)) == 1
+        reason = (await session.get(TimeOff, time_off["time_off"]["id"])).reason
+        assert reason == f"Call deleted-{person_id}@deleted.invalid"
 
     async def test_the_staff_member_is_still_told_about_the_cancellations_anonymously(self, client, session):
         person, as_person, staff, *_ = await _client_with_history(client, session)

@@ -1,6 +1,7 @@
 """The values that identified an erased person, found and replaced wherever they were stored."""
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ ERASED_NAME = "Deleted user"
 # A shorter "phone" (the profile allows 3 characters) could match unrelated text, so the sweep
 # over every table leaves it to the places known to be about the person.
 _MIN_SWEPT_PHONE_DIGITS = 7
+_WHOLE = r"(?<!\w)(?:{})(?!\w)"  # the same in Python and in PostgreSQL's regular expressions
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,9 @@ class Traces:
         return cast(column, Text).op("~*")(self.pattern)
 
 
-def _alternatives(values: dict[str, str]) -> str:
-    return "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True))
+def _alternatives(values: Iterable[str]) -> str:
+    """Whole values only: a name "Al" must not turn "call" into "cDeleted userl"."""
+    return _WHOLE.format("|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)))
 
 
 async def sweep(session: AsyncSession, traces: Traces) -> None:
@@ -72,7 +75,7 @@ async def sweep(session: AsyncSession, traces: Traces) -> None:
                 continue
             value = cast(column, Text)
             for old, new in traces.swept.items():
-                value = func.regexp_replace(value, re.escape(old), new, "gi")
+                value = func.regexp_replace(value, _alternatives([old]), new, "gi")
             # An explicit cast shortens an over-long result to a VARCHAR's limit instead of failing.
             statement = (
                 update(table)
