@@ -35,3 +35,35 @@ async def column_count(session: AsyncSession) -> int:
     return await session.scalar(
         text("SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()")
     )
+
+
+async def redis_traces_of(*needles: str) -> list[str]:
+    """`key: needle` for every Redis key whose name or value (string, hash, list, set) holds a needle."""
+    from redis.asyncio import Redis
+
+    from app.config import get_settings
+
+    redis = Redis.from_url(get_settings().redis_url)  # raw bytes: arq's jobs are pickles, not text
+    readers = {b"string": redis.get, b"hash": redis.hgetall, b"list": lambda k: redis.lrange(k, 0, -1)}
+    readers |= {b"set": redis.smembers, b"zset": lambda k: redis.zrange(k, 0, -1)}
+    hits = []
+    try:
+        async for key in redis.scan_iter(count=1000):
+            kind = await redis.type(key)
+            value = await readers[kind](key) if kind in readers else None
+            parts = [key, *_flat(value)]
+            haystack = b" ".join(parts).decode("utf-8", "replace").lower()
+            hits += [f"{key!r}: {needle}" for needle in needles if needle.lower() in haystack]
+    finally:
+        await redis.aclose()
+    return hits
+
+
+def _flat(value: object) -> list[bytes]:
+    if value is None:
+        return []
+    if isinstance(value, bytes):
+        return [value]
+    if isinstance(value, dict):
+        return [part for pair in value.items() for part in pair]
+    return list(value)  # a list or a set of bytes

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from app.models import Appointment, AuditEntry, OutboxMessage, Role, StaffProfile, TimeOff, User
 from app.services.accounts import auth
 from app.utils.time import utcnow
-from tests.factories import PASSWORD, create_user, outbox, start_session
-from tests.privacy import column_count, traces_of
+from tests.factories import PASSWORD, create_user, login, outbox, start_session
+from tests.privacy import column_count, redis_traces_of, traces_of
 from tests.scheduling import add_appointment, booking_body, create_service, create_staff, days_ahead, local
 
 ME = "/api/v1/users/me"
@@ -52,7 +52,11 @@ async def _client_with_history(client, session):
     as_staff = (await start_session(staff)).headers
     await _ok(await client.patch(ME, json={"phone": PHONE}, headers=as_person))
 
-    kept = await _book(client, as_person, service, staff, 7, notes=f"{NAME} prefers the quiet room; {PHONE}")
+    notes = f"{NAME} prefers the quiet room; {PHONE}"
+    body = booking_body(service, staff, local(days_ahead(7), 10), notes=notes)
+    idempotent = {**as_person, "Idempotency-Key": "first-booking"}
+    kept = await _ok(await client.post(URL, json=body, headers=idempotent), 201)  # its answer is kept in Redis
+    assert (await login(client, EMAIL, "not the password")).status_code == 400  # counted per email
     await _ok(await client.patch(f"{URL}/{kept['id']}", json={"notes": f"Ask {NAME} about x-rays"}, headers=as_staff))
     dropped = await _book(client, as_person, service, staff, 8, notes="Second visit")
     await _ok(await client.post(f"{URL}/{dropped['id']}/cancel", json={"reason": f"{NAME} travels"}, headers=as_person))
@@ -90,12 +94,14 @@ class TestErasure:
             "audit_log.after: " + PHONE,
             "appointments.notes: " + NAME,
         }  # the scan sees what is there
+        assert await redis_traces_of(NAME)
         person_id = person.id
 
         await _ok(await client.delete(ME, headers=as_person), 204)
 
         print(f"scanned {await column_count(session)} columns")
         assert await traces_of(session, EMAIL, NAME, PHONE, OLD_PHONE) == []
+        assert await redis_traces_of(EMAIL, NAME, PHONE, OLD_PHONE) == []
         session.expunge_all()
         rows = (await session.scalars(select(Appointment).where(Appointment.client_id == person_id))).all()
         assert len(rows) == 5  # the staff member's history stays, anonymised

@@ -8,23 +8,26 @@ every email about them and every audit entry by or about them, their name, addre
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
 and the audit trail's shape (who did what, when). Future live appointments are cancelled first,
 with the usual emails to the other party, which leave anonymised too. A last sweep replaces the
-address (and a phone number) in every text and JSON column of every table.
+address (and a phone number) in every text and JSON column of every table; after the commit, the
+stored answers of the person's idempotent requests leave Redis.
 """
 
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.database import after_commit
 from app.models import ActionToken, Appointment, AuditEntry, OutboxMessage, StaffProfile, TimeOff, User
 from app.services import audit
 from app.services.accounts import auth
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
-from app.services.booking import appointments
+from app.services.booking import appointments, idempotency
 from app.services.messaging import outbox
 from app.utils.ics import refold, unfold
 from app.utils.security import hash_password, random_token
@@ -77,6 +80,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     )
     await session.flush()
     await sweep(session, traces)
+    after_commit(session, partial(idempotency.forget_user, user.id))
 
 
 async def _anonymise_account(session: AsyncSession, user: User) -> None:
