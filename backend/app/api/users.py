@@ -9,7 +9,8 @@ from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offse
 from app.api.problems import problem_responses
 from app.errors import EmailTaken, NotFound, RateLimited, SelfLockout, WeakPassword, WrongPassword
 from app.models import Role
-from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
+from app.schemas.export import UserExport
+from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserOut, UserPage, UserUpdateMe
 from app.services.accounts import auth, users
 
 router = APIRouter(prefix="/users", tags=["users"])
@@ -45,7 +46,7 @@ async def change_password(body: PasswordChange, user: CurrentUser, claims: Claim
 @router.get("/me/export", operation_id="users-export-me", summary="Export my data")
 async def export_me(user: CurrentUser, session: DbSession) -> UserExport:
     """Everything stored about me, as JSON (GDPR data portability)."""
-    return UserExport.model_validate(await users.export(session, user))
+    return await users.export(session, user)
 
 
 @router.delete(

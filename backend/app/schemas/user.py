@@ -82,10 +82,3 @@ class UserAdminUpdate(UserUpdateMe):
     is_active: bool | None = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"role": "staff"}, {"is_active": False}]})
-
-
-class UserExport(BaseModel):
-    user: UserOut
-    email_verified_at: UtcDatetime | None
-    updated_at: UtcDatetime
-    appointments: list[dict] = Field(default_factory=list)

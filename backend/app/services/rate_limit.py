@@ -1,5 +1,6 @@
 """Moving-window rate limits in Redis (`limits`), shared by every API process."""
 
+import hashlib
 import time
 from collections.abc import Awaitable
 
@@ -39,6 +40,13 @@ async def _fail_open(check: Awaitable[bool]) -> bool:
         return True
 
 
+def _opaque(key: tuple[str, ...]) -> tuple[str, ...]:
+    """The limit's name, then a digest of the rest: Redis never holds an email address or IP in clear
+    (nothing to erase there when an account goes)."""
+    name, *rest = key
+    return (name, hashlib.sha256("\x1f".join(rest).encode()).hexdigest()[:32]) if rest else (name,)
+
+
 async def _retry_after(item: RateLimitItem, *key: str) -> int:
     stats = await _get_limiter().get_window_stats(item, *key)
     return max(1, int(stats.reset_time - time.time()) + 1)
@@ -46,21 +54,21 @@ async def _retry_after(item: RateLimitItem, *key: str) -> int:
 
 async def ensure_allowed(limit: str, *key: str) -> None:
     """Raise 429 if the window is already full, without counting this request."""
-    item = parse(limit)
+    item, key = parse(limit), _opaque(key)
     if not await _fail_open(_get_limiter().test(item, *key)):
         raise RateLimited(await _retry_after(item, *key))
 
 
 async def hit(limit: str, *key: str) -> None:
     """Count one request; raise 429 when the window was already full."""
-    item = parse(limit)
+    item, key = parse(limit), _opaque(key)
     if not await _fail_open(_get_limiter().hit(item, *key)):
         raise RateLimited(await _retry_after(item, *key))
 
 
 async def record(limit: str, *key: str) -> None:
     """Count one event (a failed login, say) without refusing anything now."""
-    await _fail_open(_get_limiter().hit(parse(limit), *key))
+    await _fail_open(_get_limiter().hit(parse(limit), *_opaque(key)))
 
 
 def limits_for(name: str) -> str:

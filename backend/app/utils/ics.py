@@ -1,5 +1,6 @@
 """RFC 5545 calendar files for appointments (METHOD:REQUEST invites, METHOD:CANCEL withdrawals)."""
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -35,6 +36,9 @@ def _text(value: str) -> str:
     )
 
 
+escape_text = _text  # for code that looks for a value inside a calendar file
+
+
 def _param(value: str) -> str:
     """A parameter value: quoted, without the characters a quoted value cannot hold."""
     return '"' + value.replace('"', "'").replace("\r", " ").replace("\n", " ") + '"'
@@ -53,6 +57,16 @@ def _fold(line: str) -> str:
         current += encoded
     out.append(current.decode())
     return "\r\n ".join(out)
+
+
+def unfold(content: str) -> str:
+    """One physical line per content line again: a CRLF followed by a space or tab continues the line."""
+    return re.sub(r"\r\n[ \t]", "", content)
+
+
+def refold(content: str) -> str:
+    """Fold a (possibly edited) calendar file's lines again."""
+    return "".join(_fold(line) + "\r\n" for line in unfold(content).split("\r\n") if line)
 
 
 def build_calendar(event: CalendarEvent, method: str = "REQUEST") -> str:

@@ -9,19 +9,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import EmailTaken, NotFound, SelfLockout
-from app.models import AuditEntry, Role, User
+from app.models import Role, User
+from app.schemas.export import UserExport
 from app.services import audit
-from app.services.accounts import auth
+from app.services.accounts import auth, erasure
+from app.services.accounts import export as data_export
 from app.services.accounts.passwords import ensure_strong
-from app.services.booking import appointments
-from app.services.messaging import outbox
 from app.services.pagination import paginate
-from app.utils.security import hash_password, random_token
+from app.utils.security import hash_password
 
 # Never written to the audit trail.
 _SECRET_FIELDS = ("created_at", "updated_at", "hashed_password", "tokens_valid_after")
-# Written, and replaced by "[erased]" in every entry once the user erases their account.
-_PERSONAL_FIELDS = frozenset({"email", "full_name", "phone"})
 
 
 def _audit_view(user: User) -> dict[str, Any]:
@@ -40,19 +38,6 @@ async def _audit(session: AsyncSession, actor: User | None, action: str, user: U
             before=before,
             after=after,
         )
-
-
-async def _redact_audit_trail(session: AsyncSession, user: User) -> None:
-    """Erasure reaches the audit log too: earlier entries about this user lose the personal values."""
-    entries = await session.scalars(
-        select(AuditEntry).where(AuditEntry.entity_type == "user", AuditEntry.entity_id == str(user.id))
-    )
-    for entry in entries:
-        for side in ("before", "after"):
-            values = getattr(entry, side)
-            if values and _PERSONAL_FIELDS & values.keys():
-                redacted = {k: "[erased]" if k in _PERSONAL_FIELDS and v is not None else v for k, v in values.items()}
-                setattr(entry, side, redacted)
 
 
 async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
@@ -77,39 +62,14 @@ async def update_profile(session: AsyncSession, user: User, changes: dict[str, A
     return user
 
 
-async def export(session: AsyncSession, user: User) -> dict[str, Any]:
+async def export(session: AsyncSession, user: User) -> UserExport:
     """Everything stored about the user, for GDPR data portability."""
-    from app.schemas.user import UserOut
-
-    return {
-        "user": UserOut.model_validate(user).model_dump(mode="json"),
-        "email_verified_at": user.email_verified_at,
-        "updated_at": user.updated_at,
-        "appointments": await appointments.export_for(session, user),
-    }
+    return await data_export.export(session, user)
 
 
 async def erase(session: AsyncSession, user: User) -> None:
-    """Anonymise the account in place (its id may still be referenced) and end every session;
-    future appointments are cancelled first, and the other party is told."""
-    await appointments.cancel_for_erasure(session, user)
-    await auth.revoke_all_sessions(user)
-    await outbox.forget_recipient(session, user.email)
-    user.email = f"deleted-{user.id}@deleted.invalid"
-    user.full_name = "Deleted user"
-    user.phone = None
-    user.hashed_password = await hash_password(random_token())
-    user.is_active = False
-    user.deleted_at = datetime.now(UTC)
-    await _redact_audit_trail(session, user)
-    await audit.record(
-        session,
-        actor_id=user.id,
-        action="user.erase",
-        entity_type="user",
-        entity_id=user.id,
-        after={"is_active": False, "deleted_at": user.deleted_at},
-    )
+    """GDPR erasure (see `erasure`)."""
+    await erasure.erase(session, user)
 
 
 async def list_users(

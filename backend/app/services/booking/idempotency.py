@@ -130,3 +130,15 @@ async def run(
     await session.connection()  # in a transaction, so its rollback is seen even if nothing was written
     _release_on_rollback(session, name, claim)
     return Answer(status, body)
+
+
+async def forget_user(user_id: uuid.UUID) -> None:
+    """GDPR erasure: the stored answers of the user's requests (appointments, notes included) go now,
+    not in 24 h. Best effort after the commit; they expire anyway."""
+    redis = get_redis()
+    try:
+        names = [name async for name in redis.scan_iter(match=f"idempotency:{user_id}:*", count=1000)]
+        if names:
+            await redis.delete(*names)
+    except (RedisError, OSError):
+        logger.warning("could not forget the idempotency answers of {}; they expire within 24 h", user_id)
