@@ -146,7 +146,10 @@ class TestPasswordGuessingLimitUnderConcurrency:
 
 
 class TestRefreshRotation:
-    async def test_concurrent_refreshes_with_one_token_give_at_most_one_pair(self, client, session):
+    async def test_without_a_grace_window_concurrent_refreshes_give_at_most_one_pair(
+        self, client, session, monkeypatch
+    ):
+        monkeypatch.setattr(get_settings(), "refresh_reuse_grace_seconds", 0)  # with one: test_refresh_grace.py
         pair = await start_session(await create_user(session))
 
         answers = await asyncio.gather(*(refresh(client, pair.refresh_token) for _ in range(8)))

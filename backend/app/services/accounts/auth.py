@@ -87,7 +87,7 @@ async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> Us
     """The user behind a decoded access token, or 401 if the token was revoked in any way."""
     async with get_redis().pipeline(transaction=False) as pipe:
         pipe.exists(f"denied-jti:{claims.jti}")
-        pipe.hmget(f"family:{claims.session_id}", ["reaffirmed", "revoked"])
+        pipe.hmget(tokens.family_key(claims.session_id), ["reaffirmed", "revoked"])
         denied, (reaffirmed, family_revoked) = await pipe.execute()
     if denied:
         raise InvalidToken("This token has been revoked")
