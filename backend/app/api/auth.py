@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
@@ -34,13 +34,12 @@ ACCEPTED = Message(detail="If the address can receive mail, a message is on its 
     summary="Create an account (answers the same whether or not the email is taken)",
     responses=problem_responses(422, 429),
 )
-async def register(body: RegisterIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
-    """Create an account and mail a verification link; an existing account's owner is told instead."""
+async def register(body: RegisterIn, session: DbSession, client_ip: RateLimitIP) -> Message:
+    """Create an account and queue a verification link; an existing account's owner is told instead."""
     await limit_sensitive("register", client_ip, body.email)
     ensure_strong(body.password)  # the one refusal that may be told: it says nothing about the address
-    background.add_task(
-        auth.after_answer,
-        auth.register,
+    await auth.register(
+        session,
         email=body.email,
         password=body.password,
         full_name=body.full_name,
@@ -63,10 +62,10 @@ async def verify_email(body: TokenIn, session: DbSession, client_ip: RateLimitIP
     summary="Send the verification email again",
     responses=problem_responses(422, 429),
 )
-async def resend_verification(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
-    """Mail a fresh verification link if the account exists and is unverified; the answer never tells."""
+async def resend_verification(body: EmailIn, session: DbSession, client_ip: RateLimitIP) -> Message:
+    """Queue a fresh verification link if the account exists and is unverified; the answer never tells."""
     await limit_sensitive("resend", client_ip, body.email)
-    background.add_task(auth.after_answer, auth.resend_verification, body.email)
+    await auth.resend_verification(session, body.email)
     return ACCEPTED
 
 
@@ -116,10 +115,10 @@ async def logout_all(user: CurrentUser, session: DbSession) -> None:
     summary="Mail a password reset link",
     responses=problem_responses(422, 429),
 )
-async def password_reset(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
-    """Mail a reset link if the account exists; the answer never tells."""
+async def password_reset(body: EmailIn, session: DbSession, client_ip: RateLimitIP) -> Message:
+    """Queue a reset link if the account exists; the answer never tells."""
     await limit_sensitive("reset", client_ip, body.email)
-    background.add_task(auth.after_answer, auth.request_password_reset, body.email)
+    await auth.request_password_reset(session, body.email)
     return ACCEPTED
 
 
