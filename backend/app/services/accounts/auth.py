@@ -23,6 +23,7 @@ from app.errors import (
     InvalidRefreshToken,
     InvalidToken,
     RateLimited,
+    TokenReused,
     WrongPassword,
 )
 from app.models import ActionToken, ActionTokenPurpose, User
@@ -30,6 +31,7 @@ from app.redis import get_redis
 from app.services import rate_limit
 from app.services.accounts import tokens
 from app.services.accounts.passwords import ensure_strong
+from app.services.messaging import events
 from app.services.messaging.outbox import queue_email
 from app.utils.security import (
     AccessClaims,
@@ -148,17 +150,23 @@ async def refresh(session: AsyncSession, refresh_token: str) -> TokenPair:
     ):
         await tokens.revoke_family(grant.family)
         raise InvalidRefreshToken()
-    successor = await tokens.rotate(refresh_token, grant)
+    try:
+        successor = await tokens.rotate(refresh_token, grant)
+    except TokenReused:
+        await events.end_sessions(grant.user_id, session_id=grant.family)
+        raise
     return await _issue_pair(user, grant.family, successor)
 
 
 async def logout(claims: AccessClaims, refresh_token: str | None) -> None:
     await tokens.deny_access_token(claims.jti, claims.expires_at)
     await tokens.revoke_family(claims.session_id)
+    await events.end_sessions(claims.user_id, session_id=claims.session_id)
     if refresh_token:
         grant = await tokens.peek(refresh_token)
         if grant is not None and grant.user_id == claims.user_id:
             await tokens.revoke_family(grant.family)
+            await events.end_sessions(claims.user_id, session_id=grant.family)
 
 
 async def revoke_all_sessions(user: User, *, keep_session: str | None = None) -> None:
@@ -180,6 +188,7 @@ async def _revoke_families(user_id: uuid.UUID, keep_session: str | None) -> None
     await tokens.revoke_all_families(user_id, keep=keep_session)
     if keep_session:
         await tokens.reaffirm_family(keep_session)
+    await events.end_sessions(user_id, keep=keep_session)
 
 
 # --- single-use tokens -------------------------------------------------------------------------
