@@ -18,7 +18,7 @@ from app.schemas.auth import (
 )
 from app.schemas.common import Message
 from app.schemas.user import UserOut
-from app.services.accounts import auth
+from app.services.accounts import auth, email_change
 from app.services.accounts.guards import limit_sensitive
 from app.services.accounts.passwords import ensure_strong
 
@@ -132,3 +132,14 @@ async def password_reset_confirm(body: PasswordResetConfirm, session: DbSession,
     """Spend a reset token, set the new password and end every session."""
     await limit_sensitive("reset-confirm", client_ip)
     await auth.confirm_password_reset(session, body.token, body.new_password)
+
+
+@router.post(
+    "/email-change/confirm",
+    summary="Confirm a new email address",
+    responses=problem_responses(400, 409, 422, 429),
+)
+async def confirm_email_change(body: TokenIn, session: DbSession, client_ip: RateLimitIP) -> UserOut:
+    """Spend an email-change token (single use): the account moves to the address it was mailed to."""
+    await limit_sensitive("email-change-confirm", client_ip)
+    return UserOut.model_validate(await email_change.confirm_change(session, body.token))

@@ -42,6 +42,11 @@ class PasswordChange(StrictModel):
     new_password: Password
 
 
+class EmailChange(StrictModel):
+    new_email: EmailStr
+    password: str = Field(max_length=128, description="The current password")
+
+
 class UserCreate(StrictModel):
     email: EmailStr
     password: Password

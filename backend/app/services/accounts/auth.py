@@ -194,10 +194,18 @@ async def _revoke_families(user_id: uuid.UUID, keep_session: str | None) -> None
 # --- single-use tokens -------------------------------------------------------------------------
 
 
-async def _new_action_token(session: AsyncSession, user: User, purpose: ActionTokenPurpose, ttl: timedelta) -> str:
+async def new_action_token(
+    session: AsyncSession, user: User, purpose: ActionTokenPurpose, ttl: timedelta, *, new_email: str | None = None
+) -> str:
     token = random_token()
     session.add(
-        ActionToken(token_hash=token_digest(token), user_id=user.id, purpose=purpose.value, expires_at=_now() + ttl)
+        ActionToken(
+            token_hash=token_digest(token),
+            user_id=user.id,
+            purpose=purpose.value,
+            expires_at=_now() + ttl,
+            new_email=new_email,
+        )
     )
     await session.flush()
     return token
@@ -222,32 +230,33 @@ async def _spend_action_token(session: AsyncSession, token: str, purpose: Action
     return user
 
 
-async def _void_password_reset_links(session: AsyncSession, user: User) -> None:
-    """Reset links mailed before the password changed must not change it again."""
+async def void_links(session: AsyncSession, user: User, purpose: ActionTokenPurpose) -> None:
+    """Links of this kind mailed earlier stop working."""
     await session.execute(
         update(ActionToken)
-        .where(
-            ActionToken.user_id == user.id,
-            ActionToken.purpose == ActionTokenPurpose.password_reset.value,
-            ActionToken.used_at.is_(None),
-        )
+        .where(ActionToken.user_id == user.id, ActionToken.purpose == purpose.value, ActionToken.used_at.is_(None))
         .values(used_at=_now())
     )
 
 
-def _link(path: str, token: str) -> str:
+async def _void_password_reset_links(session: AsyncSession, user: User) -> None:
+    """Reset links mailed before the password changed must not change it again."""
+    await void_links(session, user, ActionTokenPurpose.password_reset)
+
+
+def link(path: str, token: str) -> str:
     return f"{get_settings().frontend_url.rstrip('/')}/{path}?token={token}"
 
 
 async def _send_verification(session: AsyncSession, user: User) -> None:
     hours = get_settings().verify_email_token_expire_hours
-    token = await _new_action_token(session, user, ActionTokenPurpose.verify_email, timedelta(hours=hours))
+    token = await new_action_token(session, user, ActionTokenPurpose.verify_email, timedelta(hours=hours))
     await queue_email(
         session,
         to=user.email,
         template="verify_email",
         locale=user.locale,
-        context={"full_name": user.full_name, "link": _link("verify-email", token), "expires_hours": hours},
+        context={"full_name": user.full_name, "link": link("verify-email", token), "expires_hours": hours},
         secret_keys=("link",),
     )
 
@@ -305,7 +314,7 @@ async def verify_email(session: AsyncSession, token: str) -> User:
     return user
 
 
-async def _as_if_writing(session: AsyncSession) -> None:
+async def as_if_writing(session: AsyncSession) -> None:
     """Make a transaction that writes nothing commit like one that does (an xid, a WAL flush).
 
     Resend and reset write a token and an email for a known address only; a read-only commit
@@ -319,22 +328,22 @@ async def resend_verification(session: AsyncSession, email: str) -> None:
     if user is not None and user.is_active and user.deleted_at is None and not user.is_verified:
         await _send_verification(session, user)
     else:
-        await _as_if_writing(session)
+        await as_if_writing(session)
 
 
 async def request_password_reset(session: AsyncSession, email: str) -> None:
     user = await get_user_by_email(session, email)
     if user is None or not user.is_active or user.deleted_at is not None:
-        await _as_if_writing(session)
+        await as_if_writing(session)
         return
     minutes = get_settings().password_reset_token_expire_minutes
-    token = await _new_action_token(session, user, ActionTokenPurpose.password_reset, timedelta(minutes=minutes))
+    token = await new_action_token(session, user, ActionTokenPurpose.password_reset, timedelta(minutes=minutes))
     await queue_email(
         session,
         to=user.email,
         template="password_reset",
         locale=user.locale,
-        context={"full_name": user.full_name, "link": _link("reset-password", token), "expires_minutes": minutes},
+        context={"full_name": user.full_name, "link": link("reset-password", token), "expires_minutes": minutes},
         secret_keys=("link",),
     )
 
@@ -349,17 +358,22 @@ async def confirm_password_reset(session: AsyncSession, token: str, new_password
     await revoke_all_sessions(user)
 
 
+async def check_current_password(user: User, password: str) -> None:
+    """400 `invalid_password` unless it is the user's password; failures count like failed logins."""
+    async with _password_attempt(user.email) as count_failure:
+        valid, _ = await verify_password(password, user.hashed_password)
+        if not valid:
+            await count_failure()
+            raise WrongPassword()
+
+
 async def change_password(session: AsyncSession, user: User, claims: AccessClaims, current: str, new: str) -> None:
     """New password; every other session ends, the caller's own stays signed in.
 
     Wrong current passwords count against the same per-email limit as failed logins, so a stolen
     access token cannot be used to guess the password without limit.
     """
-    async with _password_attempt(user.email) as count_failure:
-        valid, _ = await verify_password(current, user.hashed_password)
-        if not valid:
-            await count_failure()
-            raise WrongPassword()
+    await check_current_password(user, current)
     ensure_strong(new)
     await _void_password_reset_links(session, user)
     user.hashed_password = await hash_password(new)
