@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import select
 
-from app.models import AuditEntry
+from app.models import ActionToken, AuditEntry
 from app.services.messaging.mailer import render
 from tests.assertions import assert_problem
 from tests.factories import PASSWORD, create_user, login, mailed_token, outbox, reload, start_session, unique_email
@@ -116,6 +116,16 @@ class TestConfirm:
 
         body = {"token": reset, "new_password": "an entirely new passphrase"}
         assert_problem(await client.post("/api/v1/auth/password-reset/confirm", json=body), 400, "invalid_token")
+
+
+async def test_erasure_forgets_a_pending_change(client, session):
+    user = await create_user(session)
+    pair = await start_session(user)
+    await ask(client, pair, unique_email())
+
+    assert (await client.delete("/api/v1/users/me", headers=pair.headers)).status_code == 204
+
+    assert await session.scalar(select(ActionToken.new_email).where(ActionToken.new_email.is_not(None))) is None
 
 
 CONTEXT = {

@@ -10,7 +10,7 @@ to the old address stop working.
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -92,3 +92,10 @@ async def confirm_change(session: AsyncSession, token: str) -> User:
         after={"email": user.email},
     )
     return user
+
+
+async def forget_pending(session: AsyncSession, user: User) -> None:
+    """Erasure: pending changes go, with the addresses they were mailed to."""
+    await session.execute(
+        delete(ActionToken).where(ActionToken.user_id == user.id, ActionToken.purpose == PURPOSE.value)
+    )

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import EmailTaken, NotFound, SelfLockout
 from app.models import AuditEntry, Role, User
 from app.services import audit
-from app.services.accounts import auth
+from app.services.accounts import auth, email_change
 from app.services.accounts.passwords import ensure_strong
 from app.services.booking import appointments
 from app.services.messaging import outbox
@@ -95,6 +95,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     await appointments.cancel_for_erasure(session, user)
     await auth.revoke_all_sessions(user)
     await outbox.forget_recipient(session, user.email)
+    await email_change.forget_pending(session, user)
     user.email = f"deleted-{user.id}@deleted.invalid"
     user.full_name = "Deleted user"
     user.phone = None
