@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     jwt_audience: str = "c3po-api"
     access_token_expire_minutes: int = 15
     refresh_token_expire_days: int = 14
+    refresh_reuse_grace_seconds: float = 10  # a rotated refresh token still answers its successor this long
     verify_email_token_expire_hours: int = 48
     password_reset_token_expire_minutes: int = 60
 

@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.security import OAuth2PasswordRequestForm
 
 from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
@@ -11,6 +11,7 @@ from app.api.problems import problem_responses
 from app.errors import (
     BadToken,
     EmailNotVerified,
+    EmailTaken,
     InactiveUser,
     InvalidCredentials,
     InvalidRefreshToken,
@@ -28,7 +29,7 @@ from app.schemas.auth import (
 )
 from app.schemas.common import Message
 from app.schemas.user import UserOut
-from app.services.accounts import auth
+from app.services.accounts import auth, email_change
 from app.services.accounts.guards import limit_sensitive
 from app.services.accounts.passwords import ensure_strong
 
@@ -46,13 +47,12 @@ ACCEPTED = Message(detail="If the address can receive mail, a message is on its 
     summary="Create an account (answers the same whether or not the email is taken)",
     responses=problem_responses(WeakPassword),
 )
-async def register(body: RegisterIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
-    """Create an account and mail a verification link; an existing account's owner is told instead."""
+async def register(body: RegisterIn, session: DbSession, client_ip: RateLimitIP) -> Message:
+    """Create an account and queue a verification link; an existing account's owner is told instead."""
     await limit_sensitive("register", client_ip, body.email)
     ensure_strong(body.password)  # the one refusal that may be told: it says nothing about the address
-    background.add_task(
-        auth.after_answer,
-        auth.register,
+    await auth.register(
+        session,
         email=body.email,
         password=body.password,
         full_name=body.full_name,
@@ -80,10 +80,10 @@ async def verify_email(body: TokenIn, session: DbSession, client_ip: RateLimitIP
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send the verification email again",
 )
-async def resend_verification(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
-    """Mail a fresh verification link if the account exists and is unverified; the answer never tells."""
+async def resend_verification(body: EmailIn, session: DbSession, client_ip: RateLimitIP) -> Message:
+    """Queue a fresh verification link if the account exists and is unverified; the answer never tells."""
     await limit_sensitive("resend", client_ip, body.email)
-    background.add_task(auth.after_answer, auth.resend_verification, body.email)
+    await auth.resend_verification(session, body.email)
     return ACCEPTED
 
 
@@ -146,10 +146,10 @@ async def logout_all(user: CurrentUser, session: DbSession) -> None:
     status_code=status.HTTP_202_ACCEPTED,
     summary="Mail a password reset link",
 )
-async def password_reset(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
-    """Mail a reset link if the account exists; the answer never tells."""
+async def password_reset(body: EmailIn, session: DbSession, client_ip: RateLimitIP) -> Message:
+    """Queue a reset link if the account exists; the answer never tells."""
     await limit_sensitive("reset", client_ip, body.email)
-    background.add_task(auth.after_answer, auth.request_password_reset, body.email)
+    await auth.request_password_reset(session, body.email)
     return ACCEPTED
 
 
@@ -164,3 +164,15 @@ async def password_reset_confirm(body: PasswordResetConfirm, session: DbSession,
     """Spend a reset token, set the new password and end every session."""
     await limit_sensitive("reset-confirm", client_ip)
     await auth.confirm_password_reset(session, body.token, body.new_password)
+
+
+@router.post(
+    "/email-change/confirm",
+    operation_id="auth-confirm-email-change",
+    summary="Confirm a new email address",
+    responses=problem_responses(BadToken, EmailTaken),
+)
+async def confirm_email_change(body: TokenIn, session: DbSession, client_ip: RateLimitIP) -> UserOut:
+    """Spend an email-change token (single use): the account moves to the address it was mailed to."""
+    await limit_sensitive("email-change-confirm", client_ip)
+    return UserOut.model_validate(await email_change.confirm_change(session, body.token))

@@ -9,9 +9,19 @@ from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offse
 from app.api.problems import problem_responses
 from app.errors import EmailTaken, NotFound, RateLimited, SelfLockout, WeakPassword, WrongPassword
 from app.models import Role
+from app.schemas.common import Message
 from app.schemas.export import UserExport
-from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserOut, UserPage, UserUpdateMe
-from app.services.accounts import auth, users
+from app.schemas.user import (
+    EmailChange,
+    PasswordChange,
+    UserAdminUpdate,
+    UserCreate,
+    UserOut,
+    UserPage,
+    UserUpdateMe,
+)
+from app.services.accounts import auth, email_change, users
+from app.services.accounts.guards import limit_sensitive
 
 router = APIRouter(prefix="/users", tags=["users"])
 
@@ -41,6 +51,21 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, session: DbSession) -
 async def change_password(body: PasswordChange, user: CurrentUser, claims: Claims, session: DbSession) -> None:
     """Set a new password; every other session ends, this one stays signed in."""
     await auth.change_password(session, user, claims, body.current_password, body.new_password)
+
+
+@router.post(
+    "/me/email",
+    operation_id="users-change-email",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Change my email address",
+    responses=problem_responses(WrongPassword, RateLimited),
+)
+async def change_email(body: EmailChange, user: CurrentUser, session: DbSession) -> Message:
+    """Mail a confirmation link to the new address (taken or not, the answer is the same); it takes effect
+    once confirmed at `POST /auth/email-change/confirm`, and the old address is told."""
+    await limit_sensitive("email-change", str(user.id), user.email)
+    await email_change.request_change(session, user, body.new_email, body.password)
+    return Message(detail="If the address can receive mail, a confirmation link is on its way.")
 
 
 @router.get("/me/export", operation_id="users-export-me", summary="Export my data")

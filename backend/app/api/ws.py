@@ -5,6 +5,10 @@ Protocol (JSON text frames):
   `{"token": "..."}` or the bare token; the check is the HTTP Bearer one (signature, expiry,
   revocation). A missing, invalid or revoked token closes the socket with code 4401, as does the
   token's expiry: send `{"token": "<fresh access token>"}` before then to stay connected.
+- the session ending closes the socket at once, on whichever process holds it, with code 4001
+  ("session ended"): logout of the token's session, logout-all, a password reset or change (the
+  changing session's sockets stay), deactivation, a role change, a replayed refresh token; the
+  client should sign in again rather than reconnect with the same token;
 - the server answers `{"type": "ready", "data": {"user_id", "expires_at"}}` once events flow, then
   sends `{"type": "appointment.created" | ..., "data": {...}}` as they happen, and
   `{"type": "heartbeat"}` after `HEARTBEAT_SECONDS` of silence, when it also checks again that the
@@ -28,18 +32,23 @@ from app.database import get_sessionmaker
 from app.errors import AppError
 from app.schemas.common import iso_z
 from app.services.accounts import auth
-from app.services.messaging.events import get_hub
+from app.services.messaging.events import ends_session, get_hub
 from app.utils.security import AccessClaims, decode_access_token
 
 router = APIRouter(tags=["events"])
 
 AUTH_FAILED = 4401  # 4000 + HTTP 401, as several WebSocket APIs do
+SESSION_ENDED = 4001
 TRY_AGAIN_LATER = 1013
 AUTH_TIMEOUT_SECONDS = 10
 HEARTBEAT_SECONDS = 25
 
 
 class _AuthFailed(Exception):
+    pass
+
+
+class _SessionEnded(Exception):
     pass
 
 
@@ -137,7 +146,11 @@ class _Connection:
                     await _check(self.claims)  # a quiet moment: is the session still valid?
                     await self.send('{"type":"heartbeat"}')
                 continue
-            await self.send(text)
+            ends = ends_session(text, self.claims.session_id)
+            if ends:
+                raise _SessionEnded()
+            if ends is None:
+                await self.send(text)
 
 
 def _iso(timestamp: float) -> str:
@@ -147,6 +160,7 @@ def _iso(timestamp: float) -> str:
 async def _serve(websocket: WebSocket, claims: AccessClaims) -> None:
     connection = _Connection(websocket, claims)
     async with get_hub().subscription(claims.user_id) as queue:
+        await _check(claims)  # a session ended while we subscribed was announced before we listened
         ready = {"user_id": str(claims.user_id), "expires_at": _iso(claims.expires_at)}
         await connection.send(json.dumps({"type": "ready", "data": ready}))
         tasks = {asyncio.create_task(connection.listen()), asyncio.create_task(connection.relay(queue))}
@@ -168,6 +182,8 @@ async def stream(websocket: WebSocket) -> None:
         await _serve(websocket, claims)
     except _AuthFailed as exc:
         await _close(websocket, AUTH_FAILED, str(exc))
+    except _SessionEnded:
+        await _close(websocket, SESSION_ENDED, "session ended")
     except WebSocketDisconnect:
         pass
     except (RedisError, OSError, TimeoutError):  # Redis unreachable: the client should retry shortly

@@ -44,6 +44,7 @@ class User(UUIDPk, Timestamps, Base):
 class ActionTokenPurpose(enum.StrEnum):
     verify_email = "verify_email"
     password_reset = "password_reset"
+    email_change = "email_change"
 
 
 class ActionToken(Base):
@@ -54,6 +55,7 @@ class ActionToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     purpose: Mapped[str] = mapped_column(String(32))
+    new_email: Mapped[str | None] = mapped_column(String(320))  # the address an email-change token confirms
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

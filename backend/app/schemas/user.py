@@ -52,6 +52,15 @@ class PasswordChange(StrictModel):
     )
 
 
+class EmailChange(StrictModel):
+    new_email: EmailStr
+    password: str = Field(max_length=128, description="The current password")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"new_email": "new.address@example.com", "password": "my passphrase"}]}
+    )
+
+
 class UserCreate(StrictModel):
     email: EmailStr
     password: Password

@@ -47,6 +47,7 @@ OPERATIONS = [
     ("POST", "/api/v1/appointments/{appointment_id}/complete", "appointments-complete"),
     ("POST", "/api/v1/appointments/{appointment_id}/confirm", "appointments-confirm"),
     ("POST", "/api/v1/appointments/{appointment_id}/no-show", "appointments-no-show"),
+    ("POST", "/api/v1/auth/email-change/confirm", "auth-confirm-email-change"),
     ("POST", "/api/v1/auth/login", "auth-login"),
     ("POST", "/api/v1/auth/logout", "auth-logout"),
     ("POST", "/api/v1/auth/logout-all", "auth-logout-all"),
@@ -60,6 +61,7 @@ OPERATIONS = [
     ("POST", "/api/v1/staff/{staff_id}/overrides", "staff-set-override"),
     ("POST", "/api/v1/staff/{staff_id}/time-off", "staff-create-time-off"),
     ("POST", "/api/v1/users", "users-create"),
+    ("POST", "/api/v1/users/me/email", "users-change-email"),
     ("POST", "/api/v1/users/me/password", "users-change-password"),
     ("PUT", "/api/v1/staff/{staff_id}/schedule", "staff-replace-schedule"),
 ]
@@ -68,6 +70,7 @@ PUBLIC = {
     "auth-login",
     "auth-refresh",
     "auth-verify-email",
+    "auth-confirm-email-change",
     "auth-resend-verification",
     "auth-password-reset",
     "auth-password-reset-confirm",

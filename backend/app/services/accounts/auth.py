@@ -6,17 +6,15 @@ from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any
 
-from loguru import logger
 from redis.exceptions import LockError
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import object_session
 
 from app.config import get_settings
-from app.database import after_commit, unit_of_work
+from app.database import after_commit
 from app.errors import (
     BadToken,
     EmailNotVerified,
@@ -25,6 +23,7 @@ from app.errors import (
     InvalidRefreshToken,
     InvalidToken,
     RateLimited,
+    TokenReused,
     WrongPassword,
 )
 from app.models import ActionToken, ActionTokenPurpose, User
@@ -32,6 +31,7 @@ from app.redis import get_redis
 from app.services import rate_limit
 from app.services.accounts import tokens
 from app.services.accounts.passwords import ensure_strong
+from app.services.messaging import events
 from app.services.messaging.outbox import queue_email
 from app.utils.security import (
     AccessClaims,
@@ -66,20 +66,6 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
     return await session.scalar(select(User).where(User.email == normalize_email(email)))
 
 
-async def after_answer(work: Callable[..., Awaitable[Any]], /, *args: Any, **kwargs: Any) -> None:
-    """Run `work(session, ...)` in a transaction of its own, as a background task once the answer has left.
-
-    Register, resend and password reset do more work for a known address than for an unknown one;
-    done after the answer, that work cannot show in the response time. The caller was told the same
-    either way, so a failure is only logged (they can ask again).
-    """
-    try:
-        async with unit_of_work() as session:
-            await work(session, *args, **kwargs)
-    except Exception:
-        logger.opt(exception=True).error("{} failed after the answer was sent", work.__name__)
-
-
 # --- access ------------------------------------------------------------------------------------
 
 
@@ -87,7 +73,7 @@ async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> Us
     """The user behind a decoded access token, or 401 if the token was revoked in any way."""
     async with get_redis().pipeline(transaction=False) as pipe:
         pipe.exists(f"denied-jti:{claims.jti}")
-        pipe.hmget(f"family:{claims.session_id}", ["reaffirmed", "revoked"])
+        pipe.hmget(tokens.family_key(claims.session_id), ["reaffirmed", "revoked"])
         denied, (reaffirmed, family_revoked) = await pipe.execute()
     if denied:
         raise InvalidToken("This token has been revoked")
@@ -164,17 +150,23 @@ async def refresh(session: AsyncSession, refresh_token: str) -> TokenPair:
     ):
         await tokens.revoke_family(grant.family)
         raise InvalidRefreshToken()
-    successor = await tokens.rotate(refresh_token, grant)
+    try:
+        successor = await tokens.rotate(refresh_token, grant)
+    except TokenReused:
+        await events.end_sessions(grant.user_id, session_id=grant.family)
+        raise
     return await _issue_pair(user, grant.family, successor)
 
 
 async def logout(claims: AccessClaims, refresh_token: str | None) -> None:
     await tokens.deny_access_token(claims.jti, claims.expires_at)
     await tokens.revoke_family(claims.session_id)
+    await events.end_sessions(claims.user_id, session_id=claims.session_id)
     if refresh_token:
         grant = await tokens.peek(refresh_token)
         if grant is not None and grant.user_id == claims.user_id:
             await tokens.revoke_family(grant.family)
+            await events.end_sessions(claims.user_id, session_id=grant.family)
 
 
 async def revoke_all_sessions(user: User, *, keep_session: str | None = None) -> None:
@@ -196,15 +188,24 @@ async def _revoke_families(user_id: uuid.UUID, keep_session: str | None) -> None
     await tokens.revoke_all_families(user_id, keep=keep_session)
     if keep_session:
         await tokens.reaffirm_family(keep_session)
+    await events.end_sessions(user_id, keep=keep_session)
 
 
 # --- single-use tokens -------------------------------------------------------------------------
 
 
-async def _new_action_token(session: AsyncSession, user: User, purpose: ActionTokenPurpose, ttl: timedelta) -> str:
+async def new_action_token(
+    session: AsyncSession, user: User, purpose: ActionTokenPurpose, ttl: timedelta, *, new_email: str | None = None
+) -> str:
     token = random_token()
     session.add(
-        ActionToken(token_hash=token_digest(token), user_id=user.id, purpose=purpose.value, expires_at=_now() + ttl)
+        ActionToken(
+            token_hash=token_digest(token),
+            user_id=user.id,
+            purpose=purpose.value,
+            expires_at=_now() + ttl,
+            new_email=new_email,
+        )
     )
     await session.flush()
     return token
@@ -229,32 +230,33 @@ async def _spend_action_token(session: AsyncSession, token: str, purpose: Action
     return user
 
 
-async def _void_password_reset_links(session: AsyncSession, user: User) -> None:
-    """Reset links mailed before the password changed must not change it again."""
+async def void_links(session: AsyncSession, user: User, purpose: ActionTokenPurpose) -> None:
+    """Links of this kind mailed earlier stop working."""
     await session.execute(
         update(ActionToken)
-        .where(
-            ActionToken.user_id == user.id,
-            ActionToken.purpose == ActionTokenPurpose.password_reset.value,
-            ActionToken.used_at.is_(None),
-        )
+        .where(ActionToken.user_id == user.id, ActionToken.purpose == purpose.value, ActionToken.used_at.is_(None))
         .values(used_at=_now())
     )
 
 
-def _link(path: str, token: str) -> str:
+async def _void_password_reset_links(session: AsyncSession, user: User) -> None:
+    """Reset links mailed before the password changed must not change it again."""
+    await void_links(session, user, ActionTokenPurpose.password_reset)
+
+
+def link(path: str, token: str) -> str:
     return f"{get_settings().frontend_url.rstrip('/')}/{path}?token={token}"
 
 
 async def _send_verification(session: AsyncSession, user: User) -> None:
     hours = get_settings().verify_email_token_expire_hours
-    token = await _new_action_token(session, user, ActionTokenPurpose.verify_email, timedelta(hours=hours))
+    token = await new_action_token(session, user, ActionTokenPurpose.verify_email, timedelta(hours=hours))
     await queue_email(
         session,
         to=user.email,
         template="verify_email",
         locale=user.locale,
-        context={"full_name": user.full_name, "link": _link("verify-email", token), "expires_hours": hours},
+        context={"full_name": user.full_name, "link": link("verify-email", token), "expires_hours": hours},
         secret_keys=("link",),
     )
 
@@ -265,7 +267,11 @@ async def _send_verification(session: AsyncSession, user: User) -> None:
 async def register(
     session: AsyncSession, *, email: str, password: str, full_name: str, timezone: str, locale: str
 ) -> None:
-    """Create an account, or mail the owner of an existing one; the caller cannot tell which."""
+    """Create an account, or mail the owner of an existing one; the caller cannot tell which.
+
+    Both paths hash the password and queue one email in the request's transaction, so they take
+    the same time, and a 202 means the account and its email are committed.
+    """
     ensure_strong(password)
     hashed = await hash_password(password)  # also for a known email, so both paths take the same time
     existing = await get_user_by_email(session, email)
@@ -308,24 +314,36 @@ async def verify_email(session: AsyncSession, token: str) -> User:
     return user
 
 
+async def as_if_writing(session: AsyncSession) -> None:
+    """Make a transaction that writes nothing commit like one that does (an xid, a WAL flush).
+
+    Resend and reset write a token and an email for a known address only; a read-only commit
+    skips the flush and would answer measurably sooner for an unknown one.
+    """
+    await session.execute(select(func.pg_current_xact_id()))
+
+
 async def resend_verification(session: AsyncSession, email: str) -> None:
     user = await get_user_by_email(session, email)
     if user is not None and user.is_active and user.deleted_at is None and not user.is_verified:
         await _send_verification(session, user)
+    else:
+        await as_if_writing(session)
 
 
 async def request_password_reset(session: AsyncSession, email: str) -> None:
     user = await get_user_by_email(session, email)
     if user is None or not user.is_active or user.deleted_at is not None:
+        await as_if_writing(session)
         return
     minutes = get_settings().password_reset_token_expire_minutes
-    token = await _new_action_token(session, user, ActionTokenPurpose.password_reset, timedelta(minutes=minutes))
+    token = await new_action_token(session, user, ActionTokenPurpose.password_reset, timedelta(minutes=minutes))
     await queue_email(
         session,
         to=user.email,
         template="password_reset",
         locale=user.locale,
-        context={"full_name": user.full_name, "link": _link("reset-password", token), "expires_minutes": minutes},
+        context={"full_name": user.full_name, "link": link("reset-password", token), "expires_minutes": minutes},
         secret_keys=("link",),
     )
 
@@ -340,17 +358,22 @@ async def confirm_password_reset(session: AsyncSession, token: str, new_password
     await revoke_all_sessions(user)
 
 
+async def check_current_password(user: User, password: str) -> None:
+    """400 `invalid_password` unless it is the user's password; failures count like failed logins."""
+    async with _password_attempt(user.email) as count_failure:
+        valid, _ = await verify_password(password, user.hashed_password)
+        if not valid:
+            await count_failure()
+            raise WrongPassword()
+
+
 async def change_password(session: AsyncSession, user: User, claims: AccessClaims, current: str, new: str) -> None:
     """New password; every other session ends, the caller's own stays signed in.
 
     Wrong current passwords count against the same per-email limit as failed logins, so a stolen
     access token cannot be used to guess the password without limit.
     """
-    async with _password_attempt(user.email) as count_failure:
-        valid, _ = await verify_password(current, user.hashed_password)
-        if not valid:
-            await count_failure()
-            raise WrongPassword()
+    await check_current_password(user, current)
     ensure_strong(new)
     await _void_password_reset_links(session, user)
     user.hashed_password = await hash_password(new)

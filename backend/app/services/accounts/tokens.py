@@ -1,12 +1,24 @@
-"""Session state in Redis: refresh-token families (rotation, reuse detection) and the access-token deny-list.
+"""Session state in Redis: refresh-token families (rotation, grace, reuse detection) and the access-token deny-list.
 
-Keys:
-  refresh:{sha256(token)}  -> hash {user, family, state: live|rotated}, expiring with the family
-  family:{id}              -> hash {user, expires, revoked?}
+A refresh token reads `{family}.{secret}`: the family (the login, also the access token's `sid`)
+is public, the secret is 32 random bytes. Keys (`{family}` is a Redis Cluster hash tag, so one
+rotation touches one slot):
+  family:{F}               -> hash {user, started, expires, revoked?, reaffirmed?}, expiring with the login
+  refresh:{F}:{sha256}     -> hash {user, state: live|rotated, rotated_at?, successor?}
   user-families:{user}     -> set of family ids (for logout-all)
   denied-jti:{jti}         -> "1" until the access token would have expired
+
+`successor` is the next token's secret XOR-ed with a key derived (HMAC with SECRET_KEY) from the
+rotated token itself: only whoever presents that token can recover it, and no token is stored in a
+readable form. It lets a token presented again within REFRESH_REUSE_GRACE_SECONDS of its rotation
+(two tabs refreshing at once) answer the same successor instead of ending the login.
 """
 
+import base64
+import hashlib
+import hmac
+import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,7 +26,10 @@ from dataclasses import dataclass
 from app.config import get_settings
 from app.errors import InvalidRefreshToken, TokenReused
 from app.redis import get_redis
-from app.utils.security import random_token, token_digest
+from app.utils.security import token_digest
+
+_SECRET_BYTES = 32
+_TOKEN = re.compile(r"^([0-9a-f]{32})\.([A-Za-z0-9_-]{43})$")
 
 
 @dataclass(frozen=True)
@@ -25,81 +40,124 @@ class RefreshGrant:
     expires: float  # the family's absolute end
 
 
+def family_key(family: str) -> str:
+    return f"family:{{{family}}}"
+
+
+def _token_key(family: str, token: str) -> str:
+    return f"refresh:{{{family}}}:{token_digest(token)}"
+
+
+def _family_of(token: str) -> str:
+    match = _TOKEN.match(token)
+    if match is None:
+        raise InvalidRefreshToken()
+    return match.group(1)
+
+
 def _ttl_until(expires: float) -> int:
     return max(1, int(expires - time.time()))
 
 
+def _new_token(family: str) -> tuple[str, bytes]:
+    secret = secrets.token_bytes(_SECRET_BYTES)
+    return f"{family}.{base64.urlsafe_b64encode(secret).rstrip(b'=').decode()}", secret
+
+
+def _pad(presented: str) -> bytes:
+    key = get_settings().secret_key.encode()
+    return hmac.new(key, b"refresh-successor\x00" + presented.encode(), hashlib.sha256).digest()
+
+
+def _seal(presented: str, secret: bytes) -> str:
+    return bytes(a ^ b for a, b in zip(secret, _pad(presented), strict=True)).hex()
+
+
+def _unseal(presented: str, family: str, sealed: str) -> str:
+    secret = bytes(a ^ b for a, b in zip(bytes.fromhex(sealed), _pad(presented), strict=True))
+    return f"{family}.{base64.urlsafe_b64encode(secret).rstrip(b'=').decode()}"
+
+
 async def start_family(user_id: uuid.UUID) -> tuple[str, str]:
-    """A new login: a new family of refresh tokens with an absolute expiry."""
-    redis = get_redis()
+    """A new login: a new family of refresh tokens with an absolute expiry; (family, first token)."""
     family = uuid.uuid4().hex
     now = time.time()
     expires = now + get_settings().refresh_token_expire_days * 86400
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(f"family:{family}", mapping={"user": str(user_id), "started": now, "expires": expires})
-        pipe.expireat(f"family:{family}", int(expires) + 1)
+    token, _ = _new_token(family)
+    async with get_redis().pipeline(transaction=False) as pipe:
+        pipe.hset(family_key(family), mapping={"user": str(user_id), "started": now, "expires": expires})
+        pipe.expireat(family_key(family), int(expires) + 1)
+        pipe.hset(_token_key(family, token), mapping={"user": str(user_id), "state": "live"})
+        pipe.expireat(_token_key(family, token), int(expires) + 1)
         pipe.sadd(f"user-families:{user_id}", family)
         pipe.expire(f"user-families:{user_id}", get_settings().refresh_token_expire_days * 86400)
         await pipe.execute()
-    return family, await _issue(user_id, family, expires)
+    return family, token
 
 
-async def _issue(user_id: uuid.UUID, family: str, expires: float) -> str:
-    token = random_token()
-    key = f"refresh:{token_digest(token)}"
-    redis = get_redis()
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(key, mapping={"user": str(user_id), "family": family, "state": "live"})
-        pipe.expireat(key, int(expires) + 1)
-        await pipe.execute()
-    return token
-
-
-# Atomically move a live token to "rotated"; answers its old state so exactly one caller wins.
+# One atomic step per presented token: rotate a live one (storing its sealed successor), answer the
+# sealed successor of one rotated within the grace window, else revoke the family (reuse).
 _ROTATE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'live' then redis.call('HSET', KEYS[1], 'state', 'rotated') end
-return state
+local family = redis.call('HMGET', KEYS[1], 'expires', 'revoked')
+if not family[1] or family[2] then return {'invalid'} end
+local token = redis.call('HMGET', KEYS[2], 'state', 'rotated_at', 'successor')
+if not token[1] then return {'invalid'} end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+if token[1] == 'live' then
+  redis.call('HSET', KEYS[2], 'state', 'rotated', 'rotated_at', tostring(now), 'successor', ARGV[2])
+  redis.call('HSET', KEYS[3], 'user', ARGV[3], 'state', 'live')
+  redis.call('EXPIREAT', KEYS[3], ARGV[4])
+  return {'rotated'}
+end
+if token[3] and now - tonumber(token[2]) <= tonumber(ARGV[1]) then return {'grace', token[3]} end
+redis.call('HSET', KEYS[1], 'revoked', '1')
+return {'reused'}
 """
 
 
 async def check(token: str) -> RefreshGrant:
-    """What a refresh token grants, without spending it; presenting a rotated one revokes its whole family."""
-    redis = get_redis()
-    record = await redis.hgetall(f"refresh:{token_digest(token)}")
-    if not record:
+    """What a refresh token grants, without spending it: 400 unless its login is still live."""
+    family = _family_of(token)
+    async with get_redis().pipeline(transaction=False) as pipe:
+        pipe.hgetall(_token_key(family, token))
+        pipe.hgetall(family_key(family))
+        record, login = await pipe.execute()
+    if not record or not login or login.get("revoked"):
         raise InvalidRefreshToken()
-    family = await redis.hgetall(f"family:{record['family']}")
-    if not family or family.get("revoked"):
-        raise InvalidRefreshToken()
-    if record.get("state") != "live":
-        await revoke_family(record["family"])
-        raise TokenReused()
-    return _grant(record, family)
+    return _grant(record, family, login)
 
 
 async def rotate(token: str, grant: RefreshGrant) -> str:
-    """Spend a checked refresh token and hand out its successor; of two concurrent spends only one wins,
-    and the loser is a reuse: the whole family is revoked."""
-    state = await get_redis().eval(_ROTATE, 1, f"refresh:{token_digest(token)}")
-    if state is None:  # expired with its family a moment ago
-        raise InvalidRefreshToken()
-    if state != "live":
-        await revoke_family(grant.family)
+    """Spend a checked refresh token; its successor. Concurrent spends within the grace window all get the
+    same successor; a spend after it is a reuse, and the whole family is revoked (TokenReused)."""
+    candidate, secret = _new_token(grant.family)
+    outcome = await get_redis().eval(
+        _ROTATE,
+        3,
+        family_key(grant.family),
+        _token_key(grant.family, token),
+        _token_key(grant.family, candidate),
+        get_settings().refresh_reuse_grace_seconds,
+        _seal(token, secret),
+        str(grant.user_id),
+        int(grant.expires) + 1,
+    )
+    if outcome[0] == "rotated":
+        return candidate
+    if outcome[0] == "grace":
+        return _unseal(token, grant.family, outcome[1])
+    if outcome[0] == "reused":
         raise TokenReused()
-    return await _issue(grant.user_id, grant.family, grant.expires)
+    raise InvalidRefreshToken()  # revoked or expired a moment ago
 
 
 async def peek(token: str) -> RefreshGrant | None:
-    """The family a refresh token belongs to, if it is still live (no rotation)."""
-    redis = get_redis()
-    record = await redis.hgetall(f"refresh:{token_digest(token)}")
-    if not record or record.get("state") != "live":
+    """The login a refresh token belongs to, if that login is still live (nothing is spent)."""
+    try:
+        return await check(token)
+    except InvalidRefreshToken:
         return None
-    family = await redis.hgetall(f"family:{record['family']}")
-    if not family or family.get("revoked"):
-        return None
-    return _grant(record, family)
 
 
 # Mark a family only while it exists: a plain HSET on a family that just expired would recreate it forever.
@@ -109,7 +167,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], ARGV[1], 
 
 
 async def revoke_family(family: str) -> None:
-    await get_redis().eval(_MARK_FAMILY, 1, f"family:{family}", "revoked", "1")
+    await get_redis().eval(_MARK_FAMILY, 1, family_key(family), "revoked", "1")
 
 
 async def revoke_all_families(user_id: uuid.UUID, *, keep: str | None = None) -> None:
@@ -122,15 +180,12 @@ async def revoke_all_families(user_id: uuid.UUID, *, keep: str | None = None) ->
 
 async def reaffirm_family(family: str) -> None:
     """Let one session outlive a "revoke everything before now" (the session that changed the password)."""
-    await get_redis().eval(_MARK_FAMILY, 1, f"family:{family}", "reaffirmed", repr(time.time()))
+    await get_redis().eval(_MARK_FAMILY, 1, family_key(family), "reaffirmed", repr(time.time()))
 
 
-def _grant(record: dict[str, str], family: dict[str, str]) -> RefreshGrant:
-    return RefreshGrant(uuid.UUID(record["user"]), record["family"], _valid_from(family), float(family["expires"]))
-
-
-def _valid_from(family: dict[str, str]) -> float:
-    return max(float(family["started"]), float(family.get("reaffirmed", 0)))
+def _grant(record: dict[str, str], family: str, login: dict[str, str]) -> RefreshGrant:
+    valid_from = max(float(login["started"]), float(login.get("reaffirmed", 0)))
+    return RefreshGrant(uuid.UUID(record["user"]), family, valid_from, float(login["expires"]))
 
 
 async def deny_access_token(jti: str, expires_at: float) -> None:

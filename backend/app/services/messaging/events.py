@@ -66,6 +66,32 @@ async def publish(user_id: uuid.UUID | str, message: str) -> None:
     await get_redis().publish(channel(user_id), message)
 
 
+SESSION_ENDED = "session.ended"
+SESSION_ENDED_PREFIX = '{"type":"' + SESSION_ENDED + '"'
+
+
+async def end_sessions(user_id: uuid.UUID, *, session_id: str | None = None, keep: str | None = None) -> None:
+    """Tell every process to close this user's sockets of one session (`session_id`), or of all but `keep`.
+
+    Best effort: a socket that misses it is still refused at its next heartbeat check.
+    """
+    message = encode(SESSION_ENDED, {"session_id": session_id, "keep_session_id": keep})
+    try:
+        await publish(user_id, message)
+    except (RedisError, OSError):
+        logger.opt(exception=True).warning("could not announce the end of sessions of {}", user_id)
+
+
+def ends_session(message: str, session_id: str) -> bool | None:
+    """For a socket of `session_id`: None if `message` is an ordinary event, else whether it ends the socket."""
+    if not message.startswith(SESSION_ENDED_PREFIX):
+        return None
+    data = json.loads(message)["data"]
+    if data["session_id"] is not None:
+        return data["session_id"] == session_id
+    return data["keep_session_id"] != session_id
+
+
 class Hub:
     """One pub/sub connection per process, fanning each user's channel out to that user's local sockets."""
 
