@@ -15,7 +15,7 @@ export interface paths {
         put?: never;
         /**
          * Create an account (answers the same whether or not the email is taken)
-         * @description Create an account and mail a verification link; an existing account's owner is told instead.
+         * @description Create an account and queue a verification link; an existing account's owner is told instead.
          */
         post: operations["auth-register"];
         delete?: never;
@@ -55,7 +55,7 @@ export interface paths {
         put?: never;
         /**
          * Send the verification email again
-         * @description Mail a fresh verification link if the account exists and is unverified; the answer never tells.
+         * @description Queue a fresh verification link if the account exists and is unverified; the answer never tells.
          */
         post: operations["auth-resend-verification"];
         delete?: never;
@@ -155,7 +155,7 @@ export interface paths {
         put?: never;
         /**
          * Mail a password reset link
-         * @description Mail a reset link if the account exists; the answer never tells.
+         * @description Queue a reset link if the account exists; the answer never tells.
          */
         post: operations["auth-password-reset"];
         delete?: never;
@@ -178,6 +178,26 @@ export interface paths {
          * @description Spend a reset token, set the new password and end every session.
          */
         post: operations["auth-password-reset-confirm"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/email-change/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirm a new email address
+         * @description Spend an email-change token (single use): the account moves to the address it was mailed to.
+         */
+        post: operations["auth-confirm-email-change"];
         delete?: never;
         options?: never;
         head?: never;
@@ -226,6 +246,27 @@ export interface paths {
          * @description Set a new password; every other session ends, this one stays signed in.
          */
         post: operations["users-change-password"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change my email address
+         * @description Mail a confirmation link to the new address (taken or not, the answer is the same); it takes effect
+         *     once confirmed at `POST /auth/email-change/confirm`, and the old address is told.
+         */
+        post: operations["users-change-email"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1153,6 +1194,25 @@ export interface components {
             database: "up";
         };
         /**
+         * EmailChange
+         * @example {
+         *       "new_email": "new.address@example.com",
+         *       "password": "my passphrase"
+         *     }
+         */
+        EmailChange: {
+            /**
+             * New Email
+             * Format: email
+             */
+            new_email: string;
+            /**
+             * Password
+             * @description The current password
+             */
+            password: string;
+        };
+        /**
          * EmailIn
          * @example {
          *       "email": "ada@example.com"
@@ -1192,6 +1252,251 @@ export interface components {
             detail: string;
             /** @enum {string} */
             code: "email_taken";
+        };
+        /**
+         * ExportActionToken
+         * @description A verification or reset link mailed to the caller (the token itself is never stored).
+         */
+        ExportActionToken: {
+            /**
+             * Purpose
+             * @example verify_email
+             */
+            purpose: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Expires At
+             * Format: date-time
+             */
+            expires_at: string;
+            /** Used At */
+            used_at: string | null;
+        };
+        /** ExportAppointment */
+        ExportAppointment: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Series Id */
+            series_id: string | null;
+            /**
+             * Client Id
+             * Format: uuid
+             */
+            client_id: string;
+            /**
+             * Staff Id
+             * Format: uuid
+             */
+            staff_id: string;
+            /**
+             * Service Id
+             * Format: uuid
+             */
+            service_id: string;
+            /**
+             * Starts At
+             * Format: date-time
+             */
+            starts_at: string;
+            /**
+             * Ends At
+             * Format: date-time
+             */
+            ends_at: string;
+            status: components["schemas"]["AppointmentStatus"];
+            /** Notes */
+            notes: string | null;
+            /** Cancellation Reason */
+            cancellation_reason: string | null;
+            /** Cancelled By */
+            cancelled_by: string | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Updated At
+             * Format: date-time
+             */
+            updated_at: string;
+            /**
+             * Role
+             * @description The caller's part in the appointment
+             * @enum {string}
+             */
+            role: "client" | "staff";
+            /** Service Name */
+            service_name: string;
+            /** Staff Name */
+            staff_name: string;
+        };
+        /** ExportAuditEntry */
+        ExportAuditEntry: {
+            /** Id */
+            id: number;
+            /** Action */
+            action: string;
+            /** Entity Type */
+            entity_type: string;
+            /** Entity Id */
+            entity_id: string;
+            /** Actor Id */
+            actor_id: string | null;
+            /**
+             * As Actor
+             * @description The caller made the change
+             */
+            as_actor: boolean;
+            /**
+             * As Subject
+             * @description The change was to the caller's account, schedule or appointments
+             */
+            as_subject: boolean;
+            /**
+             * Before
+             * @description Changed fields before; given only for entries about the caller (an admin's entries about other people do not carry those people's data)
+             */
+            before: {
+                [key: string]: components["schemas"]["JsonValue"];
+            } | null;
+            /**
+             * After
+             * @description Changed fields after; as `before`
+             */
+            after: {
+                [key: string]: components["schemas"]["JsonValue"];
+            } | null;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /**
+         * ExportEmail
+         * @description An email to the caller, without its content (links in it may still work).
+         */
+        ExportEmail: {
+            /** Id */
+            id: number;
+            /**
+             * Template
+             * @example appointment_booked
+             */
+            template: string;
+            /**
+             * Subject
+             * @description As sent; null if it cannot be rendered any more
+             */
+            subject: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "pending" | "sent" | "failed";
+            /** Attempts */
+            attempts: number;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Sent At */
+            sent_at: string | null;
+            /** Failed At */
+            failed_at: string | null;
+        };
+        /** ExportReminder */
+        ExportReminder: {
+            /**
+             * Appointment Id
+             * Format: uuid
+             */
+            appointment_id: string;
+            /** Offset Minutes */
+            offset_minutes: number;
+            /**
+             * Due At
+             * Format: date-time
+             */
+            due_at: string;
+            /** Sent At */
+            sent_at: string | null;
+        };
+        /** ExportSeries */
+        ExportSeries: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Role
+             * @enum {string}
+             */
+            role: "client" | "staff";
+            /** Rrule */
+            rrule: string;
+            /**
+             * Client Id
+             * Format: uuid
+             */
+            client_id: string;
+            /**
+             * Staff Id
+             * Format: uuid
+             */
+            staff_id: string;
+            /**
+             * Service Id
+             * Format: uuid
+             */
+            service_id: string;
+            /** Service Name */
+            service_name: string;
+            /** Staff Name */
+            staff_name: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /** ExportService */
+        ExportService: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Name */
+            name: string;
+        };
+        /**
+         * ExportStaff
+         * @description A staff member's profile and calendar rules (null for other users).
+         */
+        ExportStaff: {
+            /** Timezone */
+            timezone: string;
+            /** Bio */
+            bio: string;
+            /** Services */
+            services: components["schemas"]["ExportService"][];
+            /** Weekly Hours */
+            weekly_hours: components["schemas"]["WeeklyInterval"][];
+            /** Overrides */
+            overrides: components["schemas"]["OverrideOut"][];
+            /** Time Off */
+            time_off: components["schemas"]["TimeOffOut"][];
         };
         /**
          * ForbiddenProblem
@@ -1419,6 +1724,7 @@ export interface components {
             /** @enum {string} */
             code: "invalid_window";
         };
+        JsonValue: unknown;
         /**
          * LogoutIn
          * @example {
@@ -2253,10 +2559,28 @@ export interface components {
              * Format: date-time
              */
             updated_at: string;
-            /** Appointments */
-            appointments?: {
-                [key: string]: unknown;
-            }[];
+            /**
+             * Appointments
+             * @description As client and as staff, oldest first
+             */
+            appointments: components["schemas"]["ExportAppointment"][];
+            /** Series */
+            series: components["schemas"]["ExportSeries"][];
+            staff: components["schemas"]["ExportStaff"] | null;
+            /**
+             * Audit Entries
+             * @description Oldest first
+             */
+            audit_entries: components["schemas"]["ExportAuditEntry"][];
+            /**
+             * Emails
+             * @description Emails to the caller's current address, oldest first
+             */
+            emails: components["schemas"]["ExportEmail"][];
+            /** Reminders */
+            reminders: components["schemas"]["ExportReminder"][];
+            /** Action Tokens */
+            action_tokens: components["schemas"]["ExportActionToken"][];
         };
         /** UserOut */
         UserOut: {
@@ -3201,6 +3525,114 @@ export interface operations {
             };
         };
     };
+    "auth-confirm-email-change": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TokenIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserOut"];
+                };
+            };
+            /** @description Bad Request: `invalid_token` */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"];
+                };
+            };
+            /** @description Conflict: `email_taken` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["EmailTakenProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `service_unavailable` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                };
+            };
+        };
+    };
     "users-get-me": {
         parameters: {
             query?: never;
@@ -3462,6 +3894,114 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"] | components["schemas"]["WeakPasswordProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `service_unavailable` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                };
+            };
+        };
+    };
+    "users-change-email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Message"];
+                };
+            };
+            /** @description Bad Request: `invalid_password` */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidPasswordProblem"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
                 };
             };
             /** @description Too Many Requests: `rate_limited` */
