@@ -126,11 +126,12 @@ async def availability_text(
     if versions is None:  # Redis is down: answer from the database alone
         calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
         return render(free_slots(calendars, rules, start, end, now), start, end, zone)
-    tags = {m: {day: cache.tag(versions[m], day, reach) for day in dates} for m, dates in days.items()}
-    key = _answer_key(service.id, rules, list(staff), tags, start, end, zone)
+    firsts = {m: dates[0] for m, dates in around.items()}
+    key = _answer_key(service.id, rules, list(staff), firsts, versions, start, end, zone)
     cached = await _cache_get(key)
     if cached is not None:
         return cached
+    tags = {m: cache.tags(versions[m], dates, reach) for m, dates in days.items()}
     rules_key = cache.rules_id(rules)
     found = await cache.read_days(days, rules_key, tags)
     missing = {m: [d for d in dates if d not in found.get(m, {})] for m, dates in days.items()}
@@ -248,7 +249,8 @@ def _answer_key(
     service_id: uuid.UUID,
     rules: ServiceRules,
     staff_ids: list[uuid.UUID],
-    tags: dict[uuid.UUID, dict[date, str]],
+    firsts: dict[uuid.UUID, date],
+    versions: dict[uuid.UUID, list[str]],
     start: datetime,
     end: datetime,
     zone: ZoneInfo | None,
@@ -258,7 +260,8 @@ def _answer_key(
             _FORMAT,
             str(service_id),
             [str(value) for value in vars(rules).values()],
-            [[str(s), sorted((str(d), t) for d, t in tags.get(s, {}).items())] for s in staff_ids],
+            # Whose versions, from which date on (a day's staff version first, then one per date).
+            [[str(s), str(firsts.get(s)), "|".join(versions.get(s, ()))] for s in staff_ids],
             timestamp(start),
             timestamp(end),
             start.microsecond,

@@ -79,8 +79,9 @@ def touched_dates(ranges: Iterable[tuple[datetime, datetime]], zone: ZoneInfo) -
 # --- reading and writing -------------------------------------------------------------------------
 
 
-async def read_versions(wanted: Mapping[uuid.UUID, Sequence[date]]) -> dict[uuid.UUID, Versions] | None:
-    """The staff version and these dates' versions, per staff member; None when Redis is down."""
+async def read_versions(wanted: Mapping[uuid.UUID, Sequence[date]]) -> dict[uuid.UUID, list[str]] | None:
+    """Per staff member: the staff version, then these dates' versions ("0" if never bumped);
+    None when Redis is down."""
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
             for staff_id, dates in wanted.items():
@@ -88,16 +89,14 @@ async def read_versions(wanted: Mapping[uuid.UUID, Sequence[date]]) -> dict[uuid
             replies = await pipe.execute()
     except (RedisError, OSError):
         return None
-    out: dict[uuid.UUID, Versions] = {}
-    for (staff_id, dates), reply in zip(wanted.items(), replies, strict=True):
-        names = ["v", *(f"d:{d}" for d in dates)]
-        out[staff_id] = {name: value or "0" for name, value in zip(names, reply, strict=True)}
-    return out
+    return {staff_id: [value or "0" for value in reply] for staff_id, reply in zip(wanted, replies, strict=True)}
 
 
-def tag(versions: Versions, day: date, reach: int) -> str:
-    around = (versions.get(f"d:{day + timedelta(days=n)}", "0") for n in range(-reach, reach + 1))
-    return versions["v"] + ":" + ".".join(around)
+def tags(versions: list[str], days: Sequence[date], reach: int) -> dict[date, str]:
+    """Each day's tag, from `read_versions` for the dates from `reach` before the first day to
+    `reach` after the last: the staff version and the versions of the dates around that day."""
+    staff, around = versions[0], versions[1:]
+    return {day: staff + ":" + ".".join(around[n : n + 2 * reach + 1]) for n, day in enumerate(days)}
 
 
 async def read_days(

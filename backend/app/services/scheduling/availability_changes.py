@@ -6,8 +6,8 @@
   Recorded by ORM events; with nothing recorded, the whole staff version is bumped.
 - Time off: `ranges=` (multi-day ones bump every date they cover); overrides: `dates=`;
   weekly hours and zone: `whole=True`.
-Dates are the staff member's local dates, looked up after the commit; when that fails, the bump
-falls back to the whole staff version (never to nothing).
+Dates are the staff member's local dates, their zones read in the transaction just before it
+commits; a range whose zone is unknown bumps the whole staff version (never nothing).
 """
 
 import uuid
@@ -16,18 +16,16 @@ from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
-from loguru import logger
 from sqlalchemy import event
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import object_session
+from sqlalchemy.orm import Session, object_session
 
-from app.database import after_commit, get_sessionmaker
+from app.database import after_commit
 from app.models import Appointment
 from app.services.scheduling import availability_cache as cache
-from app.services.scheduling.availability_queries import staff_zones
+from app.services.scheduling.availability_queries import ZONES
 
-_SEEN = "availability_ranges"
+_SEEN, _PENDING = "availability_ranges", "availability_pending"
 Range = tuple[datetime, datetime]
 # staff -> None (every day) or (local dates, UTC ranges still to map to local dates)
 Changes = dict[uuid.UUID, tuple[set[date], list[Range]] | None]
@@ -64,30 +62,35 @@ def invalidate_after_commit(
         if whole:
             changes[staff_id] = None
         elif dates or ranges:
-            changes[staff_id] = (dates, ranges)
+            changes[staff_id] = (set(dates), list(ranges))
         else:
             recorded = seen.pop(staff_id, None)
             changes[staff_id] = (set(), list(recorded)) if recorded else None
-    after_commit(session, partial(bump_changes, changes))
+    session.info.setdefault(_PENDING, []).append(changes)
+    after_commit(session, partial(_bump, changes))
 
 
-async def bump_changes(changes: Changes) -> None:
-    zoned = [staff_id for staff_id, change in changes.items() if change is not None and change[1]]
-    zones: dict[uuid.UUID, str] = {}
-    if zoned:
-        try:
-            async with get_sessionmaker()() as session:
-                zones = await staff_zones(session, zoned)
-        except (SQLAlchemyError, OSError):
-            logger.warning("could not read staff zones; bumping whole availability versions")
-    plan: dict[uuid.UUID, set[date] | None] = {}
-    for staff_id, change in changes.items():
-        if change is None or (change[1] and staff_id not in zones):
-            plan[staff_id] = None
-        else:
-            dates, ranges = change
-            plan[staff_id] = dates | cache.touched_dates(ranges, ZoneInfo(zones.get(staff_id, "UTC")))
-    await cache.bump(plan)
+@event.listens_for(Session, "before_commit")
+def _to_local_dates(session: Session) -> None:
+    """Just before the commit, in its transaction: turn ranges into the staff members' local dates
+    (one query for every zone needed)."""
+    if session.in_nested_transaction():
+        return  # a SAVEPOINT being released
+    pending: list[Changes] = session.info.pop(_PENDING, [])
+    zoned = {staff_id for changes in pending for staff_id, change in changes.items() if change and change[1]}
+    if not zoned:
+        return
+    zones = dict(session.execute(ZONES, {"ids": list(zoned)}).tuples().all())
+    for changes in pending:
+        for staff_id, change in changes.items():
+            if change and change[1] and staff_id in zones:
+                change[0].update(cache.touched_dates(change[1], ZoneInfo(zones[staff_id])))
+                change[1].clear()
+
+
+async def _bump(changes: Changes) -> None:
+    # Ranges still unmapped (their staff member is gone, say) fall back to the whole staff version.
+    await cache.bump({s: None if change is None or change[1] else change[0] for s, change in changes.items()})
 
 
 async def bump_versions(*staff_ids: uuid.UUID) -> None:

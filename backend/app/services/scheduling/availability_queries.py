@@ -75,7 +75,7 @@ _WEEKLY = (
 _OVERRIDES = select(DateOverride.staff_id, DateOverride.date, DateOverride.intervals).where(
     DateOverride.staff_id.in_(_IDS), DateOverride.date.between(bindparam("first_day"), bindparam("last_day"))
 )
-_ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
+ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
 
 
 async def offering_staff(
@@ -120,7 +120,7 @@ async def service_and_staff(
 
 async def staff_zones(session: AsyncSession, staff_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Each staff member's IANA zone (their profile's, else their account's)."""
-    return {member: zone for member, zone in await session.execute(_ZONES, {"ids": list(staff_ids)})}
+    return {member: zone for member, zone in await session.execute(ZONES, {"ids": list(staff_ids)})}
 
 
 def _intervals(raw: list[dict[str, str]]) -> list[tuple[time, time]]:
