@@ -5,6 +5,7 @@
 - Redis loses everything between a booking and its retry (restarted empty); the retry still replays.
 """
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -144,3 +145,27 @@ class TestRedisLoss:
         assert retry.json() == first.json() and retry.headers["idempotent-replayed"] == "true"
         assert len(await appointments(session)) == 1
         assert await session.scalar(select(func.count()).select_from(IdempotencyKey)) == 1
+
+
+class TestDuplicatesAcrossProcesses:
+    async def test_simultaneous_duplicates_on_two_processes_book_once(self, start_api, service_urls, session, booking):
+        body, customer = booking
+        headers = {**await headers_for(customer), "Idempotency-Key": "burst-1"}
+        apis = [start_api(service_urls["redis_url"]) for _ in range(2)]
+        limits = httpx.Limits(max_connections=40, max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+            go = asyncio.Event()
+
+            async def one(n: int) -> httpx.Response:
+                await go.wait()
+                return await http.post(apis[n % 2].base + URL, json=body, headers=headers)
+
+            tasks = [asyncio.create_task(one(n)) for n in range(40)]
+            await asyncio.sleep(0.1)
+            go.set()
+            responses = await asyncio.gather(*tasks)
+
+        assert [r.status_code for r in responses] == [201] * 40, {r.status_code for r in responses}
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 39
+        assert len(await appointments(session)) == 1

@@ -26,7 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import func, literal_column, text
+from sqlalchemy import func, literal_column, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -108,10 +108,9 @@ async def _stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: s
 
 
 async def _finish(session: AsyncSession, user_id: uuid.UUID, key: str, answer: Answer) -> None:
-    row = await session.get(IdempotencyKey, (user_id, key), populate_existing=True)
-    assert row is not None, "the claimed key row is gone"
-    row.status, row.response_status, row.response_body = DONE, answer.status, answer.body
-    await session.flush()
+    row = (_TABLE.c.user_id == user_id) & (_TABLE.c.key == key)
+    values = {"status": DONE, "response_status": answer.status, "response_body": answer.body}
+    await session.execute(update(IdempotencyKey).where(row).values(**values))
 
 
 def _storable(exc: AppError) -> bool:
