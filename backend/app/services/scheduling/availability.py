@@ -127,11 +127,11 @@ async def availability_text(
         calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
         return render(free_slots(calendars, rules, start, end, now), start, end, zone)
     firsts = {m: dates[0] for m, dates in around.items()}
-    key = _answer_key(service.id, rules, list(staff), firsts, versions, start, end, zone)
+    key = _answer_key(service.id, rules, staff, firsts, versions, start, end, zone)
     cached = await _cache_get(key)
     if cached is not None:
         return cached
-    tags = {m: cache.tags(versions[m], dates, reach) for m, dates in days.items()}
+    tags = {m: cache.tags(versions[m], dates, reach, staff[m]) for m, dates in days.items()}
     rules_key = cache.rules_id(rules)
     found = await cache.read_days(days, rules_key, tags)
     missing = {m: [d for d in dates if d not in found.get(m, {})] for m, dates in days.items()}
@@ -248,7 +248,7 @@ async def is_offered(
 def _answer_key(
     service_id: uuid.UUID,
     rules: ServiceRules,
-    staff_ids: list[uuid.UUID],
+    staff_zones: dict[uuid.UUID, str],
     firsts: dict[uuid.UUID, date],
     versions: dict[uuid.UUID, list[str]],
     start: datetime,
@@ -261,7 +261,7 @@ def _answer_key(
             str(service_id),
             [str(value) for value in vars(rules).values()],
             # Whose versions, from which date on (a day's staff version first, then one per date).
-            [[str(s), str(firsts.get(s)), "|".join(versions.get(s, ()))] for s in staff_ids],
+            [[str(s), staff_zones[s], str(firsts.get(s)), "|".join(versions.get(s, ()))] for s in staff_zones],
             timestamp(start),
             timestamp(end),
             start.microsecond,

@@ -92,10 +92,11 @@ async def read_versions(wanted: Mapping[uuid.UUID, Sequence[date]]) -> dict[uuid
     return {staff_id: [value or "0" for value in reply] for staff_id, reply in zip(wanted, replies, strict=True)}
 
 
-def tags(versions: list[str], days: Sequence[date], reach: int) -> dict[date, str]:
+def tags(versions: list[str], days: Sequence[date], reach: int, zone: str) -> dict[date, str]:
     """Each day's tag, from `read_versions` for the dates from `reach` before the first day to
-    `reach` after the last: the staff version and the versions of the dates around that day."""
-    staff, around = versions[0], versions[1:]
+    `reach` after the last: the zone its dates are read in (an account's zone may change without a
+    schedule change), the staff version and the versions of the dates around that day."""
+    staff, around = f"{zone}:{versions[0]}", versions[1:]
     return {day: staff + ":" + ".".join(around[n : n + 2 * reach + 1]) for n, day in enumerate(days)}
 
 
