@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     login_attempts_per_ip: str = "30/minute"
     sensitive_requests_per_ip: str = "10/minute"
     sensitive_requests_per_email: str = "5/hour"
+    availability_requests_per_ip: str = "120/minute"  # public and the costliest read
 
     cancellation_min_notice_hours: int = 24
     slot_step_minutes: int | None = None  # unset: slots step by the service's duration

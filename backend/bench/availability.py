@@ -6,8 +6,9 @@ Seeds 20 staff in five time zones (Mon-Sat 08:00-13:00 and 14:00-20:00 local), e
 appointments over the year around today (16 of a day's 22 half-hours; past ones mostly completed,
 future ones mostly confirmed, ~10% cancelled; live ones never overlap; inserted in booking order,
 0-60 days before their start), a few days off, and one 30-minute service offered by all 20. Then:
-- GET /api/v1/availability for 31 days, one staff member and the whole service, with the cache
-  defeated (each request's window starts a minute later) and then cached (the same window again);
+- GET /api/v1/availability for 31 days, one staff member and the whole service: each request's
+  window a minute later than the last (`shifted`), the same window again (`cached`), and with the
+  cache emptied before each request (`cold`);
 - POST /api/v1/appointments from `--concurrency` clients at once, each booking distinct free slots.
 "Server" times are the API's own per-request timings (its request log); "round trip" adds HTTP.
 Uses BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else embedded servers; always a throwaway database.
@@ -195,21 +196,32 @@ def report(name: str, log_path: Path, prefix: str, round_trips: list[float], ext
     )
 
 
-async def availability_runs(http: httpx.AsyncClient, world: World, log_path: Path, requests: int) -> None:
+async def availability_runs(
+    http: httpx.AsyncClient, world: World, log_path: Path, requests: int, redis_url: str
+) -> None:
+    """Per case: `shifted` (each window a minute later than the last: a fresh computation before the
+    per-day cache, cached days since), `cached` (the same window again) and `cold` (the cache emptied
+    before each request: the full computation)."""
+    import redis.asyncio
+
+    cache = redis.asyncio.Redis.from_url(redis_url)
     base = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=14)
     cases = [("one staff member", {"staff_id": str(world.staff_ids[0])}), (f"whole service ({STAFF} staff)", {})]
     for label, extra in cases:
-        for cached in (False, True):
-            prefix = f"av-{'c' if cached else 'u'}-{len(extra)}-"
+        for mode in ("shifted", "cached", "cold"):
+            prefix = f"av-{mode}-{len(extra)}-"
             round_trips, sizes = [], []
             for i in range(-3, requests):  # three warm-up requests, not counted
-                start = base if cached else base + timedelta(minutes=i + 3)
+                start = base if mode == "cached" else base + timedelta(minutes=i + 3)
                 params = {
                     "service_id": str(world.service_id),
                     "start": start.isoformat(),
                     "end": (start + timedelta(days=31)).isoformat(),
                     **extra,
                 }
+                if mode == "cold":
+                    for key in await cache.keys("availability*"):
+                        await cache.delete(key)
                 request_id = prefix + str(i) if i >= 0 else f"warmup-{uuid.uuid4().hex}"
                 began = time.perf_counter()
                 response = await http.get("/api/v1/availability", params=params, headers={"X-Request-ID": request_id})
@@ -218,8 +230,9 @@ async def availability_runs(http: httpx.AsyncClient, world: World, log_path: Pat
                 if i >= 0:
                     round_trips.append(elapsed)
                     sizes.append(len(response.json()["slots"]))
-            name = f"31 days, {label}, {'cached' if cached else 'uncached'}"
-            report(name, log_path, prefix, round_trips, f"   ~{statistics.median(sizes):.0f} slots")
+            slots = f"   ~{statistics.median(sizes):.0f} slots"
+            report(f"31 days, {label}, {mode}", log_path, prefix, round_trips, slots)
+    await cache.aclose()
 
 
 async def booking_run(http: httpx.AsyncClient, world: World, log_path: Path, bookings: int, clients: int) -> None:
@@ -270,10 +283,10 @@ async def booking_run(http: httpx.AsyncClient, world: World, log_path: Path, boo
     )
 
 
-async def run(base: str, world: World, log_path: Path, args: argparse.Namespace) -> None:
+async def run(base: str, world: World, log_path: Path, args: argparse.Namespace, redis_url: str) -> None:
     limits = httpx.Limits(max_connections=args.concurrency)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
-        await availability_runs(http, world, log_path, args.requests)
+        await availability_runs(http, world, log_path, args.requests, redis_url)
         await booking_run(http, world, log_path, args.bookings, args.concurrency)
 
 
@@ -292,10 +305,11 @@ def main() -> None:
             "ENVIRONMENT": "test",
             "LOG_LEVEL": "INFO",  # the request log carries each request's server time
             "LOGIN_ATTEMPTS_PER_IP": "1000000/minute",
+            "AVAILABILITY_REQUESTS_PER_IP": "1000000/minute",
             "DB_POOL_SIZE": str(max(10, args.concurrency)),
         }
         with api_server(env, log_path=log_path) as base:
-            asyncio.run(run(base, world, log_path, args))
+            asyncio.run(run(base, world, log_path, args, redis_url))
 
 
 if __name__ == "__main__":

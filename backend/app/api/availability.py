@@ -2,16 +2,23 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 
-from app.api.deps import DbSession
+from app.api.deps import DbSession, RateLimitIP
 from app.api.problems import problem_responses
-from app.errors import NotFound
+from app.config import get_settings
+from app.errors import NotFound, RateLimited
 from app.schemas.availability import Availability, AvailabilityQuery
+from app.services import rate_limit
 from app.services.scheduling import availability
 from app.services.scheduling.availability import InvalidWindow, WindowTooLarge
 
 router = APIRouter(prefix="/availability", tags=["availability"])
+
+
+async def throttled(client_ip: RateLimitIP) -> None:
+    """Per client IP (trusted-proxy aware; an IPv6 /64 counts as one): 429 `rate_limited` beyond it."""
+    await rate_limit.hit(get_settings().availability_requests_per_ip, "availability", "ip", client_ip)
 
 
 @router.get(
@@ -19,7 +26,8 @@ router = APIRouter(prefix="/availability", tags=["availability"])
     operation_id="availability-list",
     response_model=Availability,
     summary="Free slots",
-    responses=problem_responses(NotFound, InvalidWindow, WindowTooLarge),
+    responses=problem_responses(NotFound, InvalidWindow, WindowTooLarge, RateLimited),
+    dependencies=[Depends(throttled)],
 )
 async def find_slots(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
     """Free start times of an active service in `[start, end)` (at most 62 days), for one staff
@@ -35,7 +43,8 @@ async def find_slots(query: Annotated[AvailabilityQuery, Query()], session: DbSe
     clock change; a time the clocks skip is never offered; a time they repeat (fall back) is offered
     once, at its first occurrence. Errors: 404 unknown or inactive service, or a `staff_id` who does
     not offer it; 422 `validation_error` (naive date-time, plain date without `tz`, unknown `tz`),
-    `invalid_window` (end not after start), `window_too_large`.
+    `invalid_window` (end not after start), `window_too_large`; 429 `rate_limited` (with
+    `Retry-After`) beyond `AVAILABILITY_REQUESTS_PER_IP` requests per client IP (default 120 a minute).
     """
     body = await availability.availability_text(
         session, query.service_id, query.start_at, query.end_at, staff_id=query.staff_id, zone=query.zone

@@ -1,5 +1,6 @@
 """The `Idempotency-Key` dependency of appointment writes: run the change once, replay its answer."""
 
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -9,7 +10,8 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import CurrentUser, DbSession
 from app.api.problem_docs import documented
-from app.errors import IdempotencyKeyInProgress, IdempotencyKeyReused
+from app.api.problems import PROBLEM_MEDIA_TYPE, problem_response
+from app.errors import AppError, IdempotencyKeyInProgress, IdempotencyKeyReused
 from app.models import User
 from app.schemas.appointment import to_json
 from app.services.booking import idempotency
@@ -39,9 +41,16 @@ class Idempotent:
             request_fingerprint=self.fingerprint,
             status=status_code,
             operation=operation,
+            error_body=_problem_body,
         )
-        headers = {REPLAY_HEADER: "true"} if answer.replayed else None
-        return JSONResponse(answer.body, status_code=answer.status, headers=headers)
+        headers = {**answer.headers, **({REPLAY_HEADER: "true"} if answer.replayed else {})}
+        media_type = PROBLEM_MEDIA_TYPE if answer.status >= 400 else "application/json"
+        return JSONResponse(answer.body, status_code=answer.status, headers=headers, media_type=media_type)
+
+
+def _problem_body(exc: AppError) -> Any:
+    """The problem document the error handler would send, to be stored and replayed."""
+    return json.loads(problem_response(exc.status, exc.code, exc.title, exc.detail, **exc.extra).body)
 
 
 @documented(IdempotencyKeyReused, IdempotencyKeyInProgress, success_headers=(REPLAY_HEADER,))

@@ -7,6 +7,7 @@ from app.models.appointment import (
 )
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.idempotency import IdempotencyKey
 from app.models.outbox import OutboxMessage
 from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInterval
 from app.models.service import Service, service_staff
@@ -22,6 +23,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "DateOverride",
+    "IdempotencyKey",
     "OutboxMessage",
     "Reminder",
     "Role",

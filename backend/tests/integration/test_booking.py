@@ -632,20 +632,30 @@ class TestIdempotency:
 
         assert_problem(response, 409, "slot_unavailable")
 
-    async def test_a_failed_request_releases_the_key(self, client, service, staff, as_customer):
+    async def test_a_refusal_is_the_answer_for_that_key(self, client, session, service, staff, as_customer):
+        """As at Stripe: once the change ran, its answer (even a 4xx) is what the key replays; another
+        attempt (another slot) takes a new key."""
         headers = {**as_customer, "Idempotency-Key": "retry-me"}
-        assert_problem(await book(client, headers, service, staff, local(DAY, 20)), 422, "slot_not_offered")
+        first = await book(client, headers, service, staff, local(DAY, 20))
+        assert_problem(first, 422, "slot_not_offered")
 
-        response = await book(client, headers, service, staff)
+        again = await book(client, headers, service, staff, local(DAY, 20))
+        other_slot = await book(client, headers, service, staff)
+        new_key = await book(client, {**as_customer, "Idempotency-Key": "next"}, service, staff)
 
-        assert response.status_code == 201, response.text
+        assert_problem(again, 422, "slot_not_offered")
+        assert again.json() == first.json() and again.headers["idempotent-replayed"] == "true"
+        assert_problem(other_slot, 422, "idempotency_key_reused")
+        assert new_key.status_code == 201, new_key.text
+        assert await session.scalar(select(func.count()).select_from(Appointment)) == 1
 
     async def test_concurrent_duplicates_get_the_first_answer(self, client, session, service, staff, as_customer):
         headers = {**as_customer, "Idempotency-Key": "burst"}
 
-        responses = await asyncio.gather(*(book(client, headers, service, staff) for _ in range(5)))
+        responses = await asyncio.gather(*(book(client, headers, service, staff) for _ in range(20)))
 
-        assert [r.status_code for r in responses] == [201] * 5
+        assert [r.status_code for r in responses] == [201] * 20
+        assert sum(r.headers.get("idempotent-replayed") == "true" for r in responses) == 19
         assert len({r.json()["id"] for r in responses}) == 1
         assert await session.scalar(select(func.count()).select_from(Appointment)) == 1
 

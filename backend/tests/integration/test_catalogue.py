@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import func, select
 
 from app.models import Role, Service, StaffProfile, WeeklyInterval
-from app.redis import get_redis
 from app.services.demo import seed_demo
-from app.services.scheduling.availability import find_slots, version_key
+from app.services.scheduling.availability import find_slots
+from app.services.scheduling.availability_cache import staff_version
 from tests.assertions import assert_problem, assert_unauthorized
 from tests.factories import create_user, start_session
 
@@ -127,7 +127,7 @@ class TestCreateService:
     async def test_providers_availability_version_is_bumped(self, client, admin_headers, staff):
         await create_service(client, admin_headers, staff_ids=[str(staff.id)])
 
-        assert await get_redis().get(version_key(staff.id)) == "1"
+        assert await staff_version(staff.id) == "1"
 
 
 class TestReadServices:
@@ -226,7 +226,7 @@ class TestUpdateService:
         )
 
         assert response.json()["staff_ids"] == [str(newcomer.id)]
-        assert await get_redis().mget([version_key(staff.id), version_key(newcomer.id)]) == ["2", "1"]
+        assert [await staff_version(staff.id), await staff_version(newcomer.id)] == ["2", "1"]
 
     async def test_reactivating_an_inactive_service(self, client, admin_headers):
         created = await create_service(client, admin_headers, is_active=False)
@@ -284,7 +284,7 @@ class TestDeactivateService:
         assert row is not None and row.is_active is False
         assert_problem(await client.get(f"{SERVICES}/{created['id']}"), 404, "not_found")
         assert (await client.get(SERVICES)).json()["total"] == 0
-        assert await get_redis().get(version_key(staff.id)) == "2"
+        assert await staff_version(staff.id) == "2"
 
     async def test_deleting_twice_is_harmless(self, client, admin_headers):
         created = await create_service(client, admin_headers)

@@ -8,8 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import Appointment, AuditEntry, Role, Service, StaffProfile, TimeOff, WeeklyInterval
-from app.redis import get_redis
-from app.services.scheduling.availability import version_key
+from app.services.scheduling.availability_cache import staff_version
 from tests.assertions import assert_problem, assert_unauthorized
 from tests.factories import create_user, start_session
 
@@ -214,7 +213,7 @@ class TestSchedule:
         await put_schedule(client, staff, staff_headers)
         await put_schedule(client, staff, staff_headers, WEEK[:1], "UTC")
 
-        assert await get_redis().get(version_key(staff.id)) == "2"
+        assert await staff_version(staff.id) == "2"
         first, second = (
             await session.scalars(select(AuditEntry).where(AuditEntry.action == "schedule.replace").order_by("id"))
         ).all()

@@ -16,13 +16,11 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.database import after_commit
 from app.models import ActionToken, Appointment, AuditEntry, OutboxMessage, StaffProfile, TimeOff, User
 from app.services import audit
 from app.services.accounts import auth
@@ -80,7 +78,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     )
     await session.flush()
     await sweep(session, traces)
-    after_commit(session, partial(idempotency.forget_user, user.id))
+    await idempotency.forget_user(session, user.id)
 
 
 async def _anonymise_account(session: AsyncSession, user: User) -> None:

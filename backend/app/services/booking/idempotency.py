@@ -1,36 +1,45 @@
-"""`Idempotency-Key` for appointment writes: the same request twice does the work once.
+"""`Idempotency-Key` for appointment writes (Stripe's semantics): the same request twice does the work once.
 
-Redis keeps `(user, key) -> {fingerprint, state, status, body}`. The first request claims the key
-(`SET NX`, state `pending`, short TTL); a duplicate that arrives meanwhile polls until the first
-answer is stored, then replays it. The answer is stored (24 h) only once the transaction has
-committed, so a rolled-back request never leaves an answer behind; a failed request releases the
-key, so the client may try again with it.
+PostgreSQL keeps `(user, key) -> fingerprint, status, answer` (`idempotency_keys`), written in the
+request's own transaction, so the answer exists exactly when the change does: a crash right after
+the commit, a lost answer or a Redis outage cannot make a retry book twice.
+
+1. `INSERT ... ON CONFLICT` claims the key. A duplicate whose first is still running blocks on the
+   primary key until that transaction ends (READ COMMITTED): if the first committed, the insert
+   does nothing and the next statement (a fresh snapshot) reads its answer; if it rolled back, the
+   insert goes through and the duplicate does the work itself. It waits `WAIT_SECONDS` at most
+   (`lock_timeout`), then gets 409 `idempotency_key_in_progress`, which is not stored.
+2. The change runs in a SAVEPOINT; its answer is written to the row (`done`) before the request's
+   single commit. The row is never committed `in_progress`.
+3. Once the change has started, its answer is the answer (as at Stripe): a 4xx the service raised is
+   stored and replayed, the savepoint having undone whatever the change did. Not stored: 5xx and
+   unexpected errors (everything rolls back, the key is free again), 429, and the key's own errors.
+4. A key lives `TTL`; an older row counts as absent, and the worker deletes them in batches.
 """
 
-import asyncio
 import hashlib
 import json
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from loguru import logger
-from redis.exceptions import RedisError
-from sqlalchemy import event
+from sqlalchemy import delete, func, literal_column, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.database import after_commit
-from app.errors import IdempotencyKeyInProgress, IdempotencyKeyReused
-from app.redis import get_redis
+from app.database import unit_of_work
+from app.errors import AppError, IdempotencyKeyInProgress, IdempotencyKeyReused, RateLimited
+from app.models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
 
-ANSWER_TTL_SECONDS = 24 * 3600
-PENDING_TTL_SECONDS = 30  # a request that died without releasing its claim blocks the key this long at most
+TTL = timedelta(hours=24)
 WAIT_SECONDS = 10.0
-POLL_SECONDS = 0.05
-
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+PURGE_BATCH = 1000
+_LOCK_NOT_AVAILABLE = "55P03"
+_NOT_STORED = (IdempotencyKeyInProgress, IdempotencyKeyReused, RateLimited)
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,7 @@ class Answer:
     status: int
     body: Any
     replayed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def fingerprint(method: str, path: str, body: bytes) -> str:
@@ -49,54 +59,62 @@ def fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + canonical).hexdigest()
 
 
-def redis_key(user_id: uuid.UUID, key: str) -> str:
-    return f"idempotency:{user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    return getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
 
 
-async def _release(name: str, claim: str) -> None:
+_TABLE = IdempotencyKey.__table__
+
+
+async def _claim(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> bool:
+    """True once this transaction holds the key (new, or expired and taken over); False if a fresh
+    row exists, committed by now (we waited for its transaction if it was still running)."""
+    fresh = {"fingerprint": print_, "status": IN_PROGRESS, "response_status": None, "response_body": None}
+    statement = (
+        insert(IdempotencyKey)
+        .values(user_id=user_id, key=key, created_at=func.now(), **fresh)
+        .on_conflict_do_update(
+            index_elements=[_TABLE.c.user_id, _TABLE.c.key],
+            set_={**fresh, "created_at": func.now()},
+            where=_TABLE.c.created_at < func.now() - TTL,
+        )
+        .returning(literal_column("1"))
+    )
+    # One round trip: the target list is evaluated in order, so `previous` is read before the change.
+    previous = await session.scalar(
+        text("SELECT current_setting('lock_timeout'), set_config('lock_timeout', :wait, true)"),
+        {"wait": f"{int(WAIT_SECONDS * 1000)}ms"},
+    )
     try:
-        await get_redis().eval(_RELEASE, 1, name, claim)
-    except (RedisError, OSError):
-        logger.warning("could not release idempotency key {}; it expires in {}s", name, PENDING_TTL_SECONDS)
+        claimed = await session.scalar(statement) is not None
+    except DBAPIError as exc:
+        if _sqlstate(exc) == _LOCK_NOT_AVAILABLE:
+            raise IdempotencyKeyInProgress(headers={"Retry-After": "1"}) from exc
+        raise
+    await session.execute(text("SELECT set_config('lock_timeout', :previous, true)"), {"previous": previous})
+    return claimed
 
 
-def _release_on_rollback(session: AsyncSession, name: str, claim: str) -> None:
-    """A transaction that rolls back after the work succeeded (say, the commit fails) frees the key too."""
-
-    def released(_session: Any, previous: Any) -> None:
-        if previous.nested or not pending:
-            return  # a SAVEPOINT, or released already
-        pending.clear()
-        task = asyncio.get_running_loop().create_task(_release(name, claim))
-        _tasks.add(task)
-        task.add_done_callback(_tasks.discard)
-
-    pending = [True]
-    event.listen(session.sync_session, "after_soft_rollback", released)
+async def _stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:
+    row = await session.get(IdempotencyKey, (user_id, key), populate_existing=True)
+    if row is None:
+        return None  # purged since our claim looked: claim it again
+    if row.fingerprint != print_:
+        raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request")
+    if row.status != DONE:  # never committed so; kept as a guard
+        raise IdempotencyKeyInProgress(headers={"Retry-After": "1"})
+    return Answer(row.response_status or 200, row.response_body, replayed=True)
 
 
-_tasks: set[asyncio.Task] = set()
+async def _finish(session: AsyncSession, user_id: uuid.UUID, key: str, answer: Answer) -> None:
+    row = (_TABLE.c.user_id == user_id) & (_TABLE.c.key == key)
+    values = {"status": DONE, "response_status": answer.status, "response_body": answer.body}
+    await session.execute(update(IdempotencyKey).where(row).values(**values))
 
 
-async def _claim_or_wait(name: str, print_: str, claim: str) -> Answer | None:
-    """None once we hold the key; the stored answer when the same request already ran."""
-    redis = get_redis()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_SECONDS
-    while True:
-        if await redis.set(name, claim, nx=True, ex=PENDING_TTL_SECONDS):
-            return None
-        raw = await redis.get(name)
-        if raw is None:
-            continue  # released or expired between the two calls: try to claim it again
-        stored = json.loads(raw)
-        if stored["fingerprint"] != print_:
-            raise IdempotencyKeyReused("This Idempotency-Key was already used with a different request")
-        if stored["state"] == "done":
-            return Answer(stored["status"], stored["body"], replayed=True)
-        if loop.time() >= deadline:
-            raise IdempotencyKeyInProgress(headers={"Retry-After": "1"})
-        await asyncio.sleep(POLL_SECONDS)
+def _storable(exc: AppError) -> bool:
+    return 400 <= exc.status < 500 and not isinstance(exc, _NOT_STORED)
 
 
 async def run(
@@ -107,38 +125,62 @@ async def run(
     request_fingerprint: str,
     status: int,
     operation: Callable[[], Awaitable[Any]],
+    error_body: Callable[[AppError], Any] | None = None,
 ) -> Answer:
-    """Do `operation` (which answers a JSON-ready body) once per (user, key, request)."""
+    """Do `operation` (which answers a JSON-ready body) once per (user, key, request).
+
+    With `error_body`, a 4xx `AppError` the operation raises becomes the stored answer (rendered by
+    it) instead of propagating; without, it propagates and nothing is stored."""
     if key is None:
         return Answer(status, await operation())
-    name = redis_key(user_id, key)
-    claim = json.dumps({"fingerprint": request_fingerprint, "state": "pending", "claim": secrets.token_hex(8)})
-    replay = await _claim_or_wait(name, request_fingerprint, claim)
-    if replay is not None:
-        return replay
+    for _ in range(3):
+        if await _claim(session, user_id, key, request_fingerprint):
+            break
+        replay = await _stored(session, user_id, key, request_fingerprint)
+        if replay is not None:
+            return replay
+    else:
+        raise IdempotencyKeyInProgress(headers={"Retry-After": "1"})
+    info = {name: list(value) if isinstance(value, list) else value for name, value in session.info.items()}
     try:
-        body = await operation()
-    except BaseException:
-        await _release(name, claim)
-        raise
-    done = json.dumps({"fingerprint": request_fingerprint, "state": "done", "status": status, "body": body})
-
-    async def store() -> None:
-        await get_redis().set(name, done, ex=ANSWER_TTL_SECONDS)
-
-    after_commit(session, store)
-    await session.connection()  # in a transaction, so its rollback is seen even if nothing was written
-    _release_on_rollback(session, name, claim)
-    return Answer(status, body)
+        async with session.begin_nested():
+            answer = Answer(status, await operation())
+    except AppError as exc:
+        if error_body is None or not _storable(exc):
+            raise
+        # The savepoint undid the change; drop the side effects it had lined up for after the commit.
+        session.info.clear()
+        session.info.update(info)
+        answer = Answer(exc.status, error_body(exc), headers=exc.headers)
+    await _finish(session, user_id, key, answer)
+    return answer
 
 
-async def forget_user(user_id: uuid.UUID) -> None:
-    """GDPR erasure: the stored answers of the user's requests (appointments, notes included) go now,
-    not in 24 h. Best effort after the commit; they expire anyway."""
-    redis = get_redis()
-    try:
-        names = [name async for name in redis.scan_iter(match=f"idempotency:{user_id}:*", count=1000)]
-        if names:
-            await redis.delete(*names)
-    except (RedisError, OSError):
-        logger.warning("could not forget the idempotency answers of {}; they expire within 24 h", user_id)
+_PURGE = text(
+    "DELETE FROM idempotency_keys WHERE (user_id, key) IN (SELECT user_id, key FROM idempotency_keys"
+    " WHERE created_at < now() - make_interval(secs => :ttl) LIMIT :batch FOR UPDATE SKIP LOCKED)"
+)
+
+
+async def purge_expired(batch: int = PURGE_BATCH) -> int:
+    """Delete keys older than `TTL`, `batch` rows per transaction (no long locks); how many went."""
+    purged = 0
+    while True:
+        async with unit_of_work() as session:
+            result = await session.execute(_PURGE, {"ttl": TTL.total_seconds(), "batch": batch})
+        purged += result.rowcount
+        if result.rowcount < batch:
+            return purged
+
+
+async def purge_expired_keys(ctx: dict[str, Any]) -> int:
+    """The worker's cron job."""
+    purged = await purge_expired()
+    if purged:
+        logger.info("purged {} expired idempotency keys", purged)
+    return purged
+
+
+async def forget_user(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """GDPR erasure: the stored answers of the user's requests (appointments, notes included) go with it."""
+    await session.execute(delete(IdempotencyKey).where(IdempotencyKey.user_id == user_id))

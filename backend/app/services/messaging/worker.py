@@ -1,5 +1,5 @@
 """The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
-runs the reminder cron (`app.services.messaging.reminders`).
+runs the reminder cron (`app.services.messaging.reminders`) and purges expired idempotency keys.
 
 Two paths lead to `attempt_delivery`, which locks the row (`FOR UPDATE SKIP LOCKED`), sends it and
 commits `sent_at` before the lock goes, so a retried job or a second worker finds nothing to do:
@@ -33,6 +33,7 @@ from app.config import get_settings
 from app.database import dispose_engine, get_sessionmaker
 from app.logging import setup_logging
 from app.models import OutboxMessage
+from app.services.booking.idempotency import purge_expired_keys
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import DELIVER_JOB, job_id, redacted
 from app.services.messaging.reminders import send_due_reminders
@@ -176,7 +177,11 @@ def redis_settings() -> RedisSettings:
 class WorkerSettings:
     functions = [func(deliver_outbox, name=DELIVER_JOB, max_tries=3)]  # tries again only if cancelled
     # Every minute and at start (catch-up); the id per minute keeps two workers from both running it.
-    cron_jobs = [cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120)]
+    cron_jobs = [
+        cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120),
+        # Idempotency keys live 24 h; a sweep every ten minutes keeps the table small.
+        cron(purge_expired_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),
+    ]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = redis_settings()

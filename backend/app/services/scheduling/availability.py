@@ -1,38 +1,41 @@
-"""Availability: load calendars in a handful of indexed queries, compute, cache by per-staff version.
+"""Availability: load calendars in a handful of indexed queries, compute, cache per staff and day.
 
-Caching never serves a slot that was just taken: every change that can move a slot bumps the
-staff member's version once its transaction has committed (`invalidate_after_commit`), and an
-answer is cached under the versions read *before* its data was loaded. An answer computed from
-data older than a change is therefore filed under a version that no longer exists. ("Before"
-relies on READ COMMITTED, PostgreSQL's default: each query sees what was committed when it began.)
+Two caches, both filed under versions read *before* the data is loaded (see
+`availability_cache` for why that never serves a slot that was just taken):
+- each staff member's free starts per local day (`availability_cache`): any window reuses the days
+  it covers, and a change recomputes only the days it touches;
+- the rendered answer of an exact window, under the tags of every day it covers, for repeats.
 A cached answer also expires before its earliest slot falls inside the minimum notice.
 """
 
+import bisect
 import contextlib
 import hashlib
 import json
 import uuid
 from collections.abc import Collection, Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+from operator import itemgetter
 from zoneinfo import ZoneInfo
 
-from loguru import logger
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
-from app.database import after_commit
 from app.errors import AppError, NotFound
 from app.models import Service
 from app.redis import get_redis
 from app.schemas.availability import render
+from app.services.scheduling import availability_cache as cache
+from app.services.scheduling.availability_changes import bump_versions, invalidate_after_commit
 from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
 from app.services.scheduling.availability_queries import load_calendars, offering_staff, service_and_staff
-from app.utils.time import timestamp, utcnow
+from app.utils.time import from_timestamp, timestamp, utcnow
 
 MAX_WINDOW = timedelta(days=62)
-CACHE_SECONDS = 30
-_FORMAT = 1  # bump when the cached text changes shape
+CACHE_SECONDS = cache.CACHE_SECONDS
+_FORMAT = 2  # bump when the cached text changes shape
 _SECOND = timedelta(seconds=1)
 
 
@@ -106,22 +109,87 @@ async def availability_text(
     staff_id: uuid.UUID | None = None,
     zone: ZoneInfo | None = None,
 ) -> str:
-    """The public answer as JSON text (see `app.schemas.availability.render`), cached briefly."""
+    """The public answer as JSON text (see `app.schemas.availability.render`), cached by day."""
     validate_window(start, end)
     service, staff = await service_and_staff(session, service_id, staff_id)
     rules = rules_for(service)
-    key = await _cache_key(service.id, rules, list(staff), start, end, zone)
-    if key is not None:
-        cached = await _cache_get(key)
-        if cached is not None:
-            return cached
-    calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
     now = utcnow()
-    slots = free_slots(calendars, rules, start, end, now)
+    earliest, latest = max(start, now + rules.min_notice), min(end, now + rules.max_advance)
+    zones = {member: ZoneInfo(name) for member, name in staff.items()}
+    days = {member: _local_days(earliest, latest, member_zone) for member, member_zone in zones.items()}
+    days = {member: dates for member, dates in days.items() if dates}
+    reach = cache.reach_days(rules)
+    around = {
+        m: cache.dates_between(d[0] - timedelta(days=reach), d[-1] + timedelta(days=reach)) for m, d in days.items()
+    }
+    versions = await cache.read_versions(around) if days else {}
+    if versions is None:  # Redis is down: answer from the database alone
+        calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
+        return render(free_slots(calendars, rules, start, end, now), start, end, zone)
+    firsts = {m: dates[0] for m, dates in around.items()}
+    key = _answer_key(service.id, rules, staff, firsts, versions, start, end, zone)
+    cached = await _cache_get(key)
+    if cached is not None:
+        return cached
+    tags = {m: cache.tags(versions[m], dates, reach, staff[m]) for m, dates in days.items()}
+    rules_key = cache.rules_id(rules)
+    found = await cache.read_days(days, rules_key, tags)
+    missing = {m: [d for d in dates if d not in found.get(m, {})] for m, dates in days.items()}
+    missing = {m: dates for m, dates in missing.items() if dates}
+    if missing:
+        computed = await _compute_days(session, {m: staff[m] for m in missing}, missing, rules)
+        await cache.write_days(computed, rules_key, tags)
+        for member, computed_days in computed.items():
+            found.setdefault(member, {}).update(computed_days)
+    slots = _assemble(found, days, rules, timestamp(earliest, ceil=True), timestamp(latest, ceil=True))
     body = render(slots, start, end, zone)
-    if key is not None:
-        await _cache_set(key, body, cache_lifetime(slots, rules, now))
+    await _cache_set(key, body, cache_lifetime(slots, rules, now))
     return body
+
+
+def _local_days(earliest: datetime, latest: datetime, zone: ZoneInfo) -> list[date]:
+    """The local dates whose day overlaps [earliest, latest)."""
+    if earliest >= latest:
+        return []
+    last = latest - timedelta(microseconds=1)
+    return cache.dates_between(earliest.astimezone(zone).date(), last.astimezone(zone).date())
+
+
+async def _compute_days(
+    session: AsyncSession, staff: dict[uuid.UUID, str], missing: dict[uuid.UUID, list[date]], rules: ServiceRules
+) -> dict[uuid.UUID, dict[date, list[int]]]:
+    """Every free start of the missing days (whole days: notice and advance are applied later)."""
+    bounds = {m: {d: cache.day_bounds(d, ZoneInfo(staff[m])) for d in dates} for m, dates in missing.items()}
+    low = from_timestamp(min(b[0] for days in bounds.values() for b in days.values()))
+    high = from_timestamp(max(b[1] for days in bounds.values() for b in days.values()))
+    calendars = await load_calendars(session, staff, low, high, margin=_margin(rules))
+    whole_days = replace(rules, min_notice=timedelta(0), max_advance=high - low + timedelta(days=1))
+    computed: dict[uuid.UUID, dict[date, list[int]]] = {}
+    for calendar in calendars:
+        starts = [slot.start for slot in staff_slots(calendar, whole_days, low, high, low)]
+        computed[calendar.staff_id] = {
+            day: starts[bisect.bisect_left(starts, lo) : bisect.bisect_left(starts, hi)]
+            for day, (lo, hi) in bounds[calendar.staff_id].items()
+        }
+    return computed
+
+
+def _assemble(
+    found: dict[uuid.UUID, dict[date, list[int]]],
+    days: dict[uuid.UUID, list[date]],
+    rules: ServiceRules,
+    earliest: int,
+    latest: int,
+) -> list[Slot]:
+    """The slots of every staff member in [earliest, latest), by time, then in staff order."""
+    duration = rules.duration // _SECOND
+    slots: list[Slot] = []
+    for member, dates in days.items():
+        for day in dates:
+            slots += [Slot(s, s + duration, member) for s in found[member][day] if earliest <= s < latest]
+    if len(days) > 1:
+        slots.sort(key=itemgetter(0))  # stable: equal starts keep the staff order
+    return slots
 
 
 # --- booking checks ------------------------------------------------------------------------------
@@ -177,50 +245,23 @@ async def is_offered(
 # --- cache ---------------------------------------------------------------------------------------
 
 
-def version_key(staff_id: uuid.UUID) -> str:
-    return f"availability-version:{staff_id}"
-
-
-def invalidate_after_commit(session: AsyncSession, *staff_ids: uuid.UUID) -> None:
-    """Every change that can move a slot calls this; the bump waits for the commit, so no answer
-    computed from the old data can be cached under the new version."""
-    if staff_ids:
-        after_commit(session, lambda: bump_versions(*staff_ids))
-
-
-async def bump_versions(*staff_ids: uuid.UUID) -> None:
-    try:
-        async with get_redis().pipeline(transaction=False) as pipe:
-            for staff_id in staff_ids:
-                pipe.incr(version_key(staff_id))
-            await pipe.execute()
-    except (RedisError, OSError):
-        logger.warning("could not bump availability versions for {}", staff_ids)
-
-
-async def _cache_key(
+def _answer_key(
     service_id: uuid.UUID,
     rules: ServiceRules,
-    staff_ids: list[uuid.UUID],
+    staff_zones: dict[uuid.UUID, str],
+    firsts: dict[uuid.UUID, date],
+    versions: dict[uuid.UUID, list[str]],
     start: datetime,
     end: datetime,
     zone: ZoneInfo | None,
-) -> str | None:
-    try:
-        # Single-key GETs in a pipeline rather than MGET: cluster-safe, still one round trip.
-        async with get_redis().pipeline(transaction=False) as pipe:
-            for staff_id in staff_ids:
-                pipe.get(version_key(staff_id))
-            versions = await pipe.execute()
-    except (RedisError, OSError):
-        return None
+) -> str:
     material = json.dumps(
         [
             _FORMAT,
             str(service_id),
             [str(value) for value in vars(rules).values()],
-            [str(s) for s in staff_ids],
-            versions,
+            # Whose versions, from which date on (a day's staff version first, then one per date).
+            [[str(s), staff_zones[s], str(firsts.get(s)), "|".join(versions.get(s, ()))] for s in staff_zones],
             timestamp(start),
             timestamp(end),
             start.microsecond,
@@ -228,7 +269,7 @@ async def _cache_key(
             zone.key if zone else None,
         ]
     )
-    return "availability:" + hashlib.sha256(material.encode()).hexdigest()
+    return "availability-answer:" + hashlib.sha256(material.encode()).hexdigest()
 
 
 def cache_lifetime(slots: list[Slot], rules: ServiceRules, now: datetime) -> int:
@@ -250,3 +291,6 @@ async def _cache_set(key: str, body: str, seconds: int) -> None:
     if seconds > 0:
         with contextlib.suppress(RedisError, OSError):
             await get_redis().set(key, body, ex=seconds)
+
+
+__all__ = ["bump_versions", "invalidate_after_commit"]  # the calendar writers' entry points

@@ -75,7 +75,7 @@ _WEEKLY = (
 _OVERRIDES = select(DateOverride.staff_id, DateOverride.date, DateOverride.intervals).where(
     DateOverride.staff_id.in_(_IDS), DateOverride.date.between(bindparam("first_day"), bindparam("last_day"))
 )
-_ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
+ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
 
 
 async def offering_staff(
@@ -118,6 +118,11 @@ async def service_and_staff(
     return rows[0][0], staff
 
 
+async def staff_zones(session: AsyncSession, staff_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+    """Each staff member's IANA zone (their profile's, else their account's)."""
+    return {member: zone for member, zone in await session.execute(ZONES, {"ids": list(staff_ids)})}
+
+
 def _intervals(raw: list[dict[str, str]]) -> list[tuple[time, time]]:
     return [(time.fromisoformat(item["start"]), time.fromisoformat(item["end"])) for item in raw]
 
@@ -141,7 +146,7 @@ async def load_calendars(
     if not staff:
         return []
     if not isinstance(staff, Mapping):
-        zones = {member: zone for member, zone in await session.execute(_ZONES, {"ids": list(staff)})}
+        zones = await staff_zones(session, staff)
         staff = {member: zones.get(member, "UTC") for member in staff}
     excluded = [*exclude_appointments, *([exclude_appointment] if exclude_appointment else [])]
     ids = list(staff)

@@ -87,11 +87,14 @@ async def _locked_profile(session: AsyncSession, staff: User) -> StaffProfile:
     return profile
 
 
-async def _changed(session: AsyncSession, actor: User, staff: User, action: str, before: Any, after: Any) -> None:
-    """Audit a calendar change and have availability recomputed once it is committed."""
+async def _changed(
+    session: AsyncSession, actor: User, staff: User, action: str, before: Any, after: Any, **touched: Any
+) -> None:
+    """Audit a calendar change and have availability recomputed once it is committed: the days
+    `touched` names (`dates=`, `ranges=`), or every day (`whole=True`)."""
     entity = {"entity_type": "schedule", "entity_id": staff.id}
     await audit.record(session, actor_id=actor.id, action=action, before=before, after=after, **entity)
-    invalidate_after_commit(session, staff.id)
+    invalidate_after_commit(session, staff.id, **touched)
 
 
 # --- weekly hours --------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ async def replace_schedule(
     profile.timezone = schedule.timezone
     await session.flush()
     after = await _schedule(session, staff)
-    await _changed(session, actor, staff, "schedule.replace", before, after)
+    await _changed(session, actor, staff, "schedule.replace", before, after, whole=True)
     return after
 
 
@@ -185,7 +188,7 @@ async def set_override(
     )
     assert row is not None
     action = "override.create" if created else "override.replace"
-    await _changed(session, actor, staff, action, before, _override_view(row))
+    await _changed(session, actor, staff, action, before, _override_view(row), dates=[row.date])
     return row, bool(created)
 
 
@@ -196,10 +199,10 @@ async def delete_override(session: AsyncSession, actor: User, staff_id: uuid.UUI
     )
     if row is None:
         raise NotFound("No such override")
-    before = _override_view(row)
+    before, day = _override_view(row), row.date
     await session.delete(row)
     await session.flush()
-    await _changed(session, actor, staff, "override.delete", before, None)
+    await _changed(session, actor, staff, "override.delete", before, None, dates=[day])
 
 
 # --- time off ------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ async def create_time_off(
         )
         .order_by(Appointment.starts_at)
     )
-    await _changed(session, actor, staff, "time_off.create", None, audit.snapshot(row))
+    await _changed(session, actor, staff, "time_off.create", None, audit.snapshot(row), ranges=[(starts_at, ends_at)])
     return row, list(covered)
 
 
@@ -256,7 +259,7 @@ async def delete_time_off(session: AsyncSession, actor: User, staff_id: uuid.UUI
     row = await session.scalar(select(TimeOff).where(TimeOff.id == time_off_id, TimeOff.staff_id == staff.id))
     if row is None:
         raise NotFound("No such time off")
-    before = audit.snapshot(row)
+    before, blocked = audit.snapshot(row), (row.starts_at, row.ends_at)
     await session.delete(row)
     await session.flush()
-    await _changed(session, actor, staff, "time_off.delete", before, None)
+    await _changed(session, actor, staff, "time_off.delete", before, None, ranges=[blocked])
