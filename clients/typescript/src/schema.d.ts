@@ -571,7 +571,8 @@ export interface paths {
          *     clock change; a time the clocks skip is never offered; a time they repeat (fall back) is offered
          *     once, at its first occurrence. Errors: 404 unknown or inactive service, or a `staff_id` who does
          *     not offer it; 422 `validation_error` (naive date-time, plain date without `tz`, unknown `tz`),
-         *     `invalid_window` (end not after start), `window_too_large`.
+         *     `invalid_window` (end not after start), `window_too_large`; 429 `rate_limited` (with
+         *     `Retry-After`) beyond `AVAILABILITY_REQUESTS_PER_IP` requests per client IP (default 120 a minute).
          */
         get: operations["availability-list"];
         put?: never;
@@ -5970,6 +5971,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["InvalidWindowProblem"] | components["schemas"]["ValidationErrorProblem"] | components["schemas"]["WindowTooLargeProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
                 };
             };
             /** @description Internal Server Error: `internal_error` */
