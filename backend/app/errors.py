@@ -140,3 +140,19 @@ class IdempotencyKeyReused(AppError):
 
 class IdempotencyKeyInProgress(Conflict):
     code, title = "idempotency_key_in_progress", "A request with this Idempotency-Key is still being processed"
+
+
+class AppointmentChanged(Conflict):
+    code, title = "appointment_changed", "The appointment changed meanwhile"
+
+
+class StaffHasBookings(Conflict):
+    """Demoting or deactivating a staff member who still has future live appointments (listed)."""
+
+    code, title = "staff_has_bookings", "This staff member has future appointments"
+
+
+class ServiceHasBookings(Conflict):
+    """Deactivating a service, or removing a provider, while future live appointments depend on it (listed)."""
+
+    code, title = "service_has_bookings", "Future appointments depend on this service"

@@ -11,11 +11,20 @@ from app.errors import Forbidden, Unauthorized
 from app.models import Role, User
 from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
 from app.services.accounts import auth
+from app.services.booking import cancellation
 from app.services.scheduling import catalogue
 
 router = APIRouter(prefix="/services", tags=["services"])
 
 ADMIN_ERRORS = problem_responses(401, 403, 404, 422)
+ADMIN_WRITE_ERRORS = problem_responses(401, 403, 404, 409, 422)
+CancelFuture = Annotated[
+    bool,
+    Query(
+        description="When deactivating the service or removing providers: cancel the future appointments that "
+        "depend on it (with emails) instead of answering 409 `service_has_bookings`"
+    ),
+]
 
 
 async def get_optional_user(session: DbSession, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User | None:
@@ -67,16 +76,30 @@ async def create(body: ServiceCreate, admin: AdminUser, session: DbSession) -> S
     return ServiceOut.model_validate(await catalogue.create_service(session, admin, body.model_dump()))
 
 
-@router.patch("/{service_id}", summary="Edit a service", responses=ADMIN_ERRORS)
-async def update(service_id: uuid.UUID, body: ServiceUpdate, admin: AdminUser, session: DbSession) -> ServiceOut:
+@router.patch("/{service_id}", summary="Edit a service", responses=ADMIN_WRITE_ERRORS)
+async def update(
+    service_id: uuid.UUID,
+    body: ServiceUpdate,
+    admin: AdminUser,
+    session: DbSession,
+    cancel_future: CancelFuture = False,
+) -> ServiceOut:
     """Change the fields sent; `staff_ids` replaces the whole list of providers."""
     changes = body.model_dump(exclude_unset=True)
+    await cancellation.release_service(session, admin, service_id, changes, cancel_future=cancel_future)
     return ServiceOut.model_validate(await catalogue.update_service(session, admin, service_id, changes))
 
 
 @router.delete(
-    "/{service_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a service", responses=ADMIN_ERRORS
+    "/{service_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Deactivate a service",
+    responses=ADMIN_WRITE_ERRORS,
 )
-async def deactivate(service_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
-    """Deactivate a service: no longer listed or bookable; existing appointments keep it."""
+async def deactivate(
+    service_id: uuid.UUID, admin: AdminUser, session: DbSession, cancel_future: CancelFuture = False
+) -> None:
+    """Deactivate a service: no longer listed or bookable; past appointments keep it."""
+    changes = {"is_active": False}
+    await cancellation.release_service(session, admin, service_id, changes, cancel_future=cancel_future)
     await catalogue.deactivate_service(session, admin, service_id)

@@ -3,7 +3,8 @@
 Two uvicorn processes on the test database, real HTTP, requests fired together:
 - a booking racing a time off (or a schedule replacement) of its staff member: the booking either
   lands first and is listed in the calendar change's `conflicting_appointments`, or is refused;
-- two reschedules of one appointment: one 200, one 409 `appointment_changed`, one email each party;
+- two reschedules of one appointment, each sending the `sequence` its client read: one 200, one 409
+  `appointment_changed`, one email to each party;
 - a demotion racing a confirm by that staff member: the confirm lands first and the demotion is 409
   `staff_has_bookings`, or the demotion lands first and the confirm is refused; never both.
 """
@@ -11,6 +12,7 @@ Two uvicorn processes on the test database, real HTTP, requests fired together:
 from collections import Counter
 from datetime import timedelta
 
+import httpx
 from sqlalchemy import select
 
 from app.models import LIVE_STATUSES, Appointment, Role, User
@@ -25,6 +27,13 @@ TRIES = 8
 
 async def headers_for(user: User) -> dict[str, str]:
     return bearer((await start_session(user)).access_token)
+
+
+async def http_get(url: str, headers: dict[str, str]) -> dict:
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url, headers=headers)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 async def live_ids(session, staff: User) -> set[str]:
@@ -94,7 +103,9 @@ class TestParallelReschedules:
             appointment = await add_appointment(session, client, staff, service, at(day + timedelta(days=n), 9))
             path = f"{URL}/{appointment.id}"
             moves = [at(day + timedelta(days=n), hour).isoformat() for hour in (11, 14)]
-            first, second = await fire(api_servers, [("PATCH", path, {"starts_at": s}, headers) for s in moves])
+            seen = (await http_get(api_servers[0] + path, headers))["sequence"]
+            patches = [("PATCH", path, {"starts_at": s, "sequence": seen}, headers) for s in moves]
+            first, second = await fire(api_servers, patches)
             result = sorted((r.status_code, r.json().get("code")) for r in (first, second))
             outcomes[str(result)] += 1
             emails = [
@@ -135,8 +146,8 @@ class TestDemotionRacingAConfirm:
             demotion_first = demoted.status_code == 200 and confirmed.status_code in (401, 403, 404)
             outcomes["allowed"] += confirm_first or demotion_first
             if confirm_first:
-                assert demoted.json()["conflicts"][0]["id"] == str(appointment.id)
-                assert demoted.json()["conflicts"][0]["starts_at"] == iso_z(appointment.starts_at)
+                assert demoted.json()["conflicting_appointments"][0]["id"] == str(appointment.id)
+                assert demoted.json()["conflicting_appointments"][0]["starts_at"] == iso_z(appointment.starts_at)
         print(dict(outcomes))
         assert outcomes["allowed"] == TRIES
 

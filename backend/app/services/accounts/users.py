@@ -13,7 +13,7 @@ from app.models import AuditEntry, Role, User
 from app.services import audit
 from app.services.accounts import auth
 from app.services.accounts.passwords import ensure_strong
-from app.services.booking import appointments
+from app.services.booking import appointments, cancellation
 from app.services.messaging import outbox
 from app.services.pagination import paginate
 from app.utils.security import hash_password, random_token
@@ -92,7 +92,7 @@ async def export(session: AsyncSession, user: User) -> dict[str, Any]:
 async def erase(session: AsyncSession, user: User) -> None:
     """Anonymise the account in place (its id may still be referenced) and end every session;
     future appointments are cancelled first, and the other party is told."""
-    await appointments.cancel_for_erasure(session, user)
+    await cancellation.cancel_for_erasure(session, user)
     await auth.revoke_all_sessions(user)
     await outbox.forget_recipient(session, user.email)
     user.email = f"deleted-{user.id}@deleted.invalid"
@@ -167,12 +167,15 @@ async def admin_update(
     *,
     actor: User | None = None,
     action: str = "user.update",
+    cancel_future: bool = False,
 ) -> User:
     before = _audit_view(user)
     deactivating = changes.get("is_active") is False and user.is_active
     role_changed = "role" in changes and changes["role"] is not None and changes["role"] != user.role
     if (deactivating or role_changed) and actor is not None and actor.id == user.id:
         raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
+    if deactivating or role_changed:
+        await cancellation.release_staff(session, actor, user, cancel_future=cancel_future)
     _apply(user, changes)
     if role_changed or deactivating:
         # A role lives in the access token: make the old ones fail so nobody keeps powers they lost.
@@ -181,8 +184,11 @@ async def admin_update(
     return user
 
 
-async def deactivate(session: AsyncSession, user: User, *, actor: User | None = None) -> None:
+async def deactivate(
+    session: AsyncSession, user: User, *, actor: User | None = None, cancel_future: bool = False
+) -> None:
     if actor is not None and actor.id == user.id:
         raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
     if user.is_active:
-        await admin_update(session, user, {"is_active": False}, actor=actor, action="user.deactivate")
+        changes = {"is_active": False}
+        await admin_update(session, user, changes, actor=actor, action="user.deactivate", cancel_future=cancel_future)
