@@ -38,8 +38,8 @@ def can_see(user: User, item: Party) -> bool:
 
 
 def handles(user: User, item: Party) -> bool:
-    """Its staff member or an admin: confirm, complete, cancel at any time."""
-    return user.role == Role.admin or user.id == item.staff_id
+    """Its staff member (while they are staff) or an admin: confirm, complete, cancel at any time."""
+    return user.role == Role.admin or (user.role == Role.staff and user.id == item.staff_id)
 
 
 async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID) -> None:

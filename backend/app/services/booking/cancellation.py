@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
-from app.errors import CancellationWindowClosed, InvalidTransition, ServiceHasBookings, StaffHasBookings
+from app.errors import CancellationWindowClosed, Forbidden, InvalidTransition, ServiceHasBookings, StaffHasBookings
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, User
 from app.schemas.common import iso_z
 from app.services import audit
@@ -44,6 +44,8 @@ def check_client_window(actor: User, item: Party, starts_at: datetime, *, new_st
     cut-off, or moving one into it; its staff member and admins are not held to it."""
     if handles(actor, item):
         return
+    if actor.id != item.client_id:  # e.g. its former staff member, no longer staff
+        raise Forbidden("Only its client, its staff member or an admin can do this")
     hours = get_settings().cancellation_min_notice_hours
     limit = cut_off()
     if starts_at < limit:
@@ -59,7 +61,11 @@ def check_client_window(actor: User, item: Party, starts_at: datetime, *, new_st
 
 
 def check_series_window(actor: User, item: Party, live: Sequence[Appointment]) -> None:
-    if not handles(actor, item) and any(appointment.starts_at < cut_off() for appointment in live):
+    if handles(actor, item):
+        return
+    if actor.id != item.client_id:
+        raise Forbidden("Only its client, its staff member or an admin can do this")
+    if any(appointment.starts_at < cut_off() for appointment in live):
         raise CancellationWindowClosed(
             "An occurrence starts too soon to cancel; cancel the series from a later occurrence"
         )
