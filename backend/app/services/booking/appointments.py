@@ -43,10 +43,10 @@ def handles(user: User, item: Party) -> bool:
 
 
 async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID) -> None:
-    """Take the staff member's calendar lock, then re-read the caller: permissions follow their role
-    as it is now (a demotion that committed while we waited counts), not as their token or an
+    """Take the staff member's calendar lock (shared), then re-read the caller: permissions follow
+    their role as it is now (a demotion that committed while we waited counts), not as their token or an
     earlier read in this request said."""
-    await lock_calendars(session, staff_id)
+    await lock_calendars(session, staff_id, shared=True)
     await session.refresh(actor, ["role", "is_active", "deleted_at"])
     if not actor.is_active or actor.deleted_at is not None:
         raise InactiveUser()
