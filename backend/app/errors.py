@@ -157,6 +157,36 @@ class IdempotencyKeyInProgress(Conflict):
     documented_headers = ("Retry-After",)
 
 
+class ListedAppointment(TypedDict):
+    id: str
+    staff_id: str
+    client_id: str
+    service_id: str
+    starts_at: datetime
+    ends_at: datetime
+    status: str
+
+
+class AppointmentChanged(Conflict):
+    code, title = "appointment_changed", "The appointment changed meanwhile"
+
+
+class StaffHasBookings(Conflict):
+    """Demoting or deactivating a staff member who still has future live appointments (listed)."""
+
+    code, title = "staff_has_bookings", "This staff member has future appointments"
+    conflicting_appointments: list[ListedAppointment]  # the first 50, by start
+    conflicting_total: int
+
+
+class ServiceHasBookings(Conflict):
+    """Deactivating a service, or removing a provider, while future live appointments depend on it (listed)."""
+
+    code, title = "service_has_bookings", "Future appointments depend on this service"
+    conflicting_appointments: list[ListedAppointment]  # the first 50, by start
+    conflicting_total: int
+
+
 # --- problems answered outside AppError handling; declared here so the schema documents them too ---
 
 

@@ -11,6 +11,7 @@ from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
 from app.errors import (
+    AppointmentChanged,
     AppointmentNotStarted,
     CancellationWindowClosed,
     EmailNotVerified,
@@ -39,7 +40,13 @@ CHANGE_ERRORS = problem_responses(
     NotFound, Forbidden, InvalidTransition, CancellationWindowClosed, AppointmentNotStarted
 )
 RESCHEDULE_ERRORS = problem_responses(
-    NotFound, Forbidden, InvalidTransition, CancellationWindowClosed, SlotUnavailable, SlotNotOffered
+    NotFound,
+    Forbidden,
+    InvalidTransition,
+    CancellationWindowClosed,
+    SlotUnavailable,
+    SlotNotOffered,
+    AppointmentChanged,
 )
 
 

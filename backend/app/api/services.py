@@ -8,16 +8,24 @@ from fastapi import APIRouter, Depends, Query, status
 from app.api.deps import AdminUser, DbSession, Limit, Offset, get_access_claims, oauth2_scheme
 from app.api.problem_docs import documented
 from app.api.problems import problem_responses
-from app.errors import Forbidden, InvalidToken, NotFound, Unauthorized
+from app.errors import Forbidden, InvalidToken, NotFound, ServiceHasBookings, Unauthorized
 from app.models import Role, User
 from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
 from app.services.accounts import auth
+from app.services.booking import cancellation
 from app.services.scheduling import catalogue
 from app.services.scheduling.catalogue import UnknownStaff
 
 router = APIRouter(prefix="/services", tags=["services"])
 
 ADMIN_ERRORS = problem_responses(NotFound)
+CancelFuture = Annotated[
+    bool,
+    Query(
+        description="When deactivating the service or removing providers: cancel the future appointments that "
+        "depend on it (with emails) instead of answering 409 `service_has_bookings`"
+    ),
+]
 
 
 @documented(InvalidToken)
@@ -82,11 +90,18 @@ async def create(body: ServiceCreate, admin: AdminUser, session: DbSession) -> S
     "/{service_id}",
     operation_id="services-update",
     summary="Edit a service",
-    responses=problem_responses(NotFound, UnknownStaff),
+    responses=problem_responses(NotFound, UnknownStaff, ServiceHasBookings),
 )
-async def update(service_id: uuid.UUID, body: ServiceUpdate, admin: AdminUser, session: DbSession) -> ServiceOut:
+async def update(
+    service_id: uuid.UUID,
+    body: ServiceUpdate,
+    admin: AdminUser,
+    session: DbSession,
+    cancel_future: CancelFuture = False,
+) -> ServiceOut:
     """Change the fields sent; `staff_ids` replaces the whole list of providers."""
     changes = body.model_dump(exclude_unset=True)
+    await cancellation.release_service(session, admin, service_id, changes, cancel_future=cancel_future)
     return ServiceOut.model_validate(await catalogue.update_service(session, admin, service_id, changes))
 
 
@@ -95,8 +110,12 @@ async def update(service_id: uuid.UUID, body: ServiceUpdate, admin: AdminUser, s
     operation_id="services-deactivate",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Deactivate a service",
-    responses=ADMIN_ERRORS,
+    responses=problem_responses(NotFound, ServiceHasBookings),
 )
-async def deactivate(service_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
-    """Deactivate a service: no longer listed or bookable; existing appointments keep it."""
+async def deactivate(
+    service_id: uuid.UUID, admin: AdminUser, session: DbSession, cancel_future: CancelFuture = False
+) -> None:
+    """Deactivate a service: no longer listed or bookable; past appointments keep it."""
+    changes = {"is_active": False}
+    await cancellation.release_service(session, admin, service_id, changes, cancel_future=cancel_future)
     await catalogue.deactivate_service(session, admin, service_id)

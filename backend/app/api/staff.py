@@ -15,7 +15,9 @@ from app.schemas.staff import (
     OverrideIn,
     OverrideOut,
     OverridePage,
+    OverrideSaved,
     Schedule,
+    ScheduleSaved,
     StaffOut,
     StaffPage,
     TimeOffCreated,
@@ -67,9 +69,11 @@ async def get_schedule(staff_id: uuid.UUID, user: CurrentUser, session: DbSessio
     summary="Replace weekly hours",
     responses=INTERVAL_ERRORS,
 )
-async def replace_schedule(staff_id: uuid.UUID, body: Schedule, user: CurrentUser, session: DbSession) -> Schedule:
-    """Replace the whole week; overlapping intervals are 422 `overlapping_intervals`."""
-    return Schedule.model_validate(await schedules.replace_schedule(session, user, staff_id, body))
+async def replace_schedule(staff_id: uuid.UUID, body: Schedule, user: CurrentUser, session: DbSession) -> ScheduleSaved:
+    """Replace the whole week (overlapping intervals are 422); lists live bookings left outside the hours."""
+    week, outside = await schedules.replace_schedule(session, user, staff_id, body)
+    covered = [CoveredAppointment.model_validate(a) for a in outside]
+    return ScheduleSaved.model_validate({**week, "conflicting_appointments": covered})
 
 
 @router.get(
@@ -148,17 +152,18 @@ async def list_overrides(
     operation_id="staff-set-override",
     status_code=status.HTTP_201_CREATED,
     summary="Set a date override",
-    responses={200: {"model": OverrideOut, "description": "An existing override for that date was replaced"}}
+    responses={200: {"model": OverrideSaved, "description": "An existing override for that date was replaced"}}
     | INTERVAL_ERRORS,
 )
 async def set_override(
     staff_id: uuid.UUID, body: OverrideIn, user: CurrentUser, session: DbSession, response: Response
-) -> OverrideOut:
+) -> OverrideSaved:
     """Set one local date's hours (201), replacing any earlier override for that date (200); [] closes the day."""
-    row, created = await schedules.set_override(session, user, staff_id, body)
+    row, created, outside = await schedules.set_override(session, user, staff_id, body)
     if not created:
         response.status_code = status.HTTP_200_OK
-    return OverrideOut.model_validate(row)
+    covered = [CoveredAppointment.model_validate(a) for a in outside]
+    return OverrideSaved(id=row.id, date=row.date, intervals=row.intervals, conflicting_appointments=covered)
 
 
 @router.delete(

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, status
 
 from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
-from app.errors import EmailTaken, NotFound, RateLimited, SelfLockout, WeakPassword, WrongPassword
+from app.errors import EmailTaken, NotFound, RateLimited, SelfLockout, StaffHasBookings, WeakPassword, WrongPassword
 from app.models import Role
 from app.schemas.common import Message
 from app.schemas.export import UserExport
@@ -26,7 +26,7 @@ from app.services.accounts.guards import limit_sensitive
 router = APIRouter(prefix="/users", tags=["users"])
 
 ADMIN_ERRORS = problem_responses(NotFound)
-ADMIN_WRITE_ERRORS = problem_responses(NotFound, SelfLockout)
+ADMIN_WRITE_ERRORS = problem_responses(NotFound, SelfLockout, StaffHasBookings)
 
 
 @router.get("/me", operation_id="users-get-me", summary="My profile")
@@ -118,12 +118,24 @@ async def get(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> UserOut:
     return UserOut.model_validate(await users.get_user(session, user_id))
 
 
+CancelFuture = Annotated[
+    bool,
+    Query(
+        description="When demoting or deactivating a staff member: cancel their future appointments (with emails) "
+        "instead of answering 409 `staff_has_bookings`"
+    ),
+]
+
+
 @router.patch("/{user_id}", operation_id="users-update", summary="Edit a user", responses=ADMIN_WRITE_ERRORS)
-async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, session: DbSession) -> UserOut:
+async def update(
+    user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, session: DbSession, cancel_future: CancelFuture = False
+) -> UserOut:
     """Change a user's profile, role or active flag; a role change or deactivation ends their sessions."""
     user = await users.get_user(session, user_id)
     changes = body.model_dump(exclude_unset=True)
-    return UserOut.model_validate(await users.admin_update(session, user, changes, actor=admin))
+    updated = await users.admin_update(session, user, changes, actor=admin, cancel_future=cancel_future)
+    return UserOut.model_validate(updated)
 
 
 @router.delete(
@@ -133,6 +145,9 @@ async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, se
     summary="Deactivate a user",
     responses=ADMIN_WRITE_ERRORS,
 )
-async def deactivate(user_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
+async def deactivate(
+    user_id: uuid.UUID, admin: AdminUser, session: DbSession, cancel_future: CancelFuture = False
+) -> None:
     """Deactivate a user: they can no longer sign in and their sessions end at once."""
-    await users.deactivate(session, await users.get_user(session, user_id), actor=admin)
+    user = await users.get_user(session, user_id)
+    await users.deactivate(session, user, actor=admin, cancel_future=cancel_future)

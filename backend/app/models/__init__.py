@@ -4,6 +4,7 @@ from app.models.appointment import (
     AppointmentSeries,
     AppointmentStatus,
     Reminder,
+    live_status_sql,
 )
 from app.models.audit import AuditEntry
 from app.models.base import Base
@@ -32,5 +33,6 @@ __all__ = [
     "TimeOff",
     "User",
     "WeeklyInterval",
+    "live_status_sql",
     "service_staff",
 ]

@@ -17,7 +17,14 @@ class AppointmentStatus(enum.StrEnum):
     cancelled = "cancelled"
 
 
+# The one definition of "live": holds its time, blocks the calendar, gets reminders, can be cancelled.
 LIVE_STATUSES = (AppointmentStatus.pending, AppointmentStatus.confirmed)
+
+
+def live_status_sql(column: str = "status") -> str:
+    """`status IN ('pending', 'confirmed')` as SQL text: a literal list, not bound parameters, so the
+    planner can match the exclusion constraint's partial GiST index (whose predicate is this text)."""
+    return f"{column} IN ({', '.join(repr(s.value) for s in LIVE_STATUSES)})"
 
 
 class AppointmentSeries(UUIDPk, Base):
@@ -44,7 +51,7 @@ class Appointment(UUIDPk, Timestamps, Base):
             (text("tstzrange(blocked_from, blocked_until, '[)')"), "&&"),
             name="no_double_booking",
             using="gist",
-            where=text("status IN ('pending', 'confirmed')"),
+            where=text(live_status_sql()),
         ),
         CheckConstraint("starts_at < ends_at", name="order"),
         CheckConstraint("blocked_from <= starts_at AND blocked_until >= ends_at", name="blocked_covers"),

@@ -57,11 +57,20 @@ class AppointmentUpdate(StrictModel):
 
     starts_at: AwareDatetime | None = None
     notes: Notes | None = None
+    sequence: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="With `starts_at`: the appointment's `sequence` as you last saw it; if it has moved on "
+        "(another reschedule, a confirmation or a cancellation won), 409 `appointment_changed`",
+    )
 
     @model_validator(mode="after")
     def _something_to_change(self) -> "AppointmentUpdate":
-        if not self.model_fields_set:
+        if not self.model_fields_set - {"sequence"}:
             raise ValueError("give starts_at and/or notes")
+        if self.sequence is not None and self.starts_at is None:
+            raise ValueError("sequence goes with starts_at")
         if "starts_at" in self.model_fields_set and self.starts_at is None:
             raise ValueError("starts_at cannot be null")
         return self
@@ -100,6 +109,7 @@ class AppointmentOut(BaseModel):
     notes: str | None
     cancellation_reason: str | None
     cancelled_by: uuid.UUID | None
+    sequence: int = Field(description="Version: bumped by every move, confirmation and cancellation")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

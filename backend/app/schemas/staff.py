@@ -131,6 +131,22 @@ class TimeOffCreated(BaseModel):
     )
 
 
+class ScheduleSaved(BaseModel):
+    """The week as saved, and the live bookings it leaves outside working hours."""
+
+    timezone: str
+    intervals: list[WeeklyInterval]
+    conflicting_appointments: list[CoveredAppointment] = Field(
+        description="Live bookings not yet over that now lie outside the hours; they stay booked"
+    )
+
+
+class OverrideSaved(OverrideOut):
+    conflicting_appointments: list[CoveredAppointment] = Field(
+        description="Live bookings of that date that now lie outside its hours; they stay booked"
+    )
+
+
 class OfferedService(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

@@ -133,8 +133,9 @@ class TestSchedule:
         response = await put_schedule(client, staff, staff_headers, list(reversed(WEEK)), "America/New_York")
 
         assert response.status_code == 200, response.text
-        assert response.json() == {"timezone": "America/New_York", "intervals": WEEK}
-        assert (await client.get(f"{STAFF}/{staff.id}/schedule", headers=staff_headers)).json() == response.json()
+        week = {"timezone": "America/New_York", "intervals": WEEK}
+        assert response.json() == {**week, "conflicting_appointments": []}
+        assert (await client.get(f"{STAFF}/{staff.id}/schedule", headers=staff_headers)).json() == week
         profile = await session.get(StaffProfile, staff.id)
         assert profile.timezone == "America/New_York"
         assert (await client.get(f"{STAFF}/{staff.id}")).json()["timezone"] == "America/New_York"
@@ -248,13 +249,14 @@ class TestOverrides:
 
         assert created.status_code == 201, created.text
         assert replaced.status_code == 200, replaced.text
-        assert replaced.json() == {
+        override = {
             "id": created.json()["id"],
             "date": str(day),
             "intervals": [{"start": "07:00", "end": "08:00"}, {"start": "18:00", "end": "19:30"}],
         }
+        assert replaced.json() == {**override, "conflicting_appointments": []}
         listed = (await client.get(url, headers=staff_headers)).json()
-        assert listed == {"items": [replaced.json()], "total": 1, "limit": 50, "offset": 0}
+        assert listed == {"items": [override], "total": 1, "limit": 50, "offset": 0}
         assert await audit_actions(session, staff) == ["override.create", "override.replace"]
 
     async def test_list_by_date_range(self, client, staff, staff_headers):

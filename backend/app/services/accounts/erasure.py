@@ -25,7 +25,7 @@ from app.models import ActionToken, Appointment, AuditEntry, OutboxMessage, Staf
 from app.services import audit
 from app.services.accounts import auth
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
-from app.services.booking import appointments, idempotency
+from app.services.booking import cancellation, idempotency
 from app.services.messaging import outbox
 from app.utils.ics import refold, unfold
 from app.utils.security import hash_password, random_token
@@ -60,7 +60,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     traces = Traces.of(
         email=user.email, full_name=user.full_name, phone=user.phone, anonymous_email=anonymous_email(user.id)
     )
-    cancelled = await appointments.cancel_for_erasure(session, user)
+    cancelled = await cancellation.cancel_for_erasure(session, user)
     await auth.revoke_all_sessions(user)
     await outbox.forget_recipient(session, user.email)
     await _anonymise_account(session, user)

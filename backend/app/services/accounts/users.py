@@ -15,6 +15,7 @@ from app.services import audit
 from app.services.accounts import auth, erasure
 from app.services.accounts import export as data_export
 from app.services.accounts.passwords import ensure_strong
+from app.services.booking import cancellation
 from app.services.pagination import paginate
 from app.utils.security import hash_password
 
@@ -127,12 +128,15 @@ async def admin_update(
     *,
     actor: User | None = None,
     action: str = "user.update",
+    cancel_future: bool = False,
 ) -> User:
     before = _audit_view(user)
     deactivating = changes.get("is_active") is False and user.is_active
     role_changed = "role" in changes and changes["role"] is not None and changes["role"] != user.role
     if (deactivating or role_changed) and actor is not None and actor.id == user.id:
         raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
+    if deactivating or role_changed:
+        await cancellation.release_staff(session, actor, user, cancel_future=cancel_future)
     _apply(user, changes)
     if role_changed or deactivating:
         # A role lives in the access token: make the old ones fail so nobody keeps powers they lost.
@@ -141,8 +145,11 @@ async def admin_update(
     return user
 
 
-async def deactivate(session: AsyncSession, user: User, *, actor: User | None = None) -> None:
+async def deactivate(
+    session: AsyncSession, user: User, *, actor: User | None = None, cancel_future: bool = False
+) -> None:
     if actor is not None and actor.id == user.id:
         raise SelfLockout("Ask another admin; this keeps the last admin from locking everyone out")
     if user.is_active:
-        await admin_update(session, user, {"is_active": False}, actor=actor, action="user.deactivate")
+        changes = {"is_active": False}
+        await admin_update(session, user, changes, actor=actor, action="user.deactivate", cancel_future=cancel_future)

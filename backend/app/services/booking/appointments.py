@@ -15,19 +15,17 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.errors import InvalidTransition, NotFound, SlotNotOffered, SlotUnavailable
-from app.models import Appointment, AppointmentStatus, Role, Service, User
-from app.models.appointment import LIVE_STATUSES
+from app.errors import InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
+from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
-from app.utils.time import utcnow
+from app.services.scheduling.calendar_lock import lock_calendars
 
 EXCLUSION_VIOLATION = "23P01"
-LIVE = [s.value for s in LIVE_STATUSES]
 
 
 class Party(Protocol):
@@ -40,8 +38,18 @@ def can_see(user: User, item: Party) -> bool:
 
 
 def handles(user: User, item: Party) -> bool:
-    """Its staff member or an admin: confirm, complete, cancel at any time."""
-    return user.role == Role.admin or user.id == item.staff_id
+    """Its staff member (while they are staff) or an admin: confirm, complete, cancel at any time."""
+    return user.role == Role.admin or (user.role == Role.staff and user.id == item.staff_id)
+
+
+async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID) -> None:
+    """Take the staff member's calendar lock (shared), then re-read the caller: permissions follow
+    their role as it is now (a demotion that committed while we waited counts), not as their token or an
+    earlier read in this request said."""
+    await lock_calendars(session, staff_id, shared=True)
+    await session.refresh(actor, ["role", "is_active", "deleted_at"])
+    if not actor.is_active or actor.deleted_at is not None:
+        raise InactiveUser()
 
 
 async def get_visible(session: AsyncSession, user: User, appointment_id: uuid.UUID) -> Appointment:
@@ -98,7 +106,7 @@ async def _taken(
     lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
     query = select(Appointment.blocked_from, Appointment.blocked_until).where(
         Appointment.staff_id == staff_id,
-        Appointment.status.in_(LIVE),
+        Appointment.status.in_(LIVE_STATUSES),
         Appointment.blocked_from < hi,
         Appointment.blocked_until > lo,
     )
@@ -212,12 +220,20 @@ def _publish(session: AsyncSession, appointment: Appointment, event_type: str) -
 
 
 async def compare_and_swap(
-    session: AsyncSession, appointment: Appointment, values: dict[str, Any], *, expected: str | None
+    session: AsyncSession,
+    appointment: Appointment,
+    values: dict[str, Any],
+    *,
+    expected: str | None,
+    sequence: int | None = None,
 ) -> Appointment | None:
-    """`UPDATE ... WHERE id = :id [AND status = :expected] RETURNING`; None when the status moved meanwhile."""
+    """`UPDATE ... WHERE id = :id [AND status = :expected] [AND sequence = :sequence] RETURNING`;
+    None when the status (or the version) moved meanwhile."""
     query = update(Appointment).where(Appointment.id == appointment.id)
     if expected is not None:
         query = query.where(Appointment.status == expected)
+    if sequence is not None:
+        query = query.where(Appointment.sequence == sequence)
     query = query.values(**values, updated_at=func.now()).returning(Appointment)
     result = await session.execute(query.execution_options(populate_existing=True, synchronize_session=False))
     return result.scalar_one_or_none()
@@ -239,25 +255,6 @@ async def record_change(
     _publish(session, appointment, event_type)
 
 
-async def cancel_one(session: AsyncSession, actor: User, appointment: Appointment, reason: str | None) -> Appointment:
-    """Cancel a live appointment (no permission checks, no email: the callers see to both)."""
-    if appointment.status not in LIVE:
-        raise InvalidTransition(f"A {appointment.status} appointment cannot be cancelled")
-    before = audit.snapshot(appointment)
-    values = {
-        "status": AppointmentStatus.cancelled.value,
-        "cancellation_reason": reason,
-        "cancelled_by": actor.id,
-        "sequence": Appointment.sequence + 1,
-    }
-    updated = await compare_and_swap(session, appointment, values, expected=appointment.status)
-    if updated is None:
-        raise InvalidTransition("The appointment changed meanwhile; reload it")
-    await reminders.cancel(session, updated)
-    await record_change(session, actor, updated, "appointment.cancel", before, "appointment.cancelled")
-    return updated
-
-
 # --- GDPR ---------------------------------------------------------------------------------------
 
 
@@ -269,13 +266,3 @@ async def export_for(session: AsyncSession, user: User) -> list[dict[str, Any]]:
     """Every appointment the user is the client or the staff member of, as the API shows it."""
     rows = await session.scalars(_involving(user).order_by(Appointment.starts_at, Appointment.id))
     return [to_json(appointment) for appointment in rows]
-
-
-async def cancel_for_erasure(session: AsyncSession, user: User) -> list[Appointment]:
-    """Cancel the user's future live appointments; the other party is told, the erased user is not."""
-    query = _involving(user).where(Appointment.status.in_(LIVE), Appointment.starts_at > utcnow())
-    cancelled = []
-    for appointment in list(await session.scalars(query.order_by(Appointment.starts_at))):
-        cancelled.append(await cancel_one(session, user, appointment, "Account deleted"))
-        await notifications.cancelled(session, [cancelled[-1]], skip={user.id})
-    return cancelled

@@ -2,7 +2,8 @@
 
 `pending` -> `confirmed` -> `completed` | `no_show`; `pending` | `confirmed` -> `cancelled`.
 Clients change their own appointments only until `CANCELLATION_MIN_NOTICE_HOURS` before the
-start; its staff member and admins any time. The building blocks live in `appointments.py`.
+start, and never into that cut-off (`cancellation.py`); its staff member and admins any time. Every
+change takes the staff member's calendar lock first. The building blocks live in `appointments.py`.
 """
 
 import uuid
@@ -12,10 +13,9 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import get_settings
 from app.errors import (
+    AppointmentChanged,
     AppointmentNotStarted,
-    CancellationWindowClosed,
     EmailNotVerified,
     Forbidden,
     InvalidTransition,
@@ -23,11 +23,18 @@ from app.errors import (
     SlotNotOffered,
     SlotUnavailable,
 )
-from app.models import Appointment, AppointmentStatus, Role, Service, User
+from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, series
-from app.services.booking.appointments import LIVE, compare_and_swap, get_visible, handles, record_change
+from app.services.booking import appointments, cancellation, series
+from app.services.booking.appointments import (
+    can_see,
+    compare_and_swap,
+    get_visible,
+    handles,
+    lock_calendar,
+    record_change,
+)
 from app.services.messaging import notifications, reminders
 from app.services.scheduling import availability
 from app.utils.time import utcnow
@@ -48,6 +55,8 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     """Book one appointment, or a whole recurring series (answering its first occurrence)."""
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
+    # Locked first: everything below (the service, its providers, hours, time off) is read fresh.
+    await lock_calendar(session, actor, data.staff_id)
     client = await _client_for(session, actor, data.client_id, data.staff_id)
     service = await availability.get_bookable_service(session, data.service_id)
     if data.staff_id not in await availability.service_staff_ids(session, service.id):
@@ -63,35 +72,40 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     return (await appointments.insert_all(session, actor, [appointment]))[0]
 
 
-def _check_client_window(actor: User, appointment: Appointment) -> None:
-    """Clients may change or cancel only until the cut-off before the start."""
-    if handles(actor, appointment):
-        return
-    hours = get_settings().cancellation_min_notice_hours
-    if utcnow() > appointment.starts_at - timedelta(hours=hours):
-        raise CancellationWindowClosed(
-            f"Appointments can be changed or cancelled up to {hours} hours before they start; please contact us"
-        )
-
-
 async def update(session: AsyncSession, actor: User, appointment_id: uuid.UUID, changes: dict[str, Any]) -> Appointment:
-    """`notes` (any time) and/or `starts_at` (a reschedule, with the same checks as booking)."""
-    appointment = await get_visible(session, actor, appointment_id)
+    """`notes` (any time) and/or `starts_at` (a reschedule, with the same checks as booking), the
+    latter conditional on `sequence` when the caller sends the version they saw."""
+    appointment = await _locked(session, actor, appointment_id)
+    if changes.get("starts_at") is not None:
+        seen = changes.get("sequence")
+        if seen is not None and seen != appointment.sequence:
+            raise AppointmentChanged("The appointment was changed since you last read it; reload it")
+        appointment = await reschedule(session, actor, appointment, changes["starts_at"].astimezone(UTC))
     if "notes" in changes and changes["notes"] != appointment.notes:
         before = audit.snapshot(appointment)
         updated = await compare_and_swap(session, appointment, {"notes": changes["notes"]}, expected=None)
         assert updated is not None
         await record_change(session, actor, updated, "appointment.update", before, "appointment.updated")
         appointment = updated
-    if changes.get("starts_at") is not None:
-        appointment = await reschedule(session, actor, appointment, changes["starts_at"].astimezone(UTC))
+    return appointment
+
+
+async def _locked(session: AsyncSession, actor: User, appointment_id: uuid.UUID) -> Appointment:
+    """The appointment as this request first read it (its version is what a reschedule compares
+    against), with its staff member's calendar locked and the caller re-read."""
+    appointment = await get_visible(session, actor, appointment_id)
+    await lock_calendar(session, actor, appointment.staff_id)
+    if not can_see(actor, appointment):
+        raise NotFound("No such appointment")
     return appointment
 
 
 async def reschedule(session: AsyncSession, actor: User, appointment: Appointment, starts_at: datetime) -> Appointment:
-    if appointment.status not in LIVE:
+    """Move a live appointment: a compare-and-swap on its version (`sequence`), so of two
+    simultaneous reschedules one wins and the other is 409 `appointment_changed`."""
+    if appointment.status not in LIVE_STATUSES:
         raise InvalidTransition(f"A {appointment.status} appointment cannot be rescheduled")
-    _check_client_window(actor, appointment)
+    cancellation.check_client_window(actor, appointment, appointment.starts_at, new_start=starts_at)
     if starts_at == appointment.starts_at:
         return appointment
     service = await session.get(Service, appointment.service_id)
@@ -105,17 +119,19 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
         "ends_at": starts_at + timedelta(minutes=service.duration_minutes),
         "blocked_from": blocked_from,
         "blocked_until": blocked_until,
-        "sequence": Appointment.sequence + 1,
+        "sequence": appointment.sequence + 1,
     }
     try:
         async with session.begin_nested():
-            updated = await compare_and_swap(session, appointment, values, expected=appointment.status)
+            updated = await compare_and_swap(
+                session, appointment, values, expected=appointment.status, sequence=appointment.sequence
+            )
     except IntegrityError as exc:
         if not appointments.is_double_booking(exc):
             raise
         raise SlotUnavailable(conflicts=[iso_z(starts_at)]) from None
     if updated is None:
-        raise InvalidTransition("The appointment changed meanwhile; reload it")
+        raise AppointmentChanged("The appointment was changed meanwhile (moved, confirmed or cancelled); reload it")
     await reminders.schedule(session, updated)
     await record_change(session, actor, updated, "appointment.reschedule", before, "appointment.updated")
     await notifications.rescheduled(session, updated, previous_start)
@@ -133,8 +149,9 @@ async def _transition(
     values: dict[str, Any] | None = None,
     started: bool = False,
 ) -> Appointment:
-    """Its staff member or an admin moves the status by compare-and-swap; anyone else who may see it gets 403."""
-    appointment = await get_visible(session, actor, appointment_id)
+    """Its staff member or an admin (by their current role) moves the status by compare-and-swap;
+    anyone else who may see it gets 403."""
+    appointment = await _locked(session, actor, appointment_id)
     if not handles(actor, appointment):
         raise Forbidden("Only its staff member or an admin can do this")
     if appointment.status not in allowed_from:
@@ -191,12 +208,11 @@ async def _finish(
 
 
 async def cancel(session: AsyncSession, actor: User, appointment_id: uuid.UUID, reason: str | None) -> Appointment:
-    appointment = await get_visible(session, actor, appointment_id)
-    if appointment.status not in LIVE:
+    appointment = await _locked(session, actor, appointment_id)
+    if appointment.status not in LIVE_STATUSES:
         raise InvalidTransition(f"A {appointment.status} appointment cannot be cancelled")
-    _check_client_window(actor, appointment)
-    cancelled = await appointments.cancel_one(session, actor, appointment, reason)
-    await notifications.cancelled(session, [cancelled])
+    cancellation.check_client_window(actor, appointment, appointment.starts_at)
+    (cancelled,) = await cancellation.cancel_with_emails(session, actor, [appointment], reason)
     return cancelled
 
 

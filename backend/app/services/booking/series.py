@@ -9,13 +9,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import get_settings
-from app.errors import CancellationWindowClosed, InvalidRecurrence, NotFound, SlotNotOffered
-from app.models import Appointment, AppointmentSeries, Service, StaffProfile, User
-from app.models.appointment import LIVE_STATUSES
+from app.errors import InvalidRecurrence, NotFound, SlotNotOffered
+from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, StaffProfile, User
 from app.schemas.common import iso_z
-from app.services.booking import appointments
-from app.services.messaging import notifications
+from app.services.booking import appointments, cancellation
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
 MAX_OCCURRENCES = 52
@@ -133,7 +130,8 @@ async def book(
     starts_at: datetime,
     notes: str | None = None,
 ) -> list[Appointment]:
-    """Every occurrence checked and inserted in this transaction; one clash and nothing is booked."""
+    """Every occurrence checked and inserted in this transaction; one clash and nothing is booked.
+    The caller holds the staff member's calendar lock."""
     starts = occurrences(parse_rrule(rrule), starts_at, await staff_zone(session, staff_id))
     await appointments.ensure_offered(session, service, staff_id, starts)
     series = AppointmentSeries(rrule=rrule.strip(), client_id=client.id, staff_id=staff_id, service_id=service.id)
@@ -155,20 +153,17 @@ async def cancel(
 ) -> tuple[AppointmentSeries, list[Appointment]]:
     """Cancel the live occurrences starting at or after `start` (default now); clients only outside the cut-off."""
     series = await get_series(session, actor, series_id)
+    await appointments.lock_calendar(session, actor, series.staff_id)
+    if not appointments.can_see(actor, series):
+        raise NotFound("No such appointment series")
     now = utcnow()
     start = max(start, now) if start is not None else now
     query = select(Appointment).where(
         Appointment.series_id == series.id,
         Appointment.starts_at >= start,
-        Appointment.status.in_([s.value for s in LIVE_STATUSES]),
+        Appointment.status.in_(LIVE_STATUSES),
     )
     live = list(await session.scalars(query.order_by(Appointment.starts_at)))
-    if not appointments.handles(actor, series):
-        cut_off = now + timedelta(hours=get_settings().cancellation_min_notice_hours)
-        if any(appointment.starts_at < cut_off for appointment in live):
-            raise CancellationWindowClosed(
-                "An occurrence starts too soon to cancel; cancel the series from a later occurrence"
-            )
-    cancelled = [await appointments.cancel_one(session, actor, appointment, reason) for appointment in live]
-    await notifications.cancelled(session, cancelled)
+    cancellation.check_series_window(actor, series, live)
+    cancelled = await cancellation.cancel_with_emails(session, actor, live, reason, one_email=True)
     return series, cancelled

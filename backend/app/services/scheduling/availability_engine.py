@@ -210,3 +210,31 @@ def free_slots(
     if len(calendars) > 1:
         slots.sort(key=itemgetter(0))  # stable: equal starts keep the calendars' order
     return slots
+
+
+# --- hours checks --------------------------------------------------------------------------------
+
+
+def working_ranges(calendar: StaffCalendar, start: datetime, end: datetime) -> list[Range]:
+    """Working time (weekly hours, or the date's override) around [start, end) in UTC, touching
+    intervals merged: 09:00–12:00 and 12:00–17:00 are one stretch."""
+    ranges: list[Range] = []
+    for day in local_dates(start, end, calendar.zone):
+        override = calendar.overrides.get(day)
+        intervals = calendar.weekly.get(day.weekday(), []) if override is None else override
+        for opens, closes in intervals:
+            ranges.append(
+                (local_bound_to_utc(day, opens, calendar.zone), local_bound_to_utc(day, closes, calendar.zone))
+            )
+    merged: list[Range] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    return merged
+
+
+def within_hours(calendar: StaffCalendar, start: datetime, end: datetime) -> bool:
+    """Does [start, end) lie inside one stretch of working time?"""
+    return any(lo <= start and end <= hi for lo, hi in working_ranges(calendar, start, end))

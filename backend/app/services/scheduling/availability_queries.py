@@ -16,7 +16,17 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound
-from app.models import Appointment, DateOverride, Role, Service, StaffProfile, TimeOff, User, WeeklyInterval
+from app.models import (
+    Appointment,
+    DateOverride,
+    Role,
+    Service,
+    StaffProfile,
+    TimeOff,
+    User,
+    WeeklyInterval,
+    live_status_sql,
+)
 from app.models import service_staff as offers
 from app.services.scheduling.availability_engine import StaffCalendar
 
@@ -25,7 +35,7 @@ _LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_
 _ZONE = func.coalesce(StaffProfile.timezone, User.timezone)
 _ACTIVE_STAFF = (User.role == Role.staff.value, User.is_active.is_(True), User.deleted_at.is_(None))
 # A literal, not bound parameters, so the planner can use the exclusion constraint's partial GiST index.
-_LIVE = text("appointments.status IN ('pending', 'confirmed')")
+_LIVE = text(live_status_sql("appointments.status"))
 
 
 def _merged_ranges(kind: str, staff_column, ranges, *conditions):

@@ -7,19 +7,22 @@ member) and bumps the staff member's availability version once committed.
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, literal_column, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import AppError, Forbidden, NotFound
-from app.models import LIVE_STATUSES, Appointment, DateOverride, Role, StaffProfile, TimeOff, User, WeeklyInterval
+from app.models import Appointment, DateOverride, Role, StaffProfile, TimeOff, User, WeeklyInterval
 from app.schemas.staff import Interval, OverrideIn, Schedule, TimeOffIn
 from app.services import audit
 from app.services.pagination import paginate
+from app.services.scheduling import conflicts
 from app.services.scheduling.availability import invalidate_after_commit
+from app.services.scheduling.calendar_lock import lock_calendars
 from app.services.scheduling.catalogue import active_staff_filter
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -73,15 +76,13 @@ def _plain_intervals(intervals: Iterable[Interval]) -> list[dict[str, str]]:
 
 
 async def _locked_profile(session: AsyncSession, staff: User) -> StaffProfile:
-    """The staff member's profile, created on first use, locked so calendar writes go one at a time."""
+    """The staff member's profile, created on first use, with their calendar locked (see `calendar_lock`)."""
+    await lock_calendars(session, staff.id)
     await session.execute(
         insert(StaffProfile).values(user_id=staff.id, timezone=staff.timezone, bio="").on_conflict_do_nothing()
     )
     profile = await session.scalar(
-        select(StaffProfile)
-        .where(StaffProfile.user_id == staff.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+        select(StaffProfile).where(StaffProfile.user_id == staff.id).execution_options(populate_existing=True)
     )
     assert profile is not None
     return profile
@@ -119,8 +120,9 @@ async def get_schedule(session: AsyncSession, actor: User, staff_id: uuid.UUID) 
 
 async def replace_schedule(
     session: AsyncSession, actor: User, staff_id: uuid.UUID, schedule: Schedule
-) -> dict[str, Any]:
-    """Replace the whole week (and the zone its hours are written in)."""
+) -> tuple[dict[str, Any], list[Appointment]]:
+    """Replace the whole week (and the zone its hours are written in); answers it and the live
+    bookings now outside the hours (they stay booked)."""
     staff = await managed_staff(session, actor, staff_id)
     check_intervals((WEEKDAYS[i.weekday], i.start, i.end) for i in schedule.intervals)
     profile = await _locked_profile(session, staff)
@@ -134,7 +136,7 @@ async def replace_schedule(
     await session.flush()
     after = await _schedule(session, staff)
     await _changed(session, actor, staff, "schedule.replace", before, after, whole=True)
-    return after
+    return after, await conflicts.outside_hours(session, staff.id)
 
 
 # --- date overrides ------------------------------------------------------------------------------
@@ -165,12 +167,13 @@ async def list_overrides(
 
 async def set_override(
     session: AsyncSession, actor: User, staff_id: uuid.UUID, override: OverrideIn
-) -> tuple[DateOverride, bool]:
-    """Create or replace the hours of one local date; answers the row and whether it is new."""
+) -> tuple[DateOverride, bool, list[Appointment]]:
+    """Create or replace the hours of one local date; answers the row, whether it is new, and the
+    live bookings of that date now outside its hours."""
     staff = await managed_staff(session, actor, staff_id)
     label = override.date.isoformat()
     check_intervals((label, i.start, i.end) for i in override.intervals)
-    await _locked_profile(session, staff)
+    zone = ZoneInfo((await _locked_profile(session, staff)).timezone)
     intervals = _plain_intervals(override.intervals)
     existing = await session.scalar(
         select(DateOverride).where(DateOverride.staff_id == staff.id, DateOverride.date == override.date)
@@ -189,11 +192,14 @@ async def set_override(
     assert row is not None
     action = "override.create" if created else "override.replace"
     await _changed(session, actor, staff, action, before, _override_view(row), dates=[row.date])
-    return row, bool(created)
+    day_start = datetime.combine(override.date, time(0), tzinfo=zone)
+    day_end = datetime.combine(override.date + timedelta(days=1), time(0), tzinfo=zone)
+    return row, bool(created), await conflicts.outside_hours(session, staff.id, day_start, day_end)
 
 
 async def delete_override(session: AsyncSession, actor: User, staff_id: uuid.UUID, override_id: uuid.UUID) -> None:
     staff = await managed_staff(session, actor, staff_id)
+    await lock_calendars(session, staff.id)
     row = await session.scalar(
         select(DateOverride).where(DateOverride.id == override_id, DateOverride.staff_id == staff.id)
     )
@@ -236,26 +242,19 @@ async def create_time_off(
     starts_at, ends_at = block.starts_at.astimezone(UTC), block.ends_at.astimezone(UTC)
     if ends_at <= starts_at:
         raise InvalidInterval("ends_at must be after starts_at")
+    await lock_calendars(session, staff.id)
     row = TimeOff(staff_id=staff.id, starts_at=starts_at, ends_at=ends_at, reason=block.reason)
     session.add(row)
     await session.flush()
     await session.refresh(row, ["created_at"])
-    covered = await session.scalars(
-        select(Appointment)
-        .where(
-            Appointment.staff_id == staff.id,
-            Appointment.status.in_([s.value for s in LIVE_STATUSES]),
-            Appointment.starts_at < ends_at,
-            Appointment.ends_at > starts_at,
-        )
-        .order_by(Appointment.starts_at)
-    )
+    covered = await conflicts.covered_by(session, staff.id, starts_at, ends_at)
     await _changed(session, actor, staff, "time_off.create", None, audit.snapshot(row), ranges=[(starts_at, ends_at)])
-    return row, list(covered)
+    return row, covered
 
 
 async def delete_time_off(session: AsyncSession, actor: User, staff_id: uuid.UUID, time_off_id: uuid.UUID) -> None:
     staff = await managed_staff(session, actor, staff_id)
+    await lock_calendars(session, staff.id)
     row = await session.scalar(select(TimeOff).where(TimeOff.id == time_off_id, TimeOff.staff_id == staff.id))
     if row is None:
         raise NotFound("No such time off")
