@@ -385,7 +385,7 @@ export interface paths {
         post?: never;
         /**
          * Deactivate a service
-         * @description Deactivate a service: no longer listed or bookable; existing appointments keep it.
+         * @description Deactivate a service: no longer listed or bookable; past appointments keep it.
          */
         delete: operations["services-deactivate"];
         options?: never;
@@ -451,7 +451,7 @@ export interface paths {
         get: operations["staff-get-schedule"];
         /**
          * Replace weekly hours
-         * @description Replace the whole week; overlapping intervals are 422 `overlapping_intervals`.
+         * @description Replace the whole week (overlapping intervals are 422); lists live bookings left outside the hours.
          */
         put: operations["staff-replace-schedule"];
         post?: never;
@@ -836,6 +836,20 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
+         * AppointmentChangedProblem
+         * @description `appointment_changed`: The appointment changed meanwhile
+         */
+        AppointmentChangedProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:appointment_changed";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "appointment_changed";
+        };
+        /**
          * AppointmentCreate
          * @example {
          *       "notes": "First visit",
@@ -933,6 +947,11 @@ export interface components {
             /** Cancelled By */
             cancelled_by: string | null;
             /**
+             * Sequence
+             * @description Version: bumped by every move, confirmation and cancellation
+             */
+            sequence: number;
+            /**
              * Created At
              * Format: date-time
              */
@@ -974,6 +993,11 @@ export interface components {
             starts_at?: string | null;
             /** Notes */
             notes?: string | null;
+            /**
+             * Sequence
+             * @description With `starts_at`: the appointment's `sequence` as you last saw it; if it has moved on (another reschedule, a confirmation or a cancellation won), 409 `appointment_changed`
+             */
+            sequence?: number | null;
         };
         /**
          * AuditEntryOut
@@ -1318,6 +1342,11 @@ export interface components {
             cancellation_reason: string | null;
             /** Cancelled By */
             cancelled_by: string | null;
+            /**
+             * Sequence
+             * @description Version: bumped by every move, confirmation and cancellation
+             */
+            sequence: number;
             /**
              * Created At
              * Format: date-time
@@ -1726,6 +1755,29 @@ export interface components {
             code: "invalid_window";
         };
         JsonValue: unknown;
+        /** ListedAppointment */
+        ListedAppointment: {
+            /** Id */
+            id: string;
+            /** Staff Id */
+            staff_id: string;
+            /** Client Id */
+            client_id: string;
+            /** Service Id */
+            service_id: string;
+            /**
+             * Starts At
+             * Format: date-time
+             */
+            starts_at: string;
+            /**
+             * Ends At
+             * Format: date-time
+             */
+            ends_at: string;
+            /** Status */
+            status: string;
+        };
         /**
          * LogoutIn
          * @example {
@@ -1850,6 +1902,26 @@ export interface components {
             limit: number;
             /** Offset */
             offset: number;
+        };
+        /** OverrideSaved */
+        OverrideSaved: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Date
+             * Format: date
+             */
+            date: string;
+            /** Intervals */
+            intervals: components["schemas"]["Interval"][];
+            /**
+             * Conflicting Appointments
+             * @description Live bookings of that date that now lie outside its hours; they stay booked
+             */
+            conflicting_appointments: components["schemas"]["CoveredAppointment"][];
         };
         /**
          * PasswordChange
@@ -2044,6 +2116,21 @@ export interface components {
             intervals: components["schemas"]["WeeklyInterval"][];
         };
         /**
+         * ScheduleSaved
+         * @description The week as saved, and the live bookings it leaves outside working hours.
+         */
+        ScheduleSaved: {
+            /** Timezone */
+            timezone: string;
+            /** Intervals */
+            intervals: components["schemas"]["WeeklyInterval"][];
+            /**
+             * Conflicting Appointments
+             * @description Live bookings not yet over that now lie outside the hours; they stay booked
+             */
+            conflicting_appointments: components["schemas"]["CoveredAppointment"][];
+        };
+        /**
          * SelfLockoutProblem
          * @description `self_lockout`: Admins cannot demote or deactivate themselves
          */
@@ -2162,6 +2249,24 @@ export interface components {
             name: string;
             /** Duration Minutes */
             duration_minutes: number;
+        };
+        /**
+         * ServiceHasBookingsProblem
+         * @description `service_has_bookings`: Future appointments depend on this service
+         */
+        ServiceHasBookingsProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:service_has_bookings";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "service_has_bookings";
+            /** Conflicting Appointments */
+            conflicting_appointments: components["schemas"]["ListedAppointment"][];
+            /** Conflicting Total */
+            conflicting_total: number;
         };
         /** ServiceOut */
         ServiceOut: {
@@ -2298,6 +2403,24 @@ export interface components {
             code: "slot_unavailable";
             /** Conflicts */
             conflicts: string[];
+        };
+        /**
+         * StaffHasBookingsProblem
+         * @description `staff_has_bookings`: This staff member has future appointments
+         */
+        StaffHasBookingsProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:staff_has_bookings";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "staff_has_bookings";
+            /** Conflicting Appointments */
+            conflicting_appointments: components["schemas"]["ListedAppointment"][];
+            /** Conflicting Total */
+            conflicting_total: number;
         };
         /**
          * StaffOut
@@ -4367,7 +4490,10 @@ export interface operations {
     };
     "users-deactivate": {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description When demoting or deactivating a staff member: cancel their future appointments (with emails) instead of answering 409 `staff_has_bookings` */
+                cancel_future?: boolean;
+            };
             header?: never;
             path: {
                 user_id: string;
@@ -4415,14 +4541,14 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `self_lockout` */
+            /** @description Conflict: `self_lockout`, `staff_has_bookings` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["SelfLockoutProblem"];
+                    "application/problem+json": components["schemas"]["SelfLockoutProblem"] | components["schemas"]["StaffHasBookingsProblem"];
                 };
             };
             /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
@@ -4460,7 +4586,10 @@ export interface operations {
     };
     "users-update": {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description When demoting or deactivating a staff member: cancel their future appointments (with emails) instead of answering 409 `staff_has_bookings` */
+                cancel_future?: boolean;
+            };
             header?: never;
             path: {
                 user_id: string;
@@ -4514,14 +4643,14 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `self_lockout` */
+            /** @description Conflict: `self_lockout`, `staff_has_bookings` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["SelfLockoutProblem"];
+                    "application/problem+json": components["schemas"]["SelfLockoutProblem"] | components["schemas"]["StaffHasBookingsProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -4833,7 +4962,10 @@ export interface operations {
     };
     "services-deactivate": {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description When deactivating the service or removing providers: cancel the future appointments that depend on it (with emails) instead of answering 409 `service_has_bookings` */
+                cancel_future?: boolean;
+            };
             header?: never;
             path: {
                 service_id: string;
@@ -4881,6 +5013,16 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
+            /** @description Conflict: `service_has_bookings` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ServiceHasBookingsProblem"];
+                };
+            };
             /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
             422: {
                 headers: {
@@ -4916,7 +5058,10 @@ export interface operations {
     };
     "services-update": {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description When deactivating the service or removing providers: cancel the future appointments that depend on it (with emails) instead of answering 409 `service_has_bookings` */
+                cancel_future?: boolean;
+            };
             header?: never;
             path: {
                 service_id: string;
@@ -4968,6 +5113,16 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Conflict: `service_has_bookings` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ServiceHasBookingsProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -5253,7 +5408,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["Schedule"];
+                    "application/json": components["schemas"]["ScheduleSaved"];
                 };
             };
             /** @description Unauthorized: `invalid_token`, `not_authenticated` */
@@ -5743,7 +5898,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["OverrideOut"];
+                    "application/json": components["schemas"]["OverrideSaved"];
                 };
             };
             /** @description Successful Response */
@@ -5753,7 +5908,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json": components["schemas"]["OverrideOut"];
+                    "application/json": components["schemas"]["OverrideSaved"];
                 };
             };
             /** @description Unauthorized: `invalid_token`, `not_authenticated` */
@@ -6415,7 +6570,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `slot_unavailable` */
+            /** @description Conflict: `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `slot_unavailable` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6423,7 +6578,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["SlotUnavailableProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
