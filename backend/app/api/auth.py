@@ -2,8 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, BackgroundTasks, Depends, Form, Response, status
 
 from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
 from app.api.problems import problem_responses
@@ -26,6 +25,21 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 ACCEPTED = Message(detail="If the address can receive mail, a message is on its way.")
+
+
+class LoginForm:
+    """The OAuth2 password grant's form (what Swagger's Authorize button sends), every field bounded."""
+
+    def __init__(
+        self,
+        username: Annotated[str, Form(max_length=320, description="The email address")],
+        password: Annotated[str, Form(max_length=1024)],
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        scope: Annotated[str, Form(max_length=1000)] = "",
+        client_id: Annotated[str | None, Form(max_length=256)] = None,
+        client_secret: Annotated[str | None, Form(max_length=256)] = None,
+    ) -> None:
+        self.username, self.password = username, password
 
 
 @router.post(
@@ -72,7 +86,7 @@ async def resend_verification(body: EmailIn, client_ip: RateLimitIP, background:
 
 @router.post("/login", summary="Sign in (OAuth2 password grant)", responses=problem_responses(400, 403, 422, 429))
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Depends()],
     session: DbSession,
     client_ip: RateLimitIP,
     response: Response,

@@ -9,6 +9,7 @@ from app.api.deps import AdminUser, DbSession, Limit, Offset, get_access_claims,
 from app.api.problems import problem_responses
 from app.errors import Forbidden, Unauthorized
 from app.models import Role, User
+from app.schemas.inputs import QueryFlag
 from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
 from app.services.accounts import auth
 from app.services.scheduling import catalogue
@@ -37,7 +38,7 @@ async def list_services(
     session: DbSession,
     caller: OptionalUser,
     staff_id: Annotated[uuid.UUID | None, Query(description="Only services this staff member provides")] = None,
-    include_inactive: Annotated[bool, Query(description="Admins only: deactivated services too")] = False,
+    include_inactive: Annotated[QueryFlag, Query(description="Admins only: deactivated services too")] = False,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> ServicePage:

@@ -83,6 +83,17 @@ async def list_appointments(
 # --- checks -------------------------------------------------------------------------------------
 
 
+def booking_horizon(service: Service) -> datetime:
+    """The latest start the service may be booked for now (`max_advance_days` ahead)."""
+    return utcnow() + timedelta(days=service.max_advance_days)
+
+
+def ensure_within_horizon(service: Service, starts_at: datetime) -> None:
+    """Refuse a start beyond `max_advance_days` before anything is computed for it."""
+    if starts_at > booking_horizon(service):
+        raise SlotNotOffered("This time is too far ahead to book", occurrences=[iso_z(starts_at)])
+
+
 def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, datetime]:
     ends_at = starts_at + timedelta(minutes=service.duration_minutes)
     return (
