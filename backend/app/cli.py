@@ -185,6 +185,15 @@ def cmd_worker(_: Settings, __: argparse.Namespace) -> None:
     run_worker()
 
 
+def cmd_openapi(settings: Settings, _: argparse.Namespace) -> None:
+    """Print the OpenAPI document (what `/openapi.json` serves); needs no database or Redis."""
+    import json
+
+    from app.main import create_app
+
+    print(json.dumps(create_app(settings).openapi(), indent=2, ensure_ascii=False))
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from app.utils.mailcatcher import MailCatcher
 
@@ -305,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=cmd_create_user)
 
     commands.add_parser("seed-demo", help="create the demo accounts (idempotent)").set_defaults(handler=cmd_seed_demo)
+    commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(handler=cmd_openapi)
     commands.add_parser("migrate", help="apply every Alembic migration").set_defaults(handler=cmd_migrate)
     commands.add_parser("worker", help="run the arq worker (email outbox and reminders)").set_defaults(
         handler=cmd_worker

@@ -1,12 +1,20 @@
-"""Typed application errors, rendered as RFC 9457 problem details by one handler in `main.py`."""
+"""Typed application errors, rendered as RFC 9457 problem details by one handler in `main.py`.
 
-from typing import Any
+The OpenAPI schema is generated from these classes (app/api/problem_docs.py): one schema per `code`;
+an annotated class attribute of a subclass (`conflicts: list[datetime]`) documents a member its
+problem carries beside the standard ones (`NotRequired[...]` when only some raises send it), and
+`documented_headers` the response headers it sets.
+"""
+
+from datetime import datetime
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 
 class AppError(Exception):
-    status: int = 400
-    code: str = "bad_request"
-    title: str = "Bad request"
+    status: ClassVar[int] = 400
+    code: ClassVar[str] = "bad_request"
+    title: ClassVar[str] = "Bad request"
+    documented_headers: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, detail: str | None = None, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail or self.title)
@@ -21,6 +29,7 @@ class NotFound(AppError):
 
 class Unauthorized(AppError):
     status, code, title = 401, "not_authenticated", "Not authenticated"
+    documented_headers = ("WWW-Authenticate",)
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"}, **extra)
@@ -72,7 +81,8 @@ class OAuthError(AppError):
     """Token endpoint errors carry RFC 6749 §5.2 members beside the problem members."""
 
     status, code, title = 400, "invalid_grant", "Invalid grant"
-    error = "invalid_grant"
+    error: str = "invalid_grant"
+    error_description: str
 
     def __init__(self, detail: str | None = None, **extra: Any) -> None:
         super().__init__(detail, error=self.error, error_description=detail or self.title, **extra)
@@ -96,6 +106,7 @@ class UnsupportedMediaType(AppError):
 
 class RateLimited(AppError):
     status, code, title = 429, "rate_limited", "Too many requests"
+    documented_headers = ("Retry-After",)
 
     def __init__(self, retry_after: int, detail: str | None = None) -> None:
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))})
@@ -104,18 +115,21 @@ class RateLimited(AppError):
 
 class ServiceUnavailable(AppError):
     status, code, title = 503, "service_unavailable", "Service unavailable"
+    documented_headers = ("Retry-After",)
 
 
 class SlotNotOffered(AppError):
     """Outside working hours, in time off, too soon or too far ahead: availability would not offer it."""
 
     status, code, title = 422, "slot_not_offered", "This time is not offered"
+    occurrences: NotRequired[list[datetime]]  # a series' dates whose wall-clock time does not exist
 
 
 class SlotUnavailable(Conflict):
     """Taken by another live appointment (the exclusion constraint `no_double_booking` says so)."""
 
     code, title = "slot_unavailable", "This time is no longer available"
+    conflicts: list[datetime]  # the taken start times
 
 
 class InvalidTransition(Conflict):
@@ -140,3 +154,34 @@ class IdempotencyKeyReused(AppError):
 
 class IdempotencyKeyInProgress(Conflict):
     code, title = "idempotency_key_in_progress", "A request with this Idempotency-Key is still being processed"
+    documented_headers = ("Retry-After",)
+
+
+# --- problems answered outside AppError handling; declared here so the schema documents them too ---
+
+
+class ValidationIssue(TypedDict):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationFailed(AppError):
+    """FastAPI's request validation (RequestValidationError), rendered by the problem handler."""
+
+    status, code, title = 422, "validation_error", "Validation error"
+    errors: list[ValidationIssue]
+
+
+class InvalidValue(AppError):
+    """A value the database cannot store (SQLSTATE class 22, a NUL character say)."""
+
+    status, code, title = 422, "invalid_value", "Invalid value"
+
+
+class PayloadTooLarge(AppError):
+    status, code, title = 413, "payload_too_large", "Content too large"
+
+
+class InternalError(AppError):
+    status, code, title = 500, "internal_error", "Internal server error"

@@ -6,11 +6,14 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
+from fastapi.utils import generate_unique_id
+from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import appointments, audit, auth, availability, health, series, services, staff, users, ws
 from app.api.deps import require_body_media_type
-from app.api.problems import document_common_problems, install_problem_handlers
+from app.api.openapi import install_openapi
+from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.database import dispose_engine
 from app.logging import setup_logging
@@ -24,9 +27,11 @@ API_PREFIX = "/api/v1"
 
 
 def _operation_id(route: APIRoute) -> str:
-    """`auth-login`, `users-get-me`, ...: readable names for generated clients."""
-    prefix = route.tags[0] if route.tags else "api"
-    return f"{prefix}-{route.name}".replace("_", "-")
+    """Every route names its `operation_id=` (`auth-login`, ...): it names the generated client's
+    method, so it must not follow a Python rename."""
+    if not route.include_in_schema:  # /docs, /metrics: not in the schema, no client method
+        return generate_unique_id(route)
+    raise RuntimeError(f"{route.methods} {route.path} ({route.name}) has no explicit operation_id")
 
 
 def _init_sentry(settings: Settings) -> None:
@@ -50,23 +55,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging(settings)
     _init_sentry(settings)
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from the app, no CDN.
+    app = FastAPIOffline(
         title="c3po booking API",
         version="1.0.0",
         summary="Book time with specialists: accounts, services, availability, appointments.",
         lifespan=lifespan,
         dependencies=[Depends(require_body_media_type)],
         generate_unique_id_function=_operation_id,
-        swagger_ui_parameters={"persistAuthorization": True},
+        swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
     )
     install_problem_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
     for module in (auth, users, services, staff, availability, appointments, series, audit):
-        api.include_router(document_common_problems(module.router))
+        api.include_router(module.router)
     api.include_router(ws.router)
     app.include_router(api)
     app.include_router(health.router)
+    install_openapi(app)
 
     # Not FastAPI's `max_body_size`: its 413 is plain text sent from outside every user middleware.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -11,20 +11,18 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.problems import problem_response
+from app.api.problems import INTERNAL_DETAIL, problem_response
+from app.errors import InternalError
 from app.logging import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
-# /docs and /redoc load their assets from a CDN; everything else is JSON and needs nothing.
+# /docs and /redoc load Swagger UI and ReDoc from the app itself (fastapi-offline): no third-party host.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-    "font-src 'self' https://fonts.gstatic.com; "
-    "worker-src 'self' blob:; frame-ancestors 'none'"
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'"
 )
 DOCS_PATHS = ("/docs", "/redoc", "/admin")
 QUIET_PATHS = ("/health", "/metrics")
@@ -79,7 +77,7 @@ class RequestContextMiddleware:
 
 
 def _internal_error() -> JSONResponse:
-    return problem_response(500, "internal_error", "Internal server error", "Something went wrong on our side")
+    return problem_response(InternalError.status, InternalError.code, InternalError.title, INTERNAL_DETAIL)
 
 
 class _BodyTooLarge(HTTPException):

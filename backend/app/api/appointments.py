@@ -9,6 +9,17 @@ from fastapi.responses import JSONResponse
 from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
+from app.errors import (
+    AppointmentNotStarted,
+    CancellationWindowClosed,
+    EmailNotVerified,
+    Forbidden,
+    InvalidRecurrence,
+    InvalidTransition,
+    NotFound,
+    SlotNotOffered,
+    SlotUnavailable,
+)
 from app.models import AppointmentStatus
 from app.schemas.appointment import (
     AppointmentCreate,
@@ -23,16 +34,24 @@ from app.services.booking.appointments import get_visible, list_appointments
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
 
-READ_ERRORS = problem_responses(401, 404, 422)
-CHANGE_ERRORS = problem_responses(401, 403, 404, 409, 422)
+READ_ERRORS = problem_responses(NotFound)
+CHANGE_ERRORS = problem_responses(
+    NotFound, Forbidden, InvalidTransition, CancellationWindowClosed, AppointmentNotStarted
+)
+RESCHEDULE_ERRORS = problem_responses(
+    NotFound, Forbidden, InvalidTransition, CancellationWindowClosed, SlotUnavailable, SlotNotOffered
+)
 
 
 @router.post(
     "",
+    operation_id="appointments-create",
     status_code=status.HTTP_201_CREATED,
     response_model=AppointmentOut,
     summary="Book an appointment",
-    responses=problem_responses(401, 403, 404, 409, 422),
+    responses=problem_responses(
+        Forbidden, EmailNotVerified, NotFound, SlotUnavailable, SlotNotOffered, InvalidRecurrence
+    ),
 )
 async def create(
     body: AppointmentCreate, user: CurrentUser, session: DbSession, idem: IdempotentChange
@@ -41,7 +60,7 @@ async def create(
     return await idem.respond(201, lambda: booking.create(session, user, body))
 
 
-@router.get("", operation_id="appointments-list", summary="List appointments", responses=problem_responses(401, 422))
+@router.get("", operation_id="appointments-list", summary="List appointments")
 async def list_visible(
     user: CurrentUser,
     session: DbSession,
@@ -74,6 +93,7 @@ async def list_visible(
 
 @router.get(
     "/{appointment_id}.ics",
+    operation_id="appointments-get-ics",
     response_class=Response,
     summary="Download as a calendar file",
     responses={200: {"content": {"text/calendar": {"schema": {"type": "string"}}}}, **READ_ERRORS},
@@ -88,13 +108,19 @@ async def get_ics(appointment_id: uuid.UUID, user: CurrentUser, session: DbSessi
     )
 
 
-@router.get("/{appointment_id}", summary="Get an appointment", responses=READ_ERRORS)
+@router.get("/{appointment_id}", operation_id="appointments-get", summary="Get an appointment", responses=READ_ERRORS)
 async def get(appointment_id: uuid.UUID, user: CurrentUser, session: DbSession) -> AppointmentOut:
     """One appointment: its client, its staff member and admins may see it."""
     return AppointmentOut.model_validate(await get_visible(session, user, appointment_id))
 
 
-@router.patch("/{appointment_id}", response_model=AppointmentOut, summary="Reschedule or edit", responses=CHANGE_ERRORS)
+@router.patch(
+    "/{appointment_id}",
+    operation_id="appointments-update",
+    response_model=AppointmentOut,
+    summary="Reschedule or edit",
+    responses=RESCHEDULE_ERRORS,
+)
 async def update(
     appointment_id: uuid.UUID, body: AppointmentUpdate, user: CurrentUser, session: DbSession, idem: IdempotentChange
 ) -> JSONResponse:
@@ -103,7 +129,13 @@ async def update(
     return await idem.respond(200, lambda: booking.update(session, user, appointment_id, changes))
 
 
-@router.post("/{appointment_id}/confirm", response_model=AppointmentOut, summary="Confirm", responses=CHANGE_ERRORS)
+@router.post(
+    "/{appointment_id}/confirm",
+    operation_id="appointments-confirm",
+    response_model=AppointmentOut,
+    summary="Confirm",
+    responses=CHANGE_ERRORS,
+)
 async def confirm(
     appointment_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange
 ) -> JSONResponse:
@@ -111,7 +143,13 @@ async def confirm(
     return await idem.respond(200, lambda: booking.confirm(session, user, appointment_id))
 
 
-@router.post("/{appointment_id}/cancel", response_model=AppointmentOut, summary="Cancel", responses=CHANGE_ERRORS)
+@router.post(
+    "/{appointment_id}/cancel",
+    operation_id="appointments-cancel",
+    response_model=AppointmentOut,
+    summary="Cancel",
+    responses=CHANGE_ERRORS,
+)
 async def cancel(
     appointment_id: uuid.UUID,
     user: CurrentUser,
@@ -125,7 +163,11 @@ async def cancel(
 
 
 @router.post(
-    "/{appointment_id}/complete", response_model=AppointmentOut, summary="Mark completed", responses=CHANGE_ERRORS
+    "/{appointment_id}/complete",
+    operation_id="appointments-complete",
+    response_model=AppointmentOut,
+    summary="Mark completed",
+    responses=CHANGE_ERRORS,
 )
 async def complete(
     appointment_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange
@@ -135,7 +177,11 @@ async def complete(
 
 
 @router.post(
-    "/{appointment_id}/no-show", response_model=AppointmentOut, summary="Mark no-show", responses=CHANGE_ERRORS
+    "/{appointment_id}/no-show",
+    operation_id="appointments-no-show",
+    response_model=AppointmentOut,
+    summary="Mark no-show",
+    responses=CHANGE_ERRORS,
 )
 async def no_show(
     appointment_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange

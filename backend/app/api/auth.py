@@ -5,7 +5,17 @@ from typing import Annotated
 from fastapi import APIRouter, BackgroundTasks, Depends, Form, Response, status
 
 from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
+from app.api.openapi import header_refs
 from app.api.problems import problem_responses
+from app.errors import (
+    BadToken,
+    EmailNotVerified,
+    InactiveUser,
+    InvalidCredentials,
+    InvalidRefreshToken,
+    TokenReused,
+    WeakPassword,
+)
 from app.schemas.auth import (
     EmailIn,
     LogoutIn,
@@ -24,6 +34,7 @@ from app.services.accounts.passwords import ensure_strong
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+TOKEN_ANSWER = {200: {"description": "A new token pair", "headers": header_refs(*NO_STORE)}}
 ACCEPTED = Message(detail="If the address can receive mail, a message is on its way.")
 
 
@@ -44,9 +55,10 @@ class LoginForm:
 
 @router.post(
     "/register",
+    operation_id="auth-register",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Create an account (answers the same whether or not the email is taken)",
-    responses=problem_responses(422, 429),
+    responses=problem_responses(WeakPassword),
 )
 async def register(body: RegisterIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
     """Create an account and mail a verification link; an existing account's owner is told instead."""
@@ -64,7 +76,12 @@ async def register(body: RegisterIn, client_ip: RateLimitIP, background: Backgro
     return ACCEPTED
 
 
-@router.post("/verify-email", summary="Confirm an email address", responses=problem_responses(400, 422, 429))
+@router.post(
+    "/verify-email",
+    operation_id="auth-verify-email",
+    summary="Confirm an email address",
+    responses=problem_responses(BadToken),
+)
 async def verify_email(body: TokenIn, session: DbSession, client_ip: RateLimitIP) -> UserOut:
     """Spend a verification token (single use) and answer the verified user."""
     await limit_sensitive("verify", client_ip)
@@ -73,9 +90,9 @@ async def verify_email(body: TokenIn, session: DbSession, client_ip: RateLimitIP
 
 @router.post(
     "/verify-email/resend",
+    operation_id="auth-resend-verification",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Send the verification email again",
-    responses=problem_responses(422, 429),
 )
 async def resend_verification(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
     """Mail a fresh verification link if the account exists and is unverified; the answer never tells."""
@@ -84,7 +101,12 @@ async def resend_verification(body: EmailIn, client_ip: RateLimitIP, background:
     return ACCEPTED
 
 
-@router.post("/login", summary="Sign in (OAuth2 password grant)", responses=problem_responses(400, 403, 422, 429))
+@router.post(
+    "/login",
+    operation_id="auth-login",
+    summary="Sign in (OAuth2 password grant)",
+    responses=problem_responses(InvalidCredentials, InactiveUser, EmailNotVerified) | TOKEN_ANSWER,
+)
 async def login(
     form: Annotated[LoginForm, Depends()],
     session: DbSession,
@@ -97,7 +119,12 @@ async def login(
     return TokenPairOut(**pair.__dict__)
 
 
-@router.post("/refresh", summary="Rotate a refresh token", responses=problem_responses(400, 422))
+@router.post(
+    "/refresh",
+    operation_id="auth-refresh",
+    summary="Rotate a refresh token",
+    responses=problem_responses(InvalidRefreshToken, TokenReused) | TOKEN_ANSWER,
+)
 async def refresh(body: RefreshIn, session: DbSession, response: Response) -> TokenPairOut:
     """Spend a refresh token for a new pair; spending one twice ends that whole login."""
     pair = await auth.refresh(session, body.refresh_token)
@@ -106,7 +133,10 @@ async def refresh(body: RefreshIn, session: DbSession, response: Response) -> To
 
 
 @router.post(
-    "/logout", status_code=status.HTTP_204_NO_CONTENT, summary="Sign out", responses=problem_responses(401, 422)
+    "/logout",
+    operation_id="auth-logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Sign out",
 )
 async def logout(claims: Claims, _: CurrentUser, body: LogoutIn | None = None) -> None:
     """Revoke this access token at once and this login's refresh tokens."""
@@ -115,9 +145,9 @@ async def logout(claims: Claims, _: CurrentUser, body: LogoutIn | None = None) -
 
 @router.post(
     "/logout-all",
+    operation_id="auth-logout-all",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Sign out everywhere",
-    responses=problem_responses(401),
 )
 async def logout_all(user: CurrentUser, session: DbSession) -> None:
     """Revoke every session of the caller, this one included."""
@@ -126,9 +156,9 @@ async def logout_all(user: CurrentUser, session: DbSession) -> None:
 
 @router.post(
     "/password-reset",
+    operation_id="auth-password-reset",
     status_code=status.HTTP_202_ACCEPTED,
     summary="Mail a password reset link",
-    responses=problem_responses(422, 429),
 )
 async def password_reset(body: EmailIn, client_ip: RateLimitIP, background: BackgroundTasks) -> Message:
     """Mail a reset link if the account exists; the answer never tells."""
@@ -139,9 +169,10 @@ async def password_reset(body: EmailIn, client_ip: RateLimitIP, background: Back
 
 @router.post(
     "/password-reset/confirm",
+    operation_id="auth-password-reset-confirm",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Set a new password with a reset token",
-    responses=problem_responses(400, 422, 429),
+    responses=problem_responses(BadToken, WeakPassword),
 )
 async def password_reset_confirm(body: PasswordResetConfirm, session: DbSession, client_ip: RateLimitIP) -> None:
     """Spend a reset token, set the new password and end every session."""

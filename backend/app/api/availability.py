@@ -6,8 +6,10 @@ from fastapi import APIRouter, Query, Response
 
 from app.api.deps import DbSession
 from app.api.problems import problem_responses
+from app.errors import NotFound
 from app.schemas.availability import Availability, AvailabilityQuery
 from app.services.scheduling import availability
+from app.services.scheduling.availability import InvalidWindow, WindowTooLarge
 
 router = APIRouter(prefix="/availability", tags=["availability"])
 
@@ -17,7 +19,7 @@ router = APIRouter(prefix="/availability", tags=["availability"])
     operation_id="availability-list",
     response_model=Availability,
     summary="Free slots",
-    responses=problem_responses(404, 422),
+    responses=problem_responses(NotFound, InvalidWindow, WindowTooLarge),
 )
 async def find_slots(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
     """Free start times of an active service in `[start, end)` (at most 62 days), for one staff

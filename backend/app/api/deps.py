@@ -11,9 +11,10 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from app.api.problem_docs import documented
 from app.config import get_settings
 from app.database import get_session
-from app.errors import Forbidden, InvalidToken, Unauthorized, UnsupportedMediaType
+from app.errors import Forbidden, InvalidToken, RateLimited, Unauthorized, UnsupportedMediaType
 from app.models import Role, User
 from app.schemas.inputs import QueryInt
 from app.services.accounts import auth
@@ -60,6 +61,7 @@ Offset = Annotated[QueryInt, Query(ge=0, le=MAX_OFFSET, description="Items to sk
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 
 
+@documented(Unauthorized, InvalidToken)
 async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)]) -> AccessClaims:
     if not token:
         raise Unauthorized()
@@ -72,6 +74,7 @@ async def get_access_claims(token: Annotated[str | None, Depends(oauth2_scheme)]
 Claims = Annotated[AccessClaims, Depends(get_access_claims)]
 
 
+@documented(InvalidToken)
 async def get_current_user(session: DbSession, claims: Claims) -> User:
     return await auth.authenticate_access(session, claims)
 
@@ -80,6 +83,7 @@ CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
 def require_role(*roles: Role):
+    @documented(Forbidden)
     async def dependency(user: CurrentUser) -> User:
         if user.role not in roles:
             raise Forbidden("Your role does not allow this")
@@ -138,6 +142,7 @@ def _normalised(address: str) -> str:
 ClientIP = Annotated[str, Depends(get_client_ip)]
 
 
+@documented(RateLimited)
 def get_rate_limit_ip(client_ip: ClientIP) -> str:
     """What per-IP limits count against: an IPv4 address, or the IPv6 /64 around an IPv6 one.
 

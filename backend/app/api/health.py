@@ -8,6 +8,7 @@ from sqlalchemy import text
 
 from app.database import get_engine
 from app.redis import get_redis
+from app.schemas.health import DatabaseDown, DatabaseUp, HealthOk, RedisDown, RedisUp
 
 router = APIRouter(tags=["health"])
 CHECK_TIMEOUT_SECONDS = 1.5
@@ -31,22 +32,35 @@ async def _ping_redis() -> None:
     await get_redis().ping()
 
 
-_RESPONSES = {503: {"description": "The dependency is down or did not answer in time"}}
+def _down(model: type) -> dict[int | str, dict]:
+    return {503: {"model": model, "description": "The dependency is down or did not answer in time"}}
 
 
 @router.get("/health", operation_id="health", summary="The process is up")
-async def health() -> dict[str, str]:
+async def health() -> HealthOk:
     """The process is up."""
-    return {"status": "ok"}
+    return HealthOk(status="ok")
 
 
-@router.get("/health/db", operation_id="health-db", summary="PostgreSQL answers", responses=_RESPONSES)
+@router.get(
+    "/health/db",
+    operation_id="health-db",
+    summary="PostgreSQL answers",
+    response_model=DatabaseUp,
+    responses=_down(DatabaseDown),
+)
 async def health_db() -> JSONResponse:
     """PostgreSQL answers a query within the time budget."""
     return await _check("database", _ping_db)
 
 
-@router.get("/health/redis", operation_id="health-redis", summary="Redis answers", responses=_RESPONSES)
+@router.get(
+    "/health/redis",
+    operation_id="health-redis",
+    summary="Redis answers",
+    response_model=RedisUp,
+    responses=_down(RedisDown),
+)
 async def health_redis() -> JSONResponse:
     """Redis answers PING within the time budget."""
     return await _check("redis", _ping_redis)

@@ -8,6 +8,8 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 
 from app.api.deps import CurrentUser, DbSession
+from app.api.problem_docs import documented
+from app.errors import IdempotencyKeyInProgress, IdempotencyKeyReused
 from app.models import User
 from app.schemas.appointment import to_json
 from app.services.booking import idempotency
@@ -42,6 +44,7 @@ class Idempotent:
         return JSONResponse(answer.body, status_code=answer.status, headers=headers)
 
 
+@documented(IdempotencyKeyReused, IdempotencyKeyInProgress, success_headers=(REPLAY_HEADER,))
 async def idempotent(
     request: Request,
     user: CurrentUser,

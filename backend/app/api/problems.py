@@ -3,20 +3,21 @@
 from http import HTTPStatus
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.routing import iter_route_contexts
 from loguru import logger
-from pydantic import BaseModel
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import AppError
+from app.api.problem_docs import PROBLEM_MEDIA_TYPE, problem_responses
+from app.errors import AppError, InternalError, InvalidValue, ValidationFailed
 
-PROBLEM_MEDIA_TYPE = "application/problem+json"
+__all__ = ["PROBLEM_MEDIA_TYPE", "install_problem_handlers", "problem_response", "problem_responses"]
 
+INTERNAL_DETAIL = "Something went wrong on our side"
 _HTTP_CODES = {
     401: "not_authenticated",
     403: "forbidden",
@@ -26,25 +27,6 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
     429: "rate_limited",
 }
-
-
-class ValidationIssue(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class Problem(BaseModel):
-    """RFC 9457 problem details; `code` is what clients switch on."""
-
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
-    errors: list[ValidationIssue] | None = None
-    error: str | None = None
-    error_description: str | None = None
 
 
 def problem_response(
@@ -64,7 +46,8 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         {"loc": [str(p) if not isinstance(p, int) else p for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
         for e in exc.errors()
     ]
-    return problem_response(422, "validation_error", "Validation error", "The request is not valid", errors=errors)
+    error = ValidationFailed
+    return problem_response(error.status, error.code, error.title, "The request is not valid", errors=errors)
 
 
 def _allowed_methods(request: Request) -> str:
@@ -117,18 +100,14 @@ async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         return await _dependency_down(request, exc)
     if str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
         # Class 22 "data exception": a value the database cannot store (a NUL character, say).
-        return problem_response(
-            422,
-            "invalid_value",
-            "Invalid value",
-            "A value in the request cannot be stored",
-        )
+        error = InvalidValue
+        return problem_response(error.status, error.code, error.title, "A value in the request cannot be stored")
     return await _unexpected(request, exc)
 
 
 async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
     logger.opt(exception=exc).error("unhandled error")
-    return problem_response(500, "internal_error", "Internal server error", "Something went wrong on our side")
+    return problem_response(InternalError.status, InternalError.code, InternalError.title, INTERNAL_DETAIL)
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -138,28 +117,3 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RedisError, _dependency_down)
     app.add_exception_handler(DBAPIError, _database_error)
     app.add_exception_handler(Exception, _unexpected)
-
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each listed status documented with the Problem schema."""
-    return {
-        status: {
-            "model": Problem,
-            "content": {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-            "description": HTTPStatus(status).phrase,
-        }
-        for status in statuses
-    }
-
-
-def document_common_problems(router: APIRouter) -> APIRouter:
-    """Problems any route can answer (body too large or of the wrong type, a server or dependency
-    failure) go into each route's documented responses, so generated clients know their shape."""
-    ref = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-    for route in router.routes:
-        if not isinstance(route, APIRoute):
-            continue
-        statuses = [500, 503] + ([413, 415] if route.body_field is not None else [])
-        for status in statuses:
-            route.responses.setdefault(status, {"description": HTTPStatus(status).phrase, "content": ref})
-    return router

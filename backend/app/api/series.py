@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from app.api.deps import CurrentUser, DbSession
 from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
+from app.errors import CancellationWindowClosed, InvalidTransition, NotFound
 from app.schemas.appointment import AppointmentOut, SeriesCancelRequest, SeriesOut
 from app.services.booking import series
 
@@ -15,9 +16,10 @@ router = APIRouter(prefix="/appointment-series", tags=["appointment-series"])
 
 @router.post(
     "/{series_id}/cancel",
+    operation_id="appointment-series-cancel",
     response_model=SeriesOut,
     summary="Cancel a recurring series",
-    responses=problem_responses(401, 404, 409, 422),
+    responses=problem_responses(NotFound, CancellationWindowClosed, InvalidTransition),
 )
 async def cancel(
     series_id: uuid.UUID,

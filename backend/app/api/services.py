@@ -6,19 +6,22 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, status
 
 from app.api.deps import AdminUser, DbSession, Limit, Offset, get_access_claims, oauth2_scheme
+from app.api.problem_docs import documented
 from app.api.problems import problem_responses
-from app.errors import Forbidden, Unauthorized
+from app.errors import Forbidden, InvalidToken, NotFound, Unauthorized
 from app.models import Role, User
 from app.schemas.inputs import QueryFlag
 from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
 from app.services.accounts import auth
 from app.services.scheduling import catalogue
+from app.services.scheduling.catalogue import UnknownStaff
 
 router = APIRouter(prefix="/services", tags=["services"])
 
-ADMIN_ERRORS = problem_responses(401, 403, 404, 422)
+ADMIN_ERRORS = problem_responses(NotFound)
 
 
+@documented(InvalidToken)
 async def get_optional_user(session: DbSession, token: Annotated[str | None, Depends(oauth2_scheme)]) -> User | None:
     """The caller when a Bearer token is sent (a bad one is still 401); None for anonymous callers."""
     if not token:
@@ -33,7 +36,9 @@ def _is_admin(user: User | None) -> bool:
     return user is not None and user.role == Role.admin.value
 
 
-@router.get("", operation_id="services-list", summary="List services", responses=problem_responses(401, 403, 422))
+@router.get(
+    "", operation_id="services-list", summary="List services", responses=problem_responses(Unauthorized, Forbidden)
+)
 async def list_services(
     session: DbSession,
     caller: OptionalUser,
@@ -53,7 +58,9 @@ async def list_services(
     return ServicePage(items=[ServiceOut.model_validate(s) for s in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{service_id}", summary="Get a service", responses=problem_responses(401, 404, 422))
+@router.get(
+    "/{service_id}", operation_id="services-get", summary="Get a service", responses=problem_responses(NotFound)
+)
 async def get(service_id: uuid.UUID, session: DbSession, caller: OptionalUser) -> ServiceOut:
     """One active service (admins also see deactivated ones)."""
     service = await catalogue.get_service(session, service_id, include_inactive=_is_admin(caller))
@@ -61,14 +68,23 @@ async def get(service_id: uuid.UUID, session: DbSession, caller: OptionalUser) -
 
 
 @router.post(
-    "", status_code=status.HTTP_201_CREATED, summary="Create a service", responses=problem_responses(401, 403, 422)
+    "",
+    operation_id="services-create",
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a service",
+    responses=problem_responses(UnknownStaff),
 )
 async def create(body: ServiceCreate, admin: AdminUser, session: DbSession) -> ServiceOut:
     """Add a service; `staff_ids` must name active staff members (else 422 `unknown_staff`)."""
     return ServiceOut.model_validate(await catalogue.create_service(session, admin, body.model_dump()))
 
 
-@router.patch("/{service_id}", summary="Edit a service", responses=ADMIN_ERRORS)
+@router.patch(
+    "/{service_id}",
+    operation_id="services-update",
+    summary="Edit a service",
+    responses=problem_responses(NotFound, UnknownStaff),
+)
 async def update(service_id: uuid.UUID, body: ServiceUpdate, admin: AdminUser, session: DbSession) -> ServiceOut:
     """Change the fields sent; `staff_ids` replaces the whole list of providers."""
     changes = body.model_dump(exclude_unset=True)
@@ -76,7 +92,11 @@ async def update(service_id: uuid.UUID, body: ServiceUpdate, admin: AdminUser, s
 
 
 @router.delete(
-    "/{service_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a service", responses=ADMIN_ERRORS
+    "/{service_id}",
+    operation_id="services-deactivate",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Deactivate a service",
+    responses=ADMIN_ERRORS,
 )
 async def deactivate(service_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
     """Deactivate a service: no longer listed or bookable; existing appointments keep it."""

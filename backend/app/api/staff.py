@@ -7,6 +7,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
+from app.errors import Forbidden, NotFound
 from app.schemas.inputs import Day, Instant
 from app.schemas.staff import (
     CoveredAppointment,
@@ -22,14 +23,16 @@ from app.schemas.staff import (
     TimeOffPage,
 )
 from app.services.scheduling import catalogue, schedules
+from app.services.scheduling.schedules import InvalidInterval, OverlappingIntervals
 
 router = APIRouter(prefix="/staff", tags=["staff"])
 
 # Only that staff member or an admin; a signed-in user who is neither gets 403 (profiles are public anyway).
-CALENDAR_ERRORS = problem_responses(401, 403, 404, 422)
+CALENDAR_ERRORS = problem_responses(NotFound, Forbidden)
+INTERVAL_ERRORS = problem_responses(NotFound, Forbidden, InvalidInterval, OverlappingIntervals)
 
 
-@router.get("", operation_id="staff-list", summary="List staff", responses=problem_responses(422))
+@router.get("", operation_id="staff-list", summary="List staff")
 async def list_staff(
     session: DbSession,
     service_id: Annotated[uuid.UUID | None, Query(description="Only people who provide this service")] = None,
@@ -41,25 +44,36 @@ async def list_staff(
     return StaffPage(items=[StaffOut.model_validate(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
-@router.get("/{staff_id}", summary="Get a staff member", responses=problem_responses(404, 422))
+@router.get(
+    "/{staff_id}", operation_id="staff-get", summary="Get a staff member", responses=problem_responses(NotFound)
+)
 async def get(staff_id: uuid.UUID, session: DbSession) -> StaffOut:
     """A staff member's public profile; the id is their user id."""
     return StaffOut.model_validate(await catalogue.get_staff_profile(session, staff_id))
 
 
-@router.get("/{staff_id}/schedule", summary="Get weekly hours", responses=CALENDAR_ERRORS)
+@router.get(
+    "/{staff_id}/schedule", operation_id="staff-get-schedule", summary="Get weekly hours", responses=CALENDAR_ERRORS
+)
 async def get_schedule(staff_id: uuid.UUID, user: CurrentUser, session: DbSession) -> Schedule:
     """Weekly working hours in the staff member's own time zone (weekday 0 = Monday)."""
     return Schedule.model_validate(await schedules.get_schedule(session, user, staff_id))
 
 
-@router.put("/{staff_id}/schedule", summary="Replace weekly hours", responses=CALENDAR_ERRORS)
+@router.put(
+    "/{staff_id}/schedule",
+    operation_id="staff-replace-schedule",
+    summary="Replace weekly hours",
+    responses=INTERVAL_ERRORS,
+)
 async def replace_schedule(staff_id: uuid.UUID, body: Schedule, user: CurrentUser, session: DbSession) -> Schedule:
     """Replace the whole week; overlapping intervals are 422 `overlapping_intervals`."""
     return Schedule.model_validate(await schedules.replace_schedule(session, user, staff_id, body))
 
 
-@router.get("/{staff_id}/time-off", summary="List time off", responses=CALENDAR_ERRORS)
+@router.get(
+    "/{staff_id}/time-off", operation_id="staff-list-time-off", summary="List time off", responses=CALENDAR_ERRORS
+)
 async def list_time_off(
     staff_id: uuid.UUID,
     user: CurrentUser,
@@ -77,7 +91,11 @@ async def list_time_off(
 
 
 @router.post(
-    "/{staff_id}/time-off", status_code=status.HTTP_201_CREATED, summary="Add time off", responses=CALENDAR_ERRORS
+    "/{staff_id}/time-off",
+    operation_id="staff-create-time-off",
+    status_code=status.HTTP_201_CREATED,
+    summary="Add time off",
+    responses=INTERVAL_ERRORS,
 )
 async def create_time_off(
     staff_id: uuid.UUID, body: TimeOffIn, user: CurrentUser, session: DbSession
@@ -92,6 +110,7 @@ async def create_time_off(
 
 @router.delete(
     "/{staff_id}/time-off/{time_off_id}",
+    operation_id="staff-delete-time-off",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Remove time off",
     responses=CALENDAR_ERRORS,
@@ -101,7 +120,12 @@ async def delete_time_off(staff_id: uuid.UUID, time_off_id: uuid.UUID, user: Cur
     await schedules.delete_time_off(session, user, staff_id, time_off_id)
 
 
-@router.get("/{staff_id}/overrides", summary="List date overrides", responses=CALENDAR_ERRORS)
+@router.get(
+    "/{staff_id}/overrides",
+    operation_id="staff-list-overrides",
+    summary="List date overrides",
+    responses=CALENDAR_ERRORS,
+)
 async def list_overrides(
     staff_id: uuid.UUID,
     user: CurrentUser,
@@ -120,10 +144,11 @@ async def list_overrides(
 
 @router.post(
     "/{staff_id}/overrides",
+    operation_id="staff-set-override",
     status_code=status.HTTP_201_CREATED,
     summary="Set a date override",
     responses={200: {"model": OverrideOut, "description": "An existing override for that date was replaced"}}
-    | CALENDAR_ERRORS,
+    | INTERVAL_ERRORS,
 )
 async def set_override(
     staff_id: uuid.UUID, body: OverrideIn, user: CurrentUser, session: DbSession, response: Response
@@ -137,6 +162,7 @@ async def set_override(
 
 @router.delete(
     "/{staff_id}/overrides/{override_id}",
+    operation_id="staff-delete-override",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Remove a date override",
     responses=CALENDAR_ERRORS,

@@ -7,25 +7,24 @@ from fastapi import APIRouter, Query, status
 
 from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
+from app.errors import EmailTaken, NotFound, SelfLockout, WeakPassword, WrongPassword
 from app.models import Role
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
 from app.services.accounts import auth, users
 
 router = APIRouter(prefix="/users", tags=["users"])
 
-AUTH_ERRORS = problem_responses(401)
-AUTH_BODY_ERRORS = problem_responses(401, 422)
-ADMIN_ERRORS = problem_responses(401, 403, 404, 422)
-ADMIN_WRITE_ERRORS = problem_responses(401, 403, 404, 409, 422)
+ADMIN_ERRORS = problem_responses(NotFound)
+ADMIN_WRITE_ERRORS = problem_responses(NotFound, SelfLockout)
 
 
-@router.get("/me", summary="My profile", responses=AUTH_ERRORS)
+@router.get("/me", operation_id="users-get-me", summary="My profile")
 async def get_me(user: CurrentUser) -> UserOut:
     """The signed-in user's profile."""
     return UserOut.model_validate(user)
 
 
-@router.patch("/me", summary="Edit my profile", responses=AUTH_BODY_ERRORS)
+@router.patch("/me", operation_id="users-update-me", summary="Edit my profile")
 async def update_me(body: UserUpdateMe, user: CurrentUser, session: DbSession) -> UserOut:
     """Change name, phone, time zone or locale; any other field is refused with 422."""
     return UserOut.model_validate(await users.update_profile(session, user, body.model_dump(exclude_unset=True)))
@@ -33,28 +32,34 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, session: DbSession) -
 
 @router.post(
     "/me/password",
+    operation_id="users-change-password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Change my password",
-    responses=problem_responses(400, 401, 422),
+    responses=problem_responses(WrongPassword, WeakPassword),
 )
 async def change_password(body: PasswordChange, user: CurrentUser, claims: Claims, session: DbSession) -> None:
     """Set a new password; every other session ends, this one stays signed in."""
     await auth.change_password(session, user, claims, body.current_password, body.new_password)
 
 
-@router.get("/me/export", summary="Export my data", responses=AUTH_ERRORS)
+@router.get("/me/export", operation_id="users-export-me", summary="Export my data")
 async def export_me(user: CurrentUser, session: DbSession) -> UserExport:
     """Everything stored about me, as JSON (GDPR data portability)."""
     return UserExport.model_validate(await users.export(session, user))
 
 
-@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT, summary="Delete my account", responses=AUTH_ERRORS)
+@router.delete(
+    "/me",
+    operation_id="users-delete-me",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete my account",
+)
 async def delete_me(user: CurrentUser, session: DbSession) -> None:
     """Erase my personal data and end every session (GDPR erasure)."""
     await users.erase(session, user)
 
 
-@router.get("", operation_id="users-list", summary="List users", responses=problem_responses(401, 403, 422))
+@router.get("", operation_id="users-list", summary="List users")
 async def list_users(
     _: AdminUser,
     session: DbSession,
@@ -70,9 +75,10 @@ async def list_users(
 
 @router.post(
     "",
+    operation_id="users-create",
     status_code=status.HTTP_201_CREATED,
     summary="Create a user",
-    responses=problem_responses(401, 403, 409, 422),
+    responses=problem_responses(EmailTaken, WeakPassword),
 )
 async def create(body: UserCreate, admin: AdminUser, session: DbSession) -> UserOut:
     """Create a user of any role (a new specialist, say), verified or not."""
@@ -80,13 +86,13 @@ async def create(body: UserCreate, admin: AdminUser, session: DbSession) -> User
     return UserOut.model_validate(await users.create_user(session, verified=body.is_verified, actor=admin, **data))
 
 
-@router.get("/{user_id}", summary="Get a user", responses=ADMIN_ERRORS)
+@router.get("/{user_id}", operation_id="users-get", summary="Get a user", responses=ADMIN_ERRORS)
 async def get(user_id: uuid.UUID, _: AdminUser, session: DbSession) -> UserOut:
     """One user by id."""
     return UserOut.model_validate(await users.get_user(session, user_id))
 
 
-@router.patch("/{user_id}", summary="Edit a user", responses=ADMIN_WRITE_ERRORS)
+@router.patch("/{user_id}", operation_id="users-update", summary="Edit a user", responses=ADMIN_WRITE_ERRORS)
 async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, session: DbSession) -> UserOut:
     """Change a user's profile, role or active flag; a role change or deactivation ends their sessions."""
     user = await users.get_user(session, user_id)
@@ -95,7 +101,11 @@ async def update(user_id: uuid.UUID, body: UserAdminUpdate, admin: AdminUser, se
 
 
 @router.delete(
-    "/{user_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deactivate a user", responses=ADMIN_WRITE_ERRORS
+    "/{user_id}",
+    operation_id="users-deactivate",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Deactivate a user",
+    responses=ADMIN_WRITE_ERRORS,
 )
 async def deactivate(user_id: uuid.UUID, admin: AdminUser, session: DbSession) -> None:
     """Deactivate a user: they can no longer sign in and their sessions end at once."""

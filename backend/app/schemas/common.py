@@ -2,7 +2,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 # Unicode and spaces are fine, nothing is truncated; common passwords are refused by the service.
@@ -56,4 +56,7 @@ def iso_z(value: datetime) -> str:
 
 
 # Answers are always UTC (`...Z`), whatever offset the request or the database used.
-UtcDatetime = Annotated[datetime, PlainSerializer(iso_z, return_type=str)]
+# WithJsonSchema: the serializer's `str` would otherwise drop `format: date-time` from response schemas.
+UtcDatetime = Annotated[
+    datetime, PlainSerializer(iso_z, return_type=str), WithJsonSchema({"type": "string", "format": "date-time"})
+]

@@ -20,6 +20,7 @@ CENT = Decimal("0.01")
 
 class UnknownStaff(AppError):
     status, code, title = 422, "unknown_staff", "Not an active staff member"
+    staff_ids: list[str]  # the ids that name no active staff member
 
 
 def active_staff_filter():
