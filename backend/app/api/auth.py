@@ -44,11 +44,11 @@ class LoginForm:
     def __init__(
         self,
         username: Annotated[str, Form(max_length=320, description="The email address")],
-        password: Annotated[str, Form(max_length=1024)],
+        password: Annotated[str, Form(max_length=1024, json_schema_extra={"format": "password"})],
         grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
         scope: Annotated[str, Form(max_length=1000)] = "",
         client_id: Annotated[str | None, Form(max_length=256)] = None,
-        client_secret: Annotated[str | None, Form(max_length=256)] = None,
+        client_secret: Annotated[str | None, Form(max_length=256, json_schema_extra={"format": "password"})] = None,
     ) -> None:
         self.username, self.password = username, password
 

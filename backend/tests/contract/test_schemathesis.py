@@ -11,6 +11,7 @@ caller's token keeps working for every other call.
 """
 
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -25,8 +26,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from sqlalchemy import text
 
-from app.models import Role
+from app.database import get_engine, get_sessionmaker
+from app.models import Base, Role
+from app.redis import get_redis
 from tests.apiserver import api_process
 from tests.factories import LOGIN_URL, PASSWORD, create_user, unique_email
 from tests.scheduling import create_service, create_staff
@@ -42,14 +46,15 @@ CHECKS = [
     ignored_auth,
 ]
 CALLERS = ["anonymous", "user", "staff", "admin"]
-# These end the session they are called with; DELETE /users/me ends the account too.
-SESSION_ENDING = {
-    ("POST", "/api/v1/auth/logout"),
+# Logout ends only the session it is called with: a fresh sign-in of the caller is enough. The
+# others end every session of the account (or the account): they get a throwaway account of the
+# caller's role, so the caller's own token keeps working for the rest of the run.
+SESSION_ENDING = {("POST", "/api/v1/auth/logout")}
+ACCOUNT_ENDING = {
     ("POST", "/api/v1/auth/logout-all"),
     ("POST", "/api/v1/users/me/password"),
     ("DELETE", "/api/v1/users/me"),
 }
-ACCOUNT_ENDING = {("DELETE", "/api/v1/users/me")}
 # Per-IP and per-email limits would turn the fresh sign-ins into 429s; the limits have tests of their own.
 UNLIMITED = "1000000/minute"
 SETTINGS = {
@@ -92,12 +97,12 @@ class Caller:
     def token_for(self, method: str, path: str) -> str | None:
         if self.token is None:
             return None
-        if (method, path) not in SESSION_ENDING:
+        if (method, path) in SESSION_ENDING:
+            token = self.login(self.email)
+        elif (method, path) in ACCOUNT_ENDING:
+            token = self.login(self._throwaway_account())
+        else:
             return self.token
-        email = self.email
-        if (method, path) in ACCOUNT_ENDING:
-            email = self._throwaway_account()
-        token = self.login(email)
         self.fresh_tokens.append(token)
         return token
 
@@ -119,14 +124,31 @@ def api_url(service_urls, tmp_path_factory):
         yield base_url
 
 
-@pytest.fixture
-async def callers(session, api_url) -> dict[str, str]:
+@pytest.fixture(autouse=True)
+def _clean_state():
+    """Instead of the per-test cleanup: the accounts live for the module (`callers` cleans up after it)."""
+    yield
+
+
+@pytest.fixture(scope="module")
+async def callers(api_url) -> AsyncIterator[dict[str, str]]:
     """One account per role, and a bookable service, so lists and lookups have something to answer."""
-    admin = await create_user(session, role=Role.admin)
-    user = await create_user(session)
-    staff = await create_staff(session)
-    await create_service(session, [staff])
-    return {"user": user.email, "staff": staff.email, "admin": admin.email}
+    async with get_sessionmaker()() as session:
+        admin = await create_user(session, role=Role.admin)
+        user = await create_user(session)
+        staff = await create_staff(session)
+        await create_service(session, [staff])
+        emails = {"user": user.email, "staff": staff.email, "admin": admin.email}
+    yield emails
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    async with get_engine().begin() as connection:
+        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    await get_redis().flushdb()
+
+
+@pytest.fixture(scope="module")
+def tokens(api_url, callers) -> dict[str, str]:
+    return {role: Caller(role, base_url=api_url).login(email) for role, email in callers.items()}
 
 
 def _openapi() -> dict:
@@ -140,12 +162,9 @@ schema = schemathesis.openapi.from_dict(_openapi(), config=CONFIG)
 
 
 @pytest.fixture
-def as_caller(api_url, callers, caller) -> Caller:
+def as_caller(api_url, callers, tokens, caller) -> Caller:
     global CURRENT
-    CURRENT = Caller(caller, base_url=api_url, email=callers.get(caller))
-    if caller != "anonymous":
-        CURRENT.token = CURRENT.login(CURRENT.email)
-        CURRENT.admin_token = CURRENT.login(callers["admin"])
+    CURRENT = Caller(caller, api_url, callers.get(caller), tokens.get(caller), tokens["admin"])
     return CURRENT
 
 
