@@ -141,10 +141,22 @@ async def _no_password_hash(response) -> None:
     assert not leaked, f"{response.request.method} {response.request.url} leaked {leaked}"
 
 
+def _documented_problems(app):
+    from tests.contract import PROBLEM, check_problem
+
+    async def hook(response) -> None:
+        if response.headers.get("content-type", "").startswith(PROBLEM):
+            await response.aread()
+            request = response.request
+            check_problem(app, request.method, request.url.path, response.status_code, response.json())
+
+    return hook
+
+
 @pytest.fixture
 async def client(app) -> AsyncIterator[AsyncClient]:
     transport = ASGITransport(app=app, client=("203.0.113.7", 50000))
-    hooks = {"response": [_no_password_hash]}
+    hooks = {"response": [_no_password_hash, _documented_problems(app)]}
     async with AsyncClient(transport=transport, base_url="http://testserver", event_hooks=hooks) as http:
         yield http
 

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, status
 
 from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
-from app.errors import EmailTaken, NotFound, SelfLockout, WeakPassword, WrongPassword
+from app.errors import EmailTaken, NotFound, RateLimited, SelfLockout, WeakPassword, WrongPassword
 from app.models import Role
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserCreate, UserExport, UserOut, UserPage, UserUpdateMe
 from app.services.accounts import auth, users
@@ -35,7 +35,7 @@ async def update_me(body: UserUpdateMe, user: CurrentUser, session: DbSession) -
     operation_id="users-change-password",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Change my password",
-    responses=problem_responses(WrongPassword, WeakPassword),
+    responses=problem_responses(WrongPassword, WeakPassword, RateLimited),
 )
 async def change_password(body: PasswordChange, user: CurrentUser, claims: Claims, session: DbSession) -> None:
     """Set a new password; every other session ends, this one stays signed in."""

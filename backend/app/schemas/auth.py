@@ -1,4 +1,4 @@
-from pydantic import BaseModel, EmailStr, Field
+from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from app.schemas.common import FullName, Password, StrictModel, TimeZoneName
 from app.schemas.user import Locale
@@ -29,22 +29,36 @@ class RegisterIn(StrictModel):
 class TokenIn(StrictModel):
     token: str = Field(min_length=1, max_length=256)
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"token": "the-token-from-the-email-link"}]})
+
 
 class EmailIn(StrictModel):
     email: EmailStr
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"email": "ada@example.com"}]})
 
 
 class RefreshIn(StrictModel):
     refresh_token: str = Field(min_length=1, max_length=256)
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"refresh_token": "the-refresh-token-from-sign-in"}]})
+
 
 class LogoutIn(StrictModel):
     refresh_token: str | None = Field(default=None, max_length=256)
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"refresh_token": "the-refresh-token-from-sign-in"}, {}]})
 
 
 class PasswordResetConfirm(StrictModel):
     token: str = Field(min_length=1, max_length=256)
     new_password: Password
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"token": "the-token-from-the-email-link", "new_password": "correct horse battery staple"}]
+        }
+    )
 
 
 class TokenPairOut(BaseModel):

@@ -38,10 +38,20 @@ class UserUpdateMe(StrictModel):
     timezone: Omittable[TimeZoneName] = None
     locale: Omittable[Locale] = None
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"full_name": "Ada King", "timezone": "Europe/London", "locale": "en"}]}
+    )
+
 
 class PasswordChange(StrictModel):
     current_password: str = Field(max_length=128)
     new_password: Password
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"current_password": "my old passphrase", "new_password": "correct horse battery staple"}]
+        }
+    )
 
 
 class UserCreate(StrictModel):
@@ -54,10 +64,26 @@ class UserCreate(StrictModel):
     phone: Phone | None = None
     is_verified: Flag = True
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "email": "grace@example.com",
+                    "password": "correct horse battery staple",
+                    "full_name": "Grace Hopper",
+                    "role": "staff",
+                    "timezone": "America/New_York",
+                }
+            ]
+        }
+    )
+
 
 class UserAdminUpdate(UserUpdateMe):
     role: Omittable[Role] = None
     is_active: Omittable[Flag] = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"role": "staff"}, {"is_active": False}]})
 
 
 class UserExport(BaseModel):

@@ -1158,7 +1158,12 @@ export interface components {
              */
             database: "up";
         };
-        /** EmailIn */
+        /**
+         * EmailIn
+         * @example {
+         *       "email": "ada@example.com"
+         *     }
+         */
         EmailIn: {
             /**
              * Email
@@ -1420,7 +1425,13 @@ export interface components {
             /** @enum {string} */
             code: "invalid_window";
         };
-        /** LogoutIn */
+        /**
+         * LogoutIn
+         * @example {
+         *       "refresh_token": "the-refresh-token-from-sign-in"
+         *     }
+         * @example {}
+         */
         LogoutIn: {
             /** Refresh Token */
             refresh_token?: string | null;
@@ -1539,7 +1550,13 @@ export interface components {
             /** Offset */
             offset: number;
         };
-        /** PasswordChange */
+        /**
+         * PasswordChange
+         * @example {
+         *       "current_password": "my old passphrase",
+         *       "new_password": "correct horse battery staple"
+         *     }
+         */
         PasswordChange: {
             /** Current Password */
             current_password: string;
@@ -1549,7 +1566,13 @@ export interface components {
              */
             new_password: string;
         };
-        /** PasswordResetConfirm */
+        /**
+         * PasswordResetConfirm
+         * @example {
+         *       "new_password": "correct horse battery staple",
+         *       "token": "the-token-from-the-email-link"
+         *     }
+         */
         PasswordResetConfirm: {
             /** Token */
             token: string;
@@ -1635,7 +1658,12 @@ export interface components {
              */
             redis: "up";
         };
-        /** RefreshIn */
+        /**
+         * RefreshIn
+         * @example {
+         *       "refresh_token": "the-refresh-token-from-sign-in"
+         *     }
+         */
         RefreshIn: {
             /** Refresh Token */
             refresh_token: string;
@@ -2094,7 +2122,12 @@ export interface components {
             /** Offset */
             offset: number;
         };
-        /** TokenIn */
+        /**
+         * TokenIn
+         * @example {
+         *       "token": "the-token-from-the-email-link"
+         *     }
+         */
         TokenIn: {
             /** Token */
             token: string;
@@ -2164,7 +2197,15 @@ export interface components {
             /** @enum {string} */
             code: "unsupported_media_type";
         };
-        /** UserAdminUpdate */
+        /**
+         * UserAdminUpdate
+         * @example {
+         *       "role": "staff"
+         *     }
+         * @example {
+         *       "is_active": false
+         *     }
+         */
         UserAdminUpdate: {
             /** Full Name */
             full_name?: string;
@@ -2187,7 +2228,16 @@ export interface components {
             /** Is Active */
             is_active?: boolean;
         };
-        /** UserCreate */
+        /**
+         * UserCreate
+         * @example {
+         *       "email": "grace@example.com",
+         *       "full_name": "Grace Hopper",
+         *       "password": "correct horse battery staple",
+         *       "role": "staff",
+         *       "timezone": "America/New_York"
+         *     }
+         */
         UserCreate: {
             /**
              * Email
@@ -2280,6 +2330,11 @@ export interface components {
         /**
          * UserUpdateMe
          * @description Only these fields; `role`, `email` and `is_active` are refused with 422.
+         * @example {
+         *       "full_name": "Ada King",
+         *       "locale": "en",
+         *       "timezone": "Europe/London"
+         *     }
          */
         UserUpdateMe: {
             /** Full Name */
@@ -3443,6 +3498,17 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"] | components["schemas"]["WeakPasswordProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
                 };
             };
             /** @description Internal Server Error: `internal_error` */
