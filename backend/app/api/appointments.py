@@ -5,7 +5,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.idempotent import IdempotentChange
@@ -30,6 +29,7 @@ from app.schemas.appointment import (
     AppointmentUpdate,
     CancelRequest,
 )
+from app.schemas.inputs import Instant
 from app.services.booking import booking
 from app.services.booking.appointments import get_visible, list_appointments
 
@@ -72,8 +72,8 @@ async def list_visible(
     user: CurrentUser,
     session: DbSession,
     status: AppointmentStatus | None = None,
-    from_: Annotated[AwareDatetime | None, Query(alias="from", description="Starting at or after")] = None,
-    to: Annotated[AwareDatetime | None, Query(description="Starting before")] = None,
+    from_: Annotated[Instant | None, Query(alias="from", description="Starting at or after")] = None,
+    to: Annotated[Instant | None, Query(description="Starting before")] = None,
     staff_id: uuid.UUID | None = None,
     client_id: uuid.UUID | None = None,
     series_id: uuid.UUID | None = None,

@@ -4,10 +4,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
 
 from app.api.deps import AdminUser, DbSession, Limit, Offset
 from app.schemas.audit import AuditEntryOut, AuditPage
+from app.schemas.inputs import Instant
 from app.services import audit
 
 router = APIRouter(prefix="/audit-log", tags=["audit"])
@@ -21,8 +21,8 @@ async def list_entries(
     entity_id: Annotated[str | None, Query(max_length=64)] = None,
     actor_id: uuid.UUID | None = None,
     action: Annotated[str | None, Query(max_length=64, examples=["schedule.replace"])] = None,
-    start: Annotated[AwareDatetime | None, Query(alias="from", description="Entries at or after this")] = None,
-    end: Annotated[AwareDatetime | None, Query(alias="to", description="Entries before this")] = None,
+    start: Annotated[Instant | None, Query(alias="from", description="Entries at or after this")] = None,
+    end: Annotated[Instant | None, Query(alias="to", description="Entries before this")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> AuditPage:

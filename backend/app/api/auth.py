@@ -2,8 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi import APIRouter, Depends, Form, Response, status
 
 from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
 from app.api.openapi import header_refs
@@ -38,6 +37,21 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 TOKEN_ANSWER = {200: {"description": "A new token pair", "headers": header_refs(*NO_STORE)}}
 ACCEPTED = Message(detail="If the address can receive mail, a message is on its way.")
+
+
+class LoginForm:
+    """The OAuth2 password grant's form (what Swagger's Authorize button sends), every field bounded."""
+
+    def __init__(
+        self,
+        username: Annotated[str, Form(max_length=320, description="The email address")],
+        password: Annotated[str, Form(max_length=1024, json_schema_extra={"format": "password"})],
+        grant_type: Annotated[str | None, Form(pattern="^password$")] = None,
+        scope: Annotated[str, Form(max_length=1000)] = "",
+        client_id: Annotated[str | None, Form(max_length=256)] = None,
+        client_secret: Annotated[str | None, Form(max_length=256, json_schema_extra={"format": "password"})] = None,
+    ) -> None:
+        self.username, self.password = username, password
 
 
 @router.post(
@@ -94,7 +108,7 @@ async def resend_verification(body: EmailIn, session: DbSession, client_ip: Rate
     responses=problem_responses(InvalidCredentials, InactiveUser, EmailNotVerified) | TOKEN_ANSWER,
 )
 async def login(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Depends()],
     session: DbSession,
     client_ip: RateLimitIP,
     response: Response,

@@ -16,6 +16,7 @@ from app.config import get_settings
 from app.database import get_session
 from app.errors import Forbidden, InvalidToken, RateLimited, Unauthorized, UnsupportedMediaType
 from app.models import Role, User
+from app.schemas.inputs import QueryInt
 from app.services.accounts import auth
 from app.utils.security import AccessClaims, decode_access_token
 
@@ -51,9 +52,11 @@ async def require_body_media_type(request: HTTPConnection) -> None:
         raise UnsupportedMediaType(f"Send the body as {expected}")
 
 
-# Pagination parameters shared by every list: `?limit=` (1..200, default 50 at the route) and `?offset=`.
-Limit = Annotated[int, Query(ge=1, le=200, description="Page size")]
-Offset = Annotated[int, Query(ge=0, description="Items to skip")]
+# Pagination parameters shared by every list: `?limit=` (1..200, default 50 at the route) and `?offset=`
+# (bounded too: a deeper page is a search that should be narrowed, and the database needs an int64).
+MAX_OFFSET = 1_000_000
+Limit = Annotated[QueryInt, Query(ge=1, le=200, description="Page size")]
+Offset = Annotated[QueryInt, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
 
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
 

@@ -61,7 +61,24 @@ def _allowed_methods(request: Request) -> str:
     return ", ".join(sorted(methods))
 
 
+# FastAPI's 400 for a body it could not even decode (bytes that are not UTF-8, a broken multipart
+# form); a body that decodes but is not JSON is already a 422. Both are "the body is not valid".
+_UNREADABLE_BODY = "There was an error parsing the body"
+
+
+def _unreadable_body(request: Request) -> JSONResponse:
+    json_route = "json" in request.headers.get("content-type", "")
+    issue = {
+        "loc": ["body"],
+        "msg": "The body cannot be read: " + ("not UTF-8 JSON" if json_route else "not a well-formed form"),
+        "type": "json_invalid" if json_route else "body_invalid",
+    }
+    return problem_response(422, "validation_error", "Validation error", "The request is not valid", errors=[issue])
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 400 and exc.detail == _UNREADABLE_BODY:
+        return _unreadable_body(request)
     phrase = HTTPStatus(exc.status_code).phrase
     code = _HTTP_CODES.get(exc.status_code, phrase.lower().replace(" ", "_"))
     detail = exc.detail if isinstance(exc.detail, str) else phrase

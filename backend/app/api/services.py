@@ -10,6 +10,7 @@ from app.api.problem_docs import documented
 from app.api.problems import problem_responses
 from app.errors import Forbidden, InvalidToken, NotFound, ServiceHasBookings, Unauthorized
 from app.models import Role, User
+from app.schemas.inputs import QueryFlag
 from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceUpdate
 from app.services.accounts import auth
 from app.services.booking import cancellation
@@ -50,7 +51,7 @@ async def list_services(
     session: DbSession,
     caller: OptionalUser,
     staff_id: Annotated[uuid.UUID | None, Query(description="Only services this staff member provides")] = None,
-    include_inactive: Annotated[bool, Query(description="Admins only: deactivated services too")] = False,
+    include_inactive: Annotated[QueryFlag, Query(description="Admins only: deactivated services too")] = False,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> ServicePage:

@@ -1,15 +1,14 @@
 """Staff: public profiles, and each staff member's weekly hours, date overrides and time off."""
 
 import uuid
-from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import AwareDatetime
 
 from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.errors import Forbidden, NotFound
+from app.schemas.inputs import Day, Instant
 from app.schemas.staff import (
     CoveredAppointment,
     OverrideIn,
@@ -83,8 +82,8 @@ async def list_time_off(
     staff_id: uuid.UUID,
     user: CurrentUser,
     session: DbSession,
-    start: Annotated[AwareDatetime | None, Query(alias="from", description="Blocks ending after this")] = None,
-    end: Annotated[AwareDatetime | None, Query(alias="to", description="Blocks starting before this")] = None,
+    start: Annotated[Instant | None, Query(alias="from", description="Blocks ending after this")] = None,
+    end: Annotated[Instant | None, Query(alias="to", description="Blocks starting before this")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> TimeOffPage:
@@ -135,8 +134,8 @@ async def list_overrides(
     staff_id: uuid.UUID,
     user: CurrentUser,
     session: DbSession,
-    first: Annotated[date | None, Query(alias="from", description="First local date, inclusive")] = None,
-    last: Annotated[date | None, Query(alias="to", description="Last local date, inclusive")] = None,
+    first: Annotated[Day | None, Query(alias="from", description="First local date, inclusive")] = None,
+    last: Annotated[Day | None, Query(alias="to", description="Last local date, inclusive")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> OverridePage:

@@ -1,10 +1,11 @@
 import uuid
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.models import AppointmentStatus
 from app.schemas.common import Page, StrictModel, UtcDatetime
+from app.schemas.inputs import Instant, Omittable
 
 Notes = Annotated[str, Field(max_length=2000, examples=["First visit; please bring earlier X-rays."])]
 
@@ -40,7 +41,7 @@ class AppointmentCreate(StrictModel):
 
     service_id: uuid.UUID
     staff_id: uuid.UUID
-    starts_at: AwareDatetime
+    starts_at: Instant
     notes: Notes | None = None
     client_id: uuid.UUID | None = Field(
         default=None, description="Staff and admins may book for a client; others may only book for themselves"
@@ -52,10 +53,13 @@ class AppointmentUpdate(StrictModel):
     """`starts_at` reschedules (the same checks as booking); `notes` replaces the notes (`null` clears them)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"starts_at": "2026-12-04T10:00:00+01:00"}, {"notes": "Running late"}]}
+        json_schema_extra={
+            "minProperties": 1,
+            "examples": [{"starts_at": "2026-12-04T10:00:00+01:00"}, {"notes": "Running late"}],
+        }
     )
 
-    starts_at: AwareDatetime | None = None
+    starts_at: Omittable[Instant] = None
     notes: Notes | None = None
     sequence: int | None = Field(
         default=None,
@@ -87,7 +91,7 @@ class SeriesCancelRequest(StrictModel):
         populate_by_name=True, json_schema_extra={"examples": [{"from": "2026-12-17T09:00:00+01:00"}, {}]}
     )
 
-    from_: AwareDatetime | None = Field(
+    from_: Omittable[Instant] = Field(
         default=None,
         alias="from",
         description="Cancel the live occurrences starting at or after this instant (default: from now on)",

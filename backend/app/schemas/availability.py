@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, PlainValidator, ValidationInfo, WithJsonS
 from pydantic.json_schema import SkipJsonSchema
 
 from app.schemas.common import TimeZoneName, iso_z
+from app.schemas.inputs import check_day, check_instant
 from app.utils.time import from_timestamp, local_bound_to_utc
 
 _LOCAL_START, _LOCAL_END = "2026-03-09T10:00:00-04:00", "2026-03-09T11:00:00-04:00"
@@ -31,14 +32,17 @@ def _window_bound(value: object) -> datetime | date:
         raise ValueError("expected a date-time with an offset or a plain date")
     value = value.strip()
     if _PLAIN_DATE.match(value):
-        return date.fromisoformat(value)
+        try:
+            return check_day(date.fromisoformat(value))
+        except ValueError:
+            raise ValueError("expected a real date, e.g. 2026-03-08") from None
     try:
         parsed = datetime.fromisoformat(_SPACE_FOR_PLUS.sub(r"+\1", value))
     except ValueError:
         raise ValueError("expected ISO 8601: 2026-03-08T00:00:00-05:00, 2026-03-08T05:00:00Z or 2026-03-08") from None
     if parsed.tzinfo is None:
         raise ValueError("a date-time needs a UTC offset, e.g. 2026-03-08T09:00:00+01:00 or ...Z")
-    return parsed
+    return check_instant(parsed)
 
 
 WindowBound = Annotated[

@@ -2,26 +2,36 @@ import uuid
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
 
 from app.schemas.common import Page, StrictModel, UtcDatetime
+from app.schemas.inputs import Amount, Flag, Integer, Omittable
 
 ServiceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, upper case", examples=["EUR"])]
 # JSON numbers are binary floats in JavaScript, so money leaves as a string with two decimals ("45.00").
 # Requests may send either a string or a number.
 Price = Annotated[
-    Decimal,
-    Field(
-        ge=0,
-        le=Decimal("99999999.99"),
-        decimal_places=2,
-        description='Decimal amount; answered as a string with two decimals, e.g. "45.00"',
-        examples=["45.00"],
+    Amount,
+    Field(ge=0, le=Decimal("99999999.99"), decimal_places=2),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": 99999999.99},
+                {"type": "string", "pattern": r"^\d{1,8}(\.\d{1,2})?$"},
+            ],
+            "description": 'Decimal amount, at most two decimals; answered as a string with two, e.g. "45.00"',
+            "examples": ["45.00"],
+        }
     ),
 ]
 PriceOut = Annotated[Decimal, PlainSerializer(lambda value: f"{value:.2f}", return_type=str), Field(examples=["45.00"])]
-Minutes = Annotated[int, Field(ge=0, le=1440)]
+Minutes = Annotated[Integer, Field(ge=0, le=1440)]
+Duration = Annotated[Integer, Field(ge=5, le=1440)]
+Notice = Annotated[Integer, Field(ge=0, le=525600, description="How soon a booking may start, in minutes")]
+Advance = Annotated[Integer, Field(ge=1, le=730, description="How far ahead one may book, in days")]
+Description = Annotated[str, Field(max_length=5000)]
+StaffIds = Annotated[list[uuid.UUID], Field(max_length=500, description="Active staff users")]
 
 _EXAMPLE = {
     "name": "Haircut",
@@ -40,21 +50,21 @@ _EXAMPLE = {
 
 
 class ServiceFields(StrictModel):
-    description: str = Field(default="", max_length=5000)
+    description: Description = ""
     buffer_before_minutes: Minutes = 0
     buffer_after_minutes: Minutes = 0
     price: Price = Decimal("0.00")
     currency: Currency = "EUR"
-    requires_confirmation: bool = False
-    min_notice_minutes: int = Field(default=60, ge=0, le=525600, description="How soon a booking may start")
-    max_advance_days: int = Field(default=90, ge=1, le=730, description="How far ahead one may book")
-    is_active: bool = True
-    staff_ids: list[uuid.UUID] = Field(default_factory=list, max_length=500, description="Active staff users")
+    requires_confirmation: Flag = False
+    min_notice_minutes: Notice = 60
+    max_advance_days: Advance = 90
+    is_active: Flag = True
+    staff_ids: StaffIds = Field(default_factory=list)
 
 
 class ServiceCreate(ServiceFields):
     name: ServiceName
-    duration_minutes: int = Field(ge=5, le=1440)
+    duration_minutes: Duration
 
     model_config = ConfigDict(json_schema_extra={"examples": [_EXAMPLE]})
 
@@ -62,18 +72,18 @@ class ServiceCreate(ServiceFields):
 class ServiceUpdate(StrictModel):
     """Only the fields sent change; `staff_ids` replaces the whole list."""
 
-    name: ServiceName | None = None
-    description: str | None = Field(default=None, max_length=5000)
-    duration_minutes: int | None = Field(default=None, ge=5, le=1440)
-    buffer_before_minutes: Minutes | None = None
-    buffer_after_minutes: Minutes | None = None
-    price: Price | None = None
-    currency: Currency | None = None
-    requires_confirmation: bool | None = None
-    min_notice_minutes: int | None = Field(default=None, ge=0, le=525600)
-    max_advance_days: int | None = Field(default=None, ge=1, le=730)
-    is_active: bool | None = None
-    staff_ids: list[uuid.UUID] | None = Field(default=None, max_length=500)
+    name: Omittable[ServiceName] = None
+    description: Omittable[Description] = None
+    duration_minutes: Omittable[Duration] = None
+    buffer_before_minutes: Omittable[Minutes] = None
+    buffer_after_minutes: Omittable[Minutes] = None
+    price: Omittable[Price] = None
+    currency: Omittable[Currency] = None
+    requires_confirmation: Omittable[Flag] = None
+    min_notice_minutes: Omittable[Notice] = None
+    max_advance_days: Omittable[Advance] = None
+    is_active: Omittable[Flag] = None
+    staff_ids: Omittable[StaffIds] = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"price": "50.00", "staff_ids": []}]})
 

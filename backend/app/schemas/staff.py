@@ -3,9 +3,10 @@ import uuid
 from datetime import date, time
 from typing import Annotated
 
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
 from app.schemas.common import Page, StrictModel, TimeZoneName, UtcDatetime
+from app.schemas.inputs import Day, Instant, Integer
 from app.schemas.service import PriceOut
 
 _WALL_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
@@ -16,7 +17,9 @@ def _wall_time(value: object) -> object:
         if not _WALL_TIME.match(value):
             raise ValueError("use 24-hour HH:MM, from 00:00 to 23:59")
         return time.fromisoformat(value)
-    return value
+    if isinstance(value, time):
+        return value
+    raise ValueError("use 24-hour HH:MM, from 00:00 to 23:59")
 
 
 # Local wall-clock time, minutes precision: "09:00" in and out.
@@ -34,7 +37,7 @@ class Interval(StrictModel):
 
 
 class WeeklyInterval(Interval):
-    weekday: int = Field(ge=0, le=6, description="0 = Monday … 6 = Sunday")
+    weekday: Integer = Field(ge=0, le=6, description="0 = Monday … 6 = Sunday")
 
 
 class Schedule(StrictModel):
@@ -62,7 +65,7 @@ class Schedule(StrictModel):
 class OverrideIn(StrictModel):
     """Hours for one local date that replace the weekly ones; an empty list closes the day."""
 
-    date: date
+    date: Day
     intervals: list[Interval] = Field(max_length=48)
 
     model_config = ConfigDict(
@@ -83,8 +86,8 @@ class OverridePage(Page[OverrideOut]):
 
 
 class TimeOffIn(StrictModel):
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime = Field(description="Must be after `starts_at`")
+    starts_at: Instant
+    ends_at: Instant = Field(description="Must be after `starts_at`")
     reason: str | None = Field(default=None, max_length=500)
 
     model_config = ConfigDict(

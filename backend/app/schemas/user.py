@@ -1,12 +1,14 @@
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from app.models import Role
 from app.schemas.common import FullName, Page, Password, StrictModel, TimeZoneName, UtcDatetime
+from app.schemas.inputs import Flag, Omittable
 
 Locale = Literal["en", "ru"]
+Phone = Annotated[str, Field(max_length=32, pattern=r"^\+?[0-9 ()-]{3,32}$", examples=["+49 30 1234567"])]
 
 
 class UserOut(BaseModel):
@@ -31,10 +33,10 @@ class UserPage(Page[UserOut]):
 class UserUpdateMe(StrictModel):
     """Only these fields; `role`, `email` and `is_active` are refused with 422."""
 
-    full_name: FullName | None = None
-    phone: str | None = Field(default=None, max_length=32, pattern=r"^\+?[0-9 ()-]{3,32}$", examples=["+49 30 1234567"])
-    timezone: TimeZoneName | None = None
-    locale: Locale | None = None
+    full_name: Omittable[FullName] = None
+    phone: Phone | None = Field(default=None, description="`null` removes the phone number")
+    timezone: Omittable[TimeZoneName] = None
+    locale: Omittable[Locale] = None
 
     model_config = ConfigDict(
         json_schema_extra={"examples": [{"full_name": "Ada King", "timezone": "Europe/London", "locale": "en"}]}
@@ -68,8 +70,8 @@ class UserCreate(StrictModel):
     role: Role = Role.user
     timezone: TimeZoneName = "UTC"
     locale: Locale = "en"
-    phone: str | None = Field(default=None, max_length=32)
-    is_verified: bool = True
+    phone: Phone | None = None
+    is_verified: Flag = True
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -87,7 +89,7 @@ class UserCreate(StrictModel):
 
 
 class UserAdminUpdate(UserUpdateMe):
-    role: Role | None = None
-    is_active: bool | None = None
+    role: Omittable[Role] = None
+    is_active: Omittable[Flag] = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"role": "staff"}, {"is_active": False}]})

@@ -1,6 +1,6 @@
 """The RRULE subset of recurring series: parsing, and occurrences at the same local wall time."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -86,3 +86,27 @@ class TestOccurrences:
             occurrences(Rule("WEEKLY", count=3), first, NEW_YORK)
 
         assert [s[:10] for s in caught.value.extra["occurrences"]] == ["2027-03-14"]
+
+
+class TestBoundedExpansion:
+    """Expansion stops at the horizon whatever the rule: no loop runs past it, no date overflows."""
+
+    @pytest.mark.parametrize("freq", ["MONTHLY", "DAILY", "WEEKLY"])
+    def test_the_year_9999_is_refused_not_looped_over(self, freq):
+        with pytest.raises(SlotNotOffered):
+            occurrences(Rule(freq, count=3), datetime(9999, 12, 28, 10, tzinfo=UTC), ZoneInfo("UTC"))
+
+    def test_a_monthly_series_stops_at_the_horizon(self):
+        first = datetime(2027, 1, 31, 10, tzinfo=UTC)
+
+        with pytest.raises(SlotNotOffered) as caught:
+            occurrences(Rule("MONTHLY", count=52), first, ZoneInfo("UTC"), horizon=first + timedelta(days=100))
+
+        assert caught.value.extra["occurrences"] == ["2027-05-31T10:00:00Z"]
+
+    def test_a_series_that_ends_before_the_horizon_is_fine(self):
+        first = datetime(2027, 1, 4, 10, tzinfo=UTC)
+
+        starts = occurrences(Rule("WEEKLY", count=4), first, ZoneInfo("UTC"), horizon=first + timedelta(days=21))
+
+        assert len(starts) == 4

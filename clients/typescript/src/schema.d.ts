@@ -989,8 +989,11 @@ export interface components {
          *     }
          */
         AppointmentUpdate: {
-            /** Starts At */
-            starts_at?: string | null;
+            /**
+             * Starts At
+             * Format: date-time
+             */
+            starts_at?: string;
             /** Notes */
             notes?: string | null;
             /**
@@ -1111,15 +1114,18 @@ export interface components {
         };
         /** Body_auth-login */
         "Body_auth-login": {
-            /** Grant Type */
-            grant_type?: string | null;
-            /** Username */
+            /**
+             * Username
+             * @description The email address
+             */
             username: string;
             /**
              * Password
              * Format: password
              */
             password: string;
+            /** Grant Type */
+            grant_type?: string | null;
             /**
              * Scope
              * @description Default: `""`.
@@ -2154,9 +2160,10 @@ export interface components {
         SeriesCancelRequest: {
             /**
              * From
+             * Format: date-time
              * @description Cancel the live occurrences starting at or after this instant (default: from now on)
              */
-            from?: string | null;
+            from?: string;
             /** Reason */
             reason?: string | null;
         };
@@ -2210,7 +2217,7 @@ export interface components {
             buffer_after_minutes?: number;
             /**
              * Price
-             * @description Decimal amount; answered as a string with two decimals, e.g. "45.00" Default: `"0.00"`.
+             * @description Decimal amount, at most two decimals; answered as a string with two, e.g. "45.00" Default: `"0.00"`.
              * @example 45.00
              */
             price?: number | string;
@@ -2227,12 +2234,12 @@ export interface components {
             requires_confirmation?: boolean;
             /**
              * Min Notice Minutes
-             * @description How soon a booking may start Default: `60`.
+             * @description How soon a booking may start, in minutes Default: `60`.
              */
             min_notice_minutes?: number;
             /**
              * Max Advance Days
-             * @description How far ahead one may book Default: `90`.
+             * @description How far ahead one may book, in days Default: `90`.
              */
             max_advance_days?: number;
             /**
@@ -2348,29 +2355,46 @@ export interface components {
          */
         ServiceUpdate: {
             /** Name */
-            name?: string | null;
+            name?: string;
             /** Description */
-            description?: string | null;
+            description?: string;
             /** Duration Minutes */
-            duration_minutes?: number | null;
+            duration_minutes?: number;
             /** Buffer Before Minutes */
-            buffer_before_minutes?: number | null;
+            buffer_before_minutes?: number;
             /** Buffer After Minutes */
-            buffer_after_minutes?: number | null;
-            /** Price */
-            price?: (number | string) | null;
-            /** Currency */
-            currency?: string | null;
+            buffer_after_minutes?: number;
+            /**
+             * Price
+             * @description Decimal amount, at most two decimals; answered as a string with two, e.g. "45.00"
+             * @example 45.00
+             */
+            price?: number | string;
+            /**
+             * Currency
+             * @description ISO 4217 code, upper case
+             * @example EUR
+             */
+            currency?: string;
             /** Requires Confirmation */
-            requires_confirmation?: boolean | null;
-            /** Min Notice Minutes */
-            min_notice_minutes?: number | null;
-            /** Max Advance Days */
-            max_advance_days?: number | null;
+            requires_confirmation?: boolean;
+            /**
+             * Min Notice Minutes
+             * @description How soon a booking may start, in minutes
+             */
+            min_notice_minutes?: number;
+            /**
+             * Max Advance Days
+             * @description How far ahead one may book, in days
+             */
+            max_advance_days?: number;
             /** Is Active */
-            is_active?: boolean | null;
-            /** Staff Ids */
-            staff_ids?: string[] | null;
+            is_active?: boolean;
+            /**
+             * Staff Ids
+             * @description Active staff users
+             */
+            staff_ids?: string[];
         };
         /**
          * SlotNotOfferedProblem
@@ -2614,19 +2638,25 @@ export interface components {
          */
         UserAdminUpdate: {
             /** Full Name */
-            full_name?: string | null;
+            full_name?: string;
             /**
              * Phone
-             * @example +49 30 1234567
+             * @description `null` removes the phone number
              */
             phone?: string | null;
-            /** Timezone */
-            timezone?: string | null;
-            /** Locale */
-            locale?: ("en" | "ru") | null;
-            role?: components["schemas"]["Role"] | null;
+            /**
+             * Timezone
+             * @example Europe/Berlin
+             */
+            timezone?: string;
+            /**
+             * Locale
+             * @enum {string}
+             */
+            locale?: "en" | "ru";
+            role?: components["schemas"]["Role"];
             /** Is Active */
-            is_active?: boolean | null;
+            is_active?: boolean;
         };
         /**
          * UserCreate
@@ -2756,16 +2786,22 @@ export interface components {
          */
         UserUpdateMe: {
             /** Full Name */
-            full_name?: string | null;
+            full_name?: string;
             /**
              * Phone
-             * @example +49 30 1234567
+             * @description `null` removes the phone number
              */
             phone?: string | null;
-            /** Timezone */
-            timezone?: string | null;
-            /** Locale */
-            locale?: ("en" | "ru") | null;
+            /**
+             * Timezone
+             * @example Europe/Berlin
+             */
+            timezone?: string;
+            /**
+             * Locale
+             * @enum {string}
+             */
+            locale?: "en" | "ru";
         };
         /**
          * ValidationErrorProblem

@@ -24,6 +24,7 @@ from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
 from app.services.scheduling.calendar_lock import lock_calendars
+from app.utils.time import utcnow
 
 EXCLUSION_VIOLATION = "23P01"
 
@@ -89,6 +90,17 @@ async def list_appointments(
 
 
 # --- checks -------------------------------------------------------------------------------------
+
+
+def booking_horizon(service: Service) -> datetime:
+    """The latest start the service may be booked for now (`max_advance_days` ahead)."""
+    return utcnow() + timedelta(days=service.max_advance_days)
+
+
+def ensure_within_horizon(service: Service, starts_at: datetime) -> None:
+    """Refuse a start beyond `max_advance_days` before anything is computed for it."""
+    if starts_at > booking_horizon(service):
+        raise SlotNotOffered("This time is too far ahead to book", occurrences=[iso_z(starts_at)])
 
 
 def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, datetime]:

@@ -67,6 +67,7 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
         )
         return booked[0]
     starts_at = data.starts_at.astimezone(UTC)
+    appointments.ensure_within_horizon(service, starts_at)
     await appointments.ensure_offered(session, service, data.staff_id, [starts_at])
     appointment = appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes)
     return (await appointments.insert_all(session, actor, [appointment]))[0]
@@ -110,6 +111,7 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
         return appointment
     service = await session.get(Service, appointment.service_id)
     assert service is not None
+    appointments.ensure_within_horizon(service, starts_at)
     await appointments.ensure_offered(session, service, appointment.staff_id, [starts_at], exclude=appointment.id)
     before = audit.snapshot(appointment)
     previous_start = appointment.starts_at

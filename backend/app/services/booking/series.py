@@ -12,10 +12,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.errors import InvalidRecurrence, NotFound, SlotNotOffered
 from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, StaffProfile, User
 from app.schemas.common import iso_z
+from app.schemas.inputs import LATEST
 from app.services.booking import appointments, cancellation
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
 MAX_OCCURRENCES = 52
+MAX_HORIZON = timedelta(days=730)  # the largest `max_advance_days` a service may have
+TOO_FAR_AHEAD = "This time is too far ahead to book"
 FREQUENCIES = ("DAILY", "WEEKLY", "MONTHLY")
 _UNTIL = re.compile(r"^(\d{8})(T(\d{6})Z)?$")
 
@@ -66,32 +69,51 @@ def _positive(value: str, name: str, maximum: int) -> int:
     return int(value)
 
 
-def _nth_date(first: date, freq: str, n: int) -> date | None:
+def _nth_date(first: date, freq: str, n: int) -> tuple[date, date | None]:
+    """Step n's earliest possible date (to hold against the horizon) and its date, if it has one."""
     if freq == "DAILY":
-        return first + timedelta(days=n)
+        day = first + timedelta(days=n)
+        return day, day
     if freq == "WEEKLY":
-        return first + timedelta(weeks=n)
+        day = first + timedelta(weeks=n)
+        return day, day
     months = first.month - 1 + n
+    year, month = first.year + months // 12, months % 12 + 1
     try:  # RFC 5545: a month without that day (31 April) has no occurrence
-        return first.replace(year=first.year + months // 12, month=months % 12 + 1)
+        return date(year, month, 1), first.replace(year=year, month=month)
     except ValueError:
-        return None
+        return date(year, month, 1), None
 
 
-def occurrences(rule: Rule, first: datetime, zone: ZoneInfo) -> list[datetime]:
+def occurrences(rule: Rule, first: datetime, zone: ZoneInfo, *, horizon: datetime | None = None) -> list[datetime]:
     """UTC starts: `first`, then the same local wall time every INTERVAL days, weeks or months.
 
     A wall time that does not exist on some date (a spring-forward gap) is refused with the
-    occurrence named, never silently shifted to another hour.
+    occurrence named, never silently shifted to another hour. Nothing is expanded past `horizon`
+    (how far ahead one may book; default two years, and never 2200 or later): an occurrence beyond it is refused as not
+    offered. Every step moves at least a day, so the loop ends within `horizon - first` days of
+    steps, whatever the rule (a month without the day has no occurrence, but still counts a step).
     """
+    if horizon is None:
+        horizon = first + MAX_HORIZON if first < LATEST - MAX_HORIZON else LATEST
+    if first > horizon:
+        raise SlotNotOffered(TOO_FAR_AHEAD, occurrences=[iso_z(first)])
     local = first.astimezone(zone)
+    last_day = horizon.astimezone(zone).date()
     wall: time = local.time().replace(tzinfo=None)
     starts: list[datetime] = []
     missing: list[datetime] = []
     step = 0
     while rule.count is None or len(starts) < rule.count:
-        day = _nth_date(local.date(), rule.freq, step * rule.interval)
+        earliest, day = _nth_date(local.date(), rule.freq, step * rule.interval)
         step += 1
+        if not isinstance(rule.until, datetime) and rule.until is not None and earliest > rule.until:
+            break
+        if earliest > last_day:
+            beyond = local_bound_to_utc(day or earliest, wall, zone)
+            if isinstance(rule.until, datetime) and beyond > rule.until:
+                break
+            raise SlotNotOffered(TOO_FAR_AHEAD, occurrences=[iso_z(beyond)])
         if day is None:
             continue
         start = first if step == 1 else local_to_utc(day, wall, zone)
@@ -100,6 +122,8 @@ def occurrences(rule: Rule, first: datetime, zone: ZoneInfo) -> list[datetime]:
             break
         if not isinstance(rule.until, datetime) and rule.until is not None and day > rule.until:
             break
+        if instant > horizon:
+            raise SlotNotOffered(TOO_FAR_AHEAD, occurrences=[iso_z(instant)])
         if len(starts) == MAX_OCCURRENCES:
             raise InvalidRecurrence(f"At most {MAX_OCCURRENCES} occurrences")
         starts.append(instant.astimezone(UTC))
@@ -132,7 +156,8 @@ async def book(
 ) -> list[Appointment]:
     """Every occurrence checked and inserted in this transaction; one clash and nothing is booked.
     The caller holds the staff member's calendar lock."""
-    starts = occurrences(parse_rrule(rrule), starts_at, await staff_zone(session, staff_id))
+    horizon = appointments.booking_horizon(service)
+    starts = occurrences(parse_rrule(rrule), starts_at, await staff_zone(session, staff_id), horizon=horizon)
     await appointments.ensure_offered(session, service, staff_id, starts)
     series = AppointmentSeries(rrule=rrule.strip(), client_id=client.id, staff_id=staff_id, service_id=service.id)
     session.add(series)
