@@ -265,16 +265,3 @@ async def record_change(
     )
     availability.invalidate_after_commit(session, appointment.staff_id)
     _publish(session, appointment, event_type)
-
-
-# --- GDPR ---------------------------------------------------------------------------------------
-
-
-def _involving(user: User):
-    return select(Appointment).where((Appointment.client_id == user.id) | (Appointment.staff_id == user.id))
-
-
-async def export_for(session: AsyncSession, user: User) -> list[dict[str, Any]]:
-    """Every appointment the user is the client or the staff member of, as the API shows it."""
-    rows = await session.scalars(_involving(user).order_by(Appointment.starts_at, Appointment.id))
-    return [to_json(appointment) for appointment in rows]
