@@ -36,6 +36,7 @@ from app.services.booking.appointments import get_visible, list_appointments
 router = APIRouter(prefix="/appointments", tags=["appointments"])
 
 READ_ERRORS = problem_responses(NotFound)
+ICS_HEADERS = {"Content-Disposition": {"description": "`attachment; filename=...`", "schema": {"type": "string"}}}
 CHANGE_ERRORS = problem_responses(
     NotFound, Forbidden, InvalidTransition, CancellationWindowClosed, AppointmentNotStarted
 )
@@ -103,7 +104,8 @@ async def list_visible(
     operation_id="appointments-get-ics",
     response_class=Response,
     summary="Download as a calendar file",
-    responses={200: {"content": {"text/calendar": {"schema": {"type": "string"}}}}, **READ_ERRORS},
+    responses={200: {"content": {"text/calendar": {"schema": {"type": "string"}}}, "headers": ICS_HEADERS}}
+    | READ_ERRORS,
 )
 async def get_ics(appointment_id: uuid.UUID, user: CurrentUser, session: DbSession) -> Response:
     """The appointment as an RFC 5545 `.ics` file."""

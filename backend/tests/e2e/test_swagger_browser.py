@@ -96,7 +96,7 @@ async def test_sign_in_with_authorize_and_call_users_me(api, session):
                 operation.locator(".live-responses-table tr.response td.response-col_description")
             ).to_contain_text(user.email, timeout=TIMEOUT_MS)
             shot = shots / "swagger-users-me.png"
-            await page.screenshot(path=str(shot), full_page=True)
+            await operation.screenshot(path=str(shot))
             print(f"screenshot: {shot}")
         finally:
             await browser.close()

@@ -6411,6 +6411,8 @@ export interface operations {
             200: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
+                    /** @description `attachment; filename=...` */
+                    "Content-Disposition"?: string;
                     [name: string]: unknown;
                 };
                 content: {
