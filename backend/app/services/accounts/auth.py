@@ -248,16 +248,31 @@ def link(path: str, token: str) -> str:
     return f"{get_settings().frontend_url.rstrip('/')}/{path}?token={token}"
 
 
-async def _send_verification(session: AsyncSession, user: User) -> None:
-    hours = get_settings().verify_email_token_expire_hours
-    token = await new_action_token(session, user, ActionTokenPurpose.verify_email, timedelta(hours=hours))
+async def _mail_link(
+    session: AsyncSession, user: User, purpose: ActionTokenPurpose, ttl: timedelta, template: str, path: str, **context
+) -> None:
+    """A single-use link to `{FRONTEND_URL}/{path}`, mailed to the user through the outbox (the link redacted there)."""
+    token = await new_action_token(session, user, purpose, ttl)
     await queue_email(
         session,
         to=user.email,
-        template="verify_email",
+        template=template,
         locale=user.locale,
-        context={"full_name": user.full_name, "link": link("verify-email", token), "expires_hours": hours},
+        context={"full_name": user.full_name, "link": link(path, token), **context},
         secret_keys=("link",),
+    )
+
+
+async def _send_verification(session: AsyncSession, user: User) -> None:
+    hours = get_settings().verify_email_token_expire_hours
+    await _mail_link(
+        session,
+        user,
+        ActionTokenPurpose.verify_email,
+        timedelta(hours=hours),
+        "verify_email",
+        "verify-email",
+        expires_hours=hours,
     )
 
 
@@ -337,14 +352,14 @@ async def request_password_reset(session: AsyncSession, email: str) -> None:
         await as_if_writing(session)
         return
     minutes = get_settings().password_reset_token_expire_minutes
-    token = await new_action_token(session, user, ActionTokenPurpose.password_reset, timedelta(minutes=minutes))
-    await queue_email(
+    await _mail_link(
         session,
-        to=user.email,
-        template="password_reset",
-        locale=user.locale,
-        context={"full_name": user.full_name, "link": link("reset-password", token), "expires_minutes": minutes},
-        secret_keys=("link",),
+        user,
+        ActionTokenPurpose.password_reset,
+        timedelta(minutes=minutes),
+        "password_reset",
+        "reset-password",
+        expires_minutes=minutes,
     )
 
 
