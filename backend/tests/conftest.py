@@ -2,6 +2,10 @@
 
 `TEST_DATABASE_URL` / `TEST_REDIS_URL` point at running servers (CI); when unset, embedded
 PostgreSQL and Valkey are started for the session. The Redis database given is flushed between tests.
+
+The suite runs in several pytest-xdist workers (`-n` in pyproject's addopts). Each worker has a
+database of its own and a Redis database of its own (the given number, then the ones below it);
+embedded servers are started once, by the controlling process, and shared by its workers.
 """
 
 import asyncio
@@ -28,6 +32,45 @@ def _plain(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
+_embedded_for_workers = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With xdist, start the embedded servers once here, in the controller, for every worker."""
+    global _embedded_for_workers
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    need_db = not os.environ.get("TEST_DATABASE_URL")
+    need_redis = not os.environ.get("TEST_REDIS_URL")
+    if not (need_db or need_redis):
+        return
+    from app.embedded import start_embedded
+
+    _embedded_for_workers = start_embedded(
+        Path(tempfile.mkdtemp(prefix="c3po-test-")), need_db=need_db, need_redis=need_redis
+    )
+    if need_db:
+        os.environ["TEST_DATABASE_URL"] = _embedded_for_workers.database_url
+    if need_redis:
+        os.environ["TEST_REDIS_URL"] = _embedded_for_workers.redis_url
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _embedded_for_workers
+    if _embedded_for_workers is not None:
+        _embedded_for_workers.stop()
+        _embedded_for_workers = None
+
+
+def _worker_redis_url(url: str) -> str:
+    """xdist worker gwN flushes Redis database (given - N) mod 16, so workers never share one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    offset = int(worker.removeprefix("gw") or 0)
+    parts = urlsplit(url)
+    base = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{(base - offset) % 16}"))
+
+
 @pytest.fixture(scope="session")
 def service_urls() -> Iterator[dict[str, str]]:
     """Servers for the session and a database of our own on the PostgreSQL one."""
@@ -42,6 +85,7 @@ def service_urls() -> Iterator[dict[str, str]]:
         )
         db_url = db_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
+    redis_url = _worker_redis_url(redis_url)
     name = f"c3po_test_{uuid.uuid4().hex[:12]}"
     admin_url = _plain(db_url)
 

@@ -135,7 +135,7 @@ def runs_the_stack_and_stops_cleanly_on_ctrl_c(dev: DevServer) -> None:
         [eml] = dev.wait_for(verification_mail, "verification email in DATA_DIR/mail")
         message = message_from_bytes(eml.read_bytes(), policy=policy.default)
         [link] = [link for link in extract_links(message) if "/verify-email?token=" in link]
-        assert link in dev.log.read_text()  # the catcher printed it for the developer
+        dev.wait_for(lambda: link in dev.log.read_text(), "the link printed by the catcher for the developer")
 
         verified = http.post("/api/v1/auth/verify-email", json={"token": link.split("token=", 1)[1]})
         assert verified.status_code == 200, verified.text

@@ -81,15 +81,17 @@ async def audit_actions(session, staff) -> list[str]:
     return [row.action for row in rows]
 
 
+# A fixed id (no row has it): xdist workers must collect the same test ids.
+MISSING_ID = "00000000-0000-4000-8000-00000000dead"
 CALENDAR_ROUTES = [
     ("GET", "/schedule", None),
     ("PUT", "/schedule", {"timezone": "UTC", "intervals": []}),
     ("GET", "/time-off", None),
     ("POST", "/time-off", {"starts_at": "2030-01-01T10:00:00Z", "ends_at": "2030-01-01T12:00:00Z"}),
-    ("DELETE", f"/time-off/{uuid.uuid4()}", None),
+    ("DELETE", f"/time-off/{MISSING_ID}", None),
     ("GET", "/overrides", None),
     ("POST", "/overrides", {"date": "2030-01-01", "intervals": []}),
-    ("DELETE", f"/overrides/{uuid.uuid4()}", None),
+    ("DELETE", f"/overrides/{MISSING_ID}", None),
 ]
 
 
