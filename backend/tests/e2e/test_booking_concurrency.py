@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 from app.models import Appointment, Role, User
 from app.services.accounts import tokens
 from app.utils.security import create_access_token
+from tests.apiserver import STARTUP_SECONDS
 from tests.factories import hashed, unique_email
 from tests.scheduling import URL, add_appointment, create_service, create_staff, days_ahead
 from tests.smtp import free_port
@@ -75,7 +76,7 @@ def api_servers(service_urls, tmp_path_factory) -> Iterator[list[str]]:
 
 
 def _wait_healthy(process: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"the API exited with {process.returncode}:\n{log.read_text()}")

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from app.models import User
+from tests.apiserver import STARTUP_SECONDS
 from tests.e2e.test_ws_fanout import BACKEND_DIR, _free_port
 from tests.factories import PASSWORD, create_user, outbox, unique_email
 
@@ -35,7 +36,7 @@ def api_process(service_urls, log_path) -> Iterator[tuple[subprocess.Popen, str]
         process = subprocess.Popen(command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_SECONDS
         while True:
             assert process.poll() is None, log_path.read_text()
             with contextlib.suppress(httpx.HTTPError):

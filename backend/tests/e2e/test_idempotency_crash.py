@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app.models import Appointment, IdempotencyKey
+from tests.apiserver import STARTUP_SECONDS
 from tests.e2e.conftest import RedisServer
 from tests.e2e.crash_app import CRASH_HEADER
 from tests.factories import create_user
@@ -36,7 +37,7 @@ class Api:
     log: Path
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 pytest.fail(f"the API exited with {self.process.returncode}:\n{self.log.read_text()}")

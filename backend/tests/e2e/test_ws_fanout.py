@@ -18,6 +18,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from app.models import AppointmentStatus, User
+from tests.apiserver import STARTUP_SECONDS
 from tests.factories import create_user, start_session
 from tests.integration.test_reminders import book
 
@@ -42,7 +43,7 @@ def api_processes(count: int, env: dict[str, str], log_dir: Path) -> Iterator[li
             command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
             processes.append(subprocess.Popen(command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT))
             bases.append(f"127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_SECONDS
         for process, base in zip(processes, bases, strict=True):
             while True:
                 assert process.poll() is None, f"the API on {base} exited"
