@@ -52,7 +52,7 @@ async def get_arq_pool() -> ArqRedis:
     global _pool
     if _pool is None:
         # Not the app's client: arq stores pickled bytes, the app's client decodes strings.
-        _pool = ArqRedis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1)
+        _pool = ArqRedis.from_url(get_settings().queue_redis_url, socket_timeout=1, socket_connect_timeout=1)
     return _pool
 
 

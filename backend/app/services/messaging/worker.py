@@ -170,7 +170,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def redis_settings() -> RedisSettings:
-    url = get_settings().redis_url
+    url = get_settings().queue_redis_url  # one Redis, never a cluster: arq's MULTI spans its keys
     return RedisSettings.from_dsn(url) if url else RedisSettings()
 
 
