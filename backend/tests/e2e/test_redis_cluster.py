@@ -210,6 +210,12 @@ async def test_a_login_lives_refreshes_and_ends_in_one_slot_of_the_cluster(apis,
     assert family in await nodes.smembers(f"user-families:{user.id}")
 
 
+async def test_the_health_check_pings_the_cluster(apis):
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        answer = await http.get(f"{apis[0]}/health/redis")
+    assert answer.status_code == 200 and answer.json() == {"status": "ok", "redis": "up"}, answer.text
+
+
 async def test_logout_all_ends_the_other_logins(apis, session):
     user = await create_user(session)
     async with httpx.AsyncClient(base_url=apis[0], timeout=TIMEOUT) as http:

@@ -4,9 +4,9 @@ A refresh token reads `{family}.{secret}`: the family (the login, also the acces
 is public, the secret is 32 random bytes. Keys (`{F}` is a Redis Cluster hash tag: everything one
 login's steps touch together sits in one slot):
   family:{F}               -> hash {user, started, expires, revoked?, reaffirmed?}, expiring with the login
-  refresh:{F}:{sha256}     -> hash {user, state: live|rotated, rotated_at?, successor?}
-  denied-jti:{F}:{jti}     -> "1" until the access token (of login F) would have expired
-  user-families:{user}     -> set of family ids (for logout-all), read and written on its own
+  refresh:{F}:<sha256>     -> hash {user, state: live|rotated, rotated_at?, successor?}
+  denied-jti:{F}:<jti>     -> "1" until the access token (of login F) would have expired
+  user-families:<user>     -> set of family ids (for logout-all), read and written on its own
 
 `successor` is the next token's secret XOR-ed with a key derived (HMAC with SECRET_KEY) from the
 rotated token itself: only whoever presents that token can recover it, and no token is stored in a
