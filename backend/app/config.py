@@ -22,6 +22,10 @@ class Settings(BaseSettings):
     # Unset in development means "start embedded servers" (see app/embedded.py).
     database_url: str | None = None
     redis_url: str | None = None
+    # REDIS_URL is then one node of a Redis Cluster (the client finds the others); see backend/README.md.
+    redis_cluster: bool = False
+    redis_pubsub_url: str | None = None  # events' pub/sub: a plain connection to one node (unset: REDIS_URL)
+    arq_redis_url: str | None = None  # the job queue: one Redis, never a cluster (unset: REDIS_URL)
     db_pool_size: int = 10
 
     mail_server: str = "127.0.0.1"
@@ -84,6 +88,20 @@ class Settings(BaseSettings):
             if not self.database_url or not self.redis_url:
                 raise ValueError("DATABASE_URL and REDIS_URL are required in production")
         return self
+
+    @model_validator(mode="after")
+    def _queue_outside_the_cluster(self) -> "Settings":
+        if self.redis_cluster and self.redis_url and not self.arq_redis_url:
+            raise ValueError("REDIS_CLUSTER needs ARQ_REDIS_URL: arq's queue runs on a single Redis, not a cluster")
+        return self
+
+    @property
+    def pubsub_redis_url(self) -> str | None:
+        return self.redis_pubsub_url or self.redis_url
+
+    @property
+    def queue_redis_url(self) -> str | None:
+        return self.arq_redis_url or self.redis_url
 
     @property
     def is_production(self) -> bool:

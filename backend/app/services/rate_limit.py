@@ -3,9 +3,10 @@
 import hashlib
 import time
 from collections.abc import Awaitable
+from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
+from limits.aio.storage import RedisClusterStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from loguru import logger
 from redis.exceptions import RedisError
@@ -20,10 +21,20 @@ _storage: RedisStorage | None = None
 def _get_limiter() -> MovingWindowRateLimiter:
     global _limiter, _storage
     if _limiter is None:
-        url = get_settings().redis_url or ""
-        _storage = RedisStorage("async+" + url, implementation="redispy", socket_timeout=2, socket_connect_timeout=2)
+        _storage = _build_storage(get_settings().redis_url or "", cluster=get_settings().redis_cluster)
         _limiter = MovingWindowRateLimiter(_storage)
     return _limiter
+
+
+def _build_storage(url: str, *, cluster: bool) -> RedisStorage:
+    """Each moving window is one key, counted by one Lua script: cluster-safe as it is."""
+    options = {"implementation": "redispy", "socket_timeout": 2, "socket_connect_timeout": 2}
+    if not cluster:
+        return RedisStorage("async+" + url, **options)
+    parts = urlsplit(url)
+    if parts.scheme == "rediss":
+        options["ssl"] = True
+    return RedisClusterStorage(f"async+redis+cluster://{parts.netloc}", **options)
 
 
 def reset_limiter() -> None:

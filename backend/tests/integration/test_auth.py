@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 from app.config import get_settings
 from app.models import ActionToken, Role, User
 from app.redis import get_redis
+from app.services.accounts import tokens
 from app.utils.security import token_digest
 from tests.assertions import assert_invalid_grant, assert_problem, assert_unauthorized
 from tests.factories import (
@@ -372,11 +373,11 @@ class TestLogout:
 
     async def test_denied_jti_lives_only_as_long_as_the_token(self, client, session):
         pair = await start_session(await create_user(session))
-        jti = jwt.decode(pair.access_token, options={"verify_signature": False})["jti"]
+        claims = jwt.decode(pair.access_token, options={"verify_signature": False})
 
         await client.post(f"{AUTH}/logout", headers=pair.headers)
 
-        assert 0 < await get_redis().ttl(f"denied-jti:{jti}") <= 15 * 60
+        assert 0 < await get_redis().ttl(tokens.denied_key(claims["sid"], claims["jti"])) <= 15 * 60
 
     async def test_the_presented_refresh_token_of_another_login_is_revoked_too(self, client, session):
         user = await create_user(session)

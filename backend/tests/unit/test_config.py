@@ -32,3 +32,17 @@ def test_development_accepts_the_default_secret():
 def test_origins_from_csv_or_json(raw, monkeypatch):
     monkeypatch.setenv("CORS_ORIGINS", raw)
     assert Settings().cors_origins == ["https://a.example", "https://b.example"]
+
+
+class TestRedisCluster:
+    def test_the_queue_may_not_default_to_a_cluster_node(self):
+        with pytest.raises(ValidationError, match="ARQ_REDIS_URL"):
+            Settings(redis_url="redis://node-1:6379/0", redis_cluster=True)
+
+    def test_events_and_the_queue_default_to_redis_url(self):
+        settings = Settings(redis_url="redis://cache/0")
+        assert settings.pubsub_redis_url == settings.queue_redis_url == "redis://cache/0"
+
+    def test_a_cluster_with_its_queue_elsewhere(self):
+        settings = Settings(redis_url="redis://node-1:6379", redis_cluster=True, arq_redis_url="redis://queue/0")
+        assert (settings.pubsub_redis_url, settings.queue_redis_url) == ("redis://node-1:6379", "redis://queue/0")

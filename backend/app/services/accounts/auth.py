@@ -72,7 +72,7 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
 async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> User:
     """The user behind a decoded access token, or 401 if the token was revoked in any way."""
     async with get_redis().pipeline(transaction=False) as pipe:
-        pipe.exists(f"denied-jti:{claims.jti}")
+        pipe.exists(tokens.denied_key(claims.session_id, claims.jti))
         pipe.hmget(tokens.family_key(claims.session_id), ["reaffirmed", "revoked"])
         denied, (reaffirmed, family_revoked) = await pipe.execute()
     if denied:
@@ -159,7 +159,7 @@ async def refresh(session: AsyncSession, refresh_token: str) -> TokenPair:
 
 
 async def logout(claims: AccessClaims, refresh_token: str | None) -> None:
-    await tokens.deny_access_token(claims.jti, claims.expires_at)
+    await tokens.deny_access_token(claims.session_id, claims.jti, claims.expires_at)
     await tokens.revoke_family(claims.session_id)
     await events.end_sessions(claims.user_id, session_id=claims.session_id)
     if refresh_token:

@@ -1,12 +1,12 @@
 """Session state in Redis: refresh-token families (rotation, grace, reuse detection) and the access-token deny-list.
 
 A refresh token reads `{family}.{secret}`: the family (the login, also the access token's `sid`)
-is public, the secret is 32 random bytes. Keys (`{family}` is a Redis Cluster hash tag, so one
-rotation touches one slot):
+is public, the secret is 32 random bytes. Keys (`{F}` is a Redis Cluster hash tag: everything one
+login's steps touch together sits in one slot):
   family:{F}               -> hash {user, started, expires, revoked?, reaffirmed?}, expiring with the login
-  refresh:{F}:{sha256}     -> hash {user, state: live|rotated, rotated_at?, successor?}
-  user-families:{user}     -> set of family ids (for logout-all)
-  denied-jti:{jti}         -> "1" until the access token would have expired
+  refresh:{F}:<sha256>     -> hash {user, state: live|rotated, rotated_at?, successor?}
+  denied-jti:{F}:<jti>     -> "1" until the access token (of login F) would have expired
+  user-families:<user>     -> set of family ids (for logout-all), read and written on its own
 
 `successor` is the next token's secret XOR-ed with a key derived (HMAC with SECRET_KEY) from the
 rotated token itself: only whoever presents that token can recover it, and no token is stored in a
@@ -48,6 +48,14 @@ def _token_key(family: str, token: str) -> str:
     return f"refresh:{{{family}}}:{token_digest(token)}"
 
 
+def denied_key(family: str, jti: str) -> str:
+    return f"denied-jti:{{{family}}}:{jti}"
+
+
+def _user_key(user_id: uuid.UUID) -> str:
+    return f"user-families:{user_id}"
+
+
 def _family_of(token: str) -> str:
     match = _TOKEN.match(token)
     if match is None:
@@ -84,13 +92,17 @@ async def start_family(user_id: uuid.UUID) -> tuple[str, str]:
     now = time.time()
     expires = now + get_settings().refresh_token_expire_days * 86400
     token, _ = _new_token(family)
-    async with get_redis().pipeline(transaction=False) as pipe:
+    redis = get_redis()
+    # Two slots, in this order: a family that logout-all cannot find must never exist.
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.sadd(_user_key(user_id), family)
+        pipe.expire(_user_key(user_id), get_settings().refresh_token_expire_days * 86400)
+        await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(family_key(family), mapping={"user": str(user_id), "started": now, "expires": expires})
         pipe.expireat(family_key(family), int(expires) + 1)
         pipe.hset(_token_key(family, token), mapping={"user": str(user_id), "state": "live"})
         pipe.expireat(_token_key(family, token), int(expires) + 1)
-        pipe.sadd(f"user-families:{user_id}", family)
-        pipe.expire(f"user-families:{user_id}", get_settings().refresh_token_expire_days * 86400)
         await pipe.execute()
     return family, token
 
@@ -172,10 +184,10 @@ async def revoke_family(family: str) -> None:
 
 async def revoke_all_families(user_id: uuid.UUID, *, keep: str | None = None) -> None:
     redis = get_redis()
-    families = await redis.smembers(f"user-families:{user_id}")
+    families = await redis.smembers(_user_key(user_id))
     for family in families - {keep}:
         await revoke_family(family)
-        await redis.srem(f"user-families:{user_id}", family)
+        await redis.srem(_user_key(user_id), family)
 
 
 async def reaffirm_family(family: str) -> None:
@@ -188,9 +200,5 @@ def _grant(record: dict[str, str], family: str, login: dict[str, str]) -> Refres
     return RefreshGrant(uuid.UUID(record["user"]), family, valid_from, float(login["expires"]))
 
 
-async def deny_access_token(jti: str, expires_at: float) -> None:
-    await get_redis().set(f"denied-jti:{jti}", "1", ex=_ttl_until(expires_at))
-
-
-async def is_access_token_denied(jti: str) -> bool:
-    return bool(await get_redis().exists(f"denied-jti:{jti}"))
+async def deny_access_token(family: str, jti: str, expires_at: float) -> None:
+    await get_redis().set(denied_key(family, jti), "1", ex=_ttl_until(expires_at))

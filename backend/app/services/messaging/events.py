@@ -5,6 +5,9 @@ Each process keeps one Redis pub/sub connection (`Hub`): it subscribes to a user
 first socket of that user connects here and unsubscribes when the last one goes, so a thousand
 sockets cost one connection, and a process hears only about the users it serves. Pub/sub keeps
 nothing: a socket that was not connected misses the event, and clients refetch on reconnect.
+
+Events travel over `REDIS_PUBSUB_URL` (by default `REDIS_URL`), always a plain connection: on a
+Redis Cluster any node will do, since the cluster forwards every PUBLISH to all of its nodes.
 """
 
 import asyncio
@@ -25,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
 from app.database import after_commit
-from app.redis import get_redis
+from app.redis import get_pubsub_redis
 
 CHANNEL_PREFIX = "events:user:"
 QUEUE_SIZE = 256  # events waiting for one slow socket; beyond that the oldest are dropped
@@ -56,14 +59,14 @@ def publish_after_commit(
 
 async def _publish_all(info: dict[str, Any]) -> None:
     messages = info.pop("events", [])
-    async with get_redis().pipeline(transaction=False) as pipe:
+    async with get_pubsub_redis().pipeline(transaction=False) as pipe:
         for user_id, message in messages:
             pipe.publish(channel(user_id), message)
         await pipe.execute()
 
 
 async def publish(user_id: uuid.UUID | str, message: str) -> None:
-    await get_redis().publish(channel(user_id), message)
+    await get_pubsub_redis().publish(channel(user_id), message)
 
 
 SESSION_ENDED = "session.ended"
@@ -209,7 +212,7 @@ _hub: Hub | None = None
 def get_hub() -> Hub:
     global _hub
     if _hub is None:
-        url = get_settings().redis_url
+        url = get_settings().pubsub_redis_url
         if not url:
             raise RuntimeError("REDIS_URL is not set")
         # Its own client: no socket timeout (the connection waits for events), a ping every 30 s, and

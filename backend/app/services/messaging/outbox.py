@@ -2,8 +2,13 @@
 
 from functools import partial
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, RedisSettings
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import case, func, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,6 +17,7 @@ from app.database import after_commit
 from app.models import OutboxMessage
 
 DELIVER_JOB = "deliver_outbox"
+SENTINEL_SCHEME = "redis+sentinel"
 _pool: ArqRedis | None = None
 
 
@@ -48,11 +54,39 @@ def job_id(outbox_id: int, attempt: int = 0) -> str:
     return f"outbox:{outbox_id}:{attempt}"
 
 
+def queue_redis_settings() -> RedisSettings:
+    """arq's Redis, always a single one: `ARQ_REDIS_URL` (default `REDIS_URL`), or its primary found
+    through Sentinel with `redis+sentinel://[:password@]host:26379[,host:26379...]/<master>[/<db>]`."""
+    url = get_settings().queue_redis_url
+    if not url:
+        return RedisSettings()
+    parts = urlsplit(url)
+    if parts.scheme != SENTINEL_SCHEME:
+        return RedisSettings.from_dsn(url)
+    master, _, database = parts.path.strip("/").partition("/")
+    nodes = (node.rpartition(":") for node in parts.netloc.rpartition("@")[2].split(","))
+    return RedisSettings(
+        host=[(host, int(port)) for host, _, port in nodes],
+        sentinel=True,
+        sentinel_master=master,
+        database=int(database or 0),
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
 async def get_arq_pool() -> ArqRedis:
     global _pool
     if _pool is None:
         # Not the app's client: arq stores pickled bytes, the app's client decodes strings.
-        _pool = ArqRedis.from_url(get_settings().redis_url, socket_timeout=1, socket_connect_timeout=1)
+        settings, timeouts = queue_redis_settings(), {"socket_timeout": 1, "socket_connect_timeout": 1}
+        if settings.sentinel:
+            sentinel = Sentinel(settings.host, sentinel_kwargs=timeouts, **timeouts)
+            # A pooled connection to a primary that failed over is retried once: the retry asks Sentinel anew.
+            retry = {"retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError]}
+            connection = {"db": settings.database, "password": settings.password, **retry}
+            _pool = sentinel.master_for(settings.sentinel_master, redis_class=ArqRedis, **connection)
+        else:
+            _pool = ArqRedis.from_url(get_settings().queue_redis_url, **timeouts)
     return _pool
 
 

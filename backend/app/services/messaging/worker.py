@@ -35,7 +35,7 @@ from app.logging import setup_logging
 from app.models import OutboxMessage
 from app.services.booking.idempotency import purge_expired_keys
 from app.services.messaging.mailer import send_email
-from app.services.messaging.outbox import DELIVER_JOB, job_id, redacted
+from app.services.messaging.outbox import DELIVER_JOB, job_id, queue_redis_settings, redacted
 from app.services.messaging.reminders import send_due_reminders
 
 SUPERVISED = "supervised"  # ctx flag: the caller runs the relay and owns logging and the engine
@@ -170,8 +170,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def redis_settings() -> RedisSettings:
-    url = get_settings().redis_url
-    return RedisSettings.from_dsn(url) if url else RedisSettings()
+    return queue_redis_settings()  # one Redis, never a cluster: arq's MULTI spans its keys
 
 
 class WorkerSettings:
