@@ -40,7 +40,8 @@ class Server:
 
 
 @pytest.fixture
-def server(service_urls, tmp_path) -> Iterator[Server]:
+def server(request, service_urls, tmp_path) -> Iterator[Server]:
+    workers = getattr(request, "param", 2)
     port = free_port()
     env = {
         **os.environ,
@@ -52,7 +53,7 @@ def server(service_urls, tmp_path) -> Iterator[Server]:
         "PYTHONUNBUFFERED": "1",
     }
     log_path = tmp_path / "serve.log"
-    command = [sys.executable, "-m", "app", "serve", "--workers", "2", "--host", HOST, "--port", str(port)]
+    command = [sys.executable, "-m", "app", "serve", "--workers", str(workers), "--host", HOST, "--port", str(port)]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, cwd=BACKEND_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
     running = Server(process, f"{HOST}:{port}", log_path)
@@ -142,3 +143,18 @@ async def test_both_processes_serve_and_sigterm_drains_them(server, service_urls
         assert time.monotonic() - stopped_at < EXIT_BOUND_SECONDS
     finally:
         await db.close()
+
+
+@pytest.mark.parametrize("server", [1], indirect=True)
+async def test_a_single_process_drains_its_websockets_and_exits_0_too(server, session):
+    user = await create_user(session)
+    socket_ = await connect(f"ws://{server.base}/api/v1/ws?token={(await start_session(user)).access_token}")
+    assert json.loads(await asyncio.wait_for(socket_.recv(), 10))["type"] == "ready"
+
+    server.process.send_signal(signal.SIGTERM)
+
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(socket_.recv(), 10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+    assert await asyncio.to_thread(server.process.wait, EXIT_BOUND_SECONDS) == 0, server.log()

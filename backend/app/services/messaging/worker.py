@@ -231,13 +231,17 @@ async def relay_once(stop: asyncio.Event | None = None) -> int:
 
 
 async def relay_forever(stop: asyncio.Event) -> None:
-    interval = get_settings().outbox_relay_seconds
+    settings = get_settings()
+    interval = settings.outbox_relay_seconds
     while not stop.is_set():
         try:
             if attempted := await relay_once(stop):
                 logger.info("relay attempted {} overdue outbox rows", attempted)
         except Exception:  # Postgres away: keep trying, the rows wait
             logger.opt(exception=True).warning("outbox relay pass failed; next in {}s", interval)
+        if settings.worker_heartbeat_file is not None:  # alive, even while Postgres is away
+            with suppress(OSError):
+                settings.worker_heartbeat_file.touch()
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
 
