@@ -7,6 +7,7 @@ from datetime import timedelta
 import asyncpg
 from sqlalchemy import func, update
 
+from app.database import dispose_engine
 from app.models import OutboxMessage
 from app.services.messaging.outbox import get_arq_pool
 from app.services.messaging.worker import attempt_delivery, deliver_outbox, relay_once
@@ -83,6 +84,39 @@ class TestNoTransactionDuringTheSend:
         await session.commit()
         assert (await attempt_delivery(outbox_id)).sent
         assert len(smtp.messages) == 1  # the one cut off never reached 250, so the server dropped it
+
+
+class TestMarkingSent:
+    async def test_a_mark_that_cannot_be_written_at_once_is_tried_again_not_left_to_a_resend(
+        self,
+        service_urls,
+        session,
+        smtp,  # noqa: F811
+    ):
+        [outbox_id] = await queue()
+        await dispose_engine()
+        conn = await asyncpg.connect(service_urls["database_url"])
+        try:
+            with settings_env(DB_LOCK_TIMEOUT_SECONDS="0.3"):
+                smtp.hold()
+                sending = asyncio.create_task(attempt_delivery(outbox_id))
+                await held(smtp)
+                lock = conn.transaction()
+                await lock.start()
+                await conn.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", outbox_id)
+                smtp.release()
+                await asyncio.sleep(1.5)  # the mark times out on the lock, more than once
+                assert not sending.done()
+                await lock.rollback()
+                attempt = await asyncio.wait_for(sending, 10)
+        finally:
+            await conn.close()
+            await dispose_engine()
+
+        assert attempt is not None and attempt.sent
+        row = await load(session, outbox_id)
+        assert row.sent_at is not None and row.claimed_by is None and row.attempts == 0
+        assert len(smtp.messages) == 1
 
 
 class TestClaims:

@@ -33,6 +33,7 @@ from arq.worker import Worker, create_worker, func
 from loguru import logger
 from sqlalchemy import case, or_, select, update
 from sqlalchemy import func as sql
+from sqlalchemy.exc import DBAPIError
 
 from app.config import get_settings
 from app.database import dispose_engine, get_sessionmaker, set_role
@@ -48,6 +49,7 @@ JOB_TIMEOUT_SECONDS = 60
 JOB_CLOCK_SLACK = timedelta(seconds=0.25)  # arq defers by the worker's clock, the row is checked by the database's
 RELAY_BATCH = 100
 RESTART_MAX_DELAY_SECONDS = 5
+MARK_RETRY_SECONDS = 0.2  # first pause before recording a sent message again (Postgres away)
 LEASE_USE = 0.8  # an attempt sends within this share of its lease; the rest is for recording the outcome
 
 Handler = Callable[[int, datetime, Mapping[str, Any]], Awaitable[None]]
@@ -97,12 +99,14 @@ async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelt
     if claim is None:
         return None
     budget = get_settings().outbox_lease_seconds * LEASE_USE - (loop.time() - started)
+    cutoff = asyncio.timeout(budget)
     try:
-        async with asyncio.timeout(budget):
+        async with cutoff:
             await HANDLERS[claim.kind](claim.id, claim.created_at, claim.payload)
-    except Exception as exc:
-        return await _record_failure(claim, exc)
-    return await _record_sent(claim)
+    except Exception as error:
+        cut_off = TimeoutError(f"cut off after {budget:.1f}s, {LEASE_USE:.0%} of the claim (OUTBOX_LEASE_SECONDS)")
+        return await _record_failure(claim, cut_off if cutoff.expired() else error)
+    return await _record_sent(claim, until=started + get_settings().outbox_lease_seconds)
 
 
 async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
@@ -155,9 +159,30 @@ async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
     return Claim(row.id, row.kind, row.created_at, row.payload, row.attempts, token)
 
 
-async def _record_sent(claim: Claim) -> Attempt:
-    """Mark the row sent, and release its claim. Recorded even if the claim ran out meanwhile: the
-    message is out, and the mark stops whoever took the row over from retrying it again."""
+async def _record_sent(claim: Claim, *, until: float) -> Attempt:
+    """Mark the row sent and release its claim, trying again while Postgres is away until the claim
+    runs out (`until`, loop time): after that another worker would send the message a second time.
+
+    Recorded even if the claim ran out meanwhile: the message is out, and the mark stops whoever
+    took the row over from retrying it again.
+    """
+    loop = asyncio.get_running_loop()
+    delay = MARK_RETRY_SECONDS
+    while True:
+        try:
+            await _mark_sent(claim)
+            break
+        except (DBAPIError, OSError):
+            if loop.time() + delay > until:
+                raise
+            logger.warning("outbox {} was sent but could not be marked yet; trying again", claim.id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    logger.info("outbox {} ({}) sent", claim.id, claim.kind)
+    return Attempt(claim.id, sent=True, attempts=claim.attempts, retry_at=None)
+
+
+async def _mark_sent(claim: Claim) -> None:
     mark = (
         update(OutboxMessage)
         .where(OutboxMessage.id == claim.id, OutboxMessage.sent_at.is_(None))
@@ -174,8 +199,6 @@ async def _record_sent(claim: Claim) -> Attempt:
         if not held.rowcount:  # type: ignore[attr-defined]
             await session.execute(mark)
             logger.warning("outbox {} was sent after its claim ran out; another attempt may repeat it", claim.id)
-    logger.info("outbox {} ({}) sent", claim.id, claim.kind)
-    return Attempt(claim.id, sent=True, attempts=claim.attempts, retry_at=None)
 
 
 async def _record_failure(claim: Claim, exc: Exception) -> Attempt | None:
