@@ -1,4 +1,4 @@
-"""`python -m app dev | create-user | seed-demo | migrate | openapi | worker` (see app/cli.py)."""
+"""`python -m app dev | serve | create-user | seed-demo | migrate | openapi | worker` (see app/cli.py)."""
 
 from app.cli import main
 

@@ -185,6 +185,15 @@ def cmd_worker(_: Settings, __: argparse.Namespace) -> None:
     run_worker()
 
 
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    """The API for production: `WEB_CONCURRENCY` processes, graceful stop (app/server.py)."""
+    from app.server import serve
+
+    if not settings.database_url or not settings.redis_url:
+        raise CommandError("serve needs DATABASE_URL and REDIS_URL (`python -m app dev` starts embedded ones)")
+    return serve(settings, host=args.host, port=args.port, workers=args.workers)
+
+
 def cmd_openapi(settings: Settings, _: argparse.Namespace) -> None:
     """Print the OpenAPI document (what `/openapi.json` serves); needs no database or Redis."""
     import json
@@ -304,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000)
     dev.add_argument("--no-reload", dest="reload", action="store_false", help="do not restart the API on changes")
     dev.set_defaults(handler=cmd_dev)
+
+    serve = commands.add_parser("serve", help="run the API for production (WEB_CONCURRENCY processes)")
+    serve.add_argument("--host", help="default: the HOST setting (127.0.0.1)")
+    serve.add_argument("--port", type=int, help="default: the PORT setting (8000)")
+    serve.add_argument("--workers", type=int, help="API processes; default: the WEB_CONCURRENCY setting (1)")
+    serve.set_defaults(handler=cmd_serve)
 
     create = commands.add_parser("create-user", help="create an account of any role")
     create.add_argument("--email", required=True)

@@ -26,7 +26,19 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     redis_pubsub_url: str | None = None  # events' pub/sub: a plain connection to one node (unset: REDIS_URL)
     arq_redis_url: str | None = None  # the job queue: one Redis, never a cluster (unset: REDIS_URL)
+    # Per process (API or worker); budget them against max_connections: backend/README.md.
     db_pool_size: int = 10
+    db_max_overflow: int = 10
+    # Per connection, 0 turns one off. Above the idempotency lock wait (10 s) on purpose.
+    db_statement_timeout_seconds: float = 15
+    db_lock_timeout_seconds: float = 5
+    db_idle_in_transaction_timeout_seconds: float = 30
+
+    # `python -m app serve`: the API for production (backend/README.md, "Running in production").
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_concurrency: int = 1  # API processes; scale out with replicas or this, within the pool budget
+    graceful_timeout_seconds: float = 20  # in-flight requests get this long after SIGTERM
 
     mail_server: str = "127.0.0.1"
     mail_port: int = 1025
@@ -64,6 +76,8 @@ class Settings(BaseSettings):
     outbox_relay_seconds: float = 5
     outbox_backoff_seconds: float = 2  # retry after 2 s, 4 s, 8 s, ... up to the maximum
     outbox_backoff_max_seconds: float = 300
+    outbox_lease_seconds: float = 60  # a claimed row is another worker's to take once this has passed
+    worker_heartbeat_file: Path | None = None  # touched by each relay pass: the container's health check
 
     sentry_dsn: str | None = None
 
@@ -78,6 +92,13 @@ class Settings(BaseSettings):
 
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("web_concurrency", "outbox_lease_seconds", "graceful_timeout_seconds")
+    @classmethod
+    def _positive(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be positive")
         return value
 
     @model_validator(mode="after")

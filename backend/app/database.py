@@ -1,17 +1,33 @@
 """Async engine and the per-request session: one transaction per unit of work."""
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from loguru import logger
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 AFTER_COMMIT_SECONDS = 2.0
 _engine: AsyncEngine | None = None
 _sessionmaker: async_sessionmaker[AsyncSession] | None = None
+_role = "api"
+
+
+class StatementTimeout(DBAPIError):
+    """SQLSTATE 57014: a statement ran past `statement_timeout` (or was cancelled by an operator)."""
+
+
+class LockTimeout(DBAPIError):
+    """SQLSTATE 55P03: a lock was not granted within `lock_timeout` (or `NOWAIT`)."""
+
+
+_TIMEOUTS: dict[str, type[DBAPIError]] = {"57014": StatementTimeout, "55P03": LockTimeout}
 
 
 def to_async_url(url: str) -> str:
@@ -20,6 +36,46 @@ def to_async_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
+
+
+def set_role(role: str) -> None:
+    """Name this process in `pg_stat_activity.application_name` (`c3po-api/1234`, `c3po-worker/5678`)."""
+    global _role
+    _role = role
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    """What every pooled connection is opened with (asyncpg `server_settings`): its name and timeouts."""
+
+    def ms(seconds: float) -> str:
+        return f"{round(seconds * 1000)}ms"
+
+    return {
+        "application_name": f"c3po-{_role}/{os.getpid()}",
+        "statement_timeout": ms(settings.db_statement_timeout_seconds),
+        "lock_timeout": ms(settings.db_lock_timeout_seconds),
+        "idle_in_transaction_session_timeout": ms(settings.db_idle_in_transaction_timeout_seconds),
+    }
+
+
+def _typed_timeouts(context: ExceptionContext) -> DBAPIError | None:
+    """Raise a timeout as `StatementTimeout` / `LockTimeout`: still a DBAPIError with its `orig`, so
+    code catching DBAPIError is unaffected, and the problem handler can tell it apart by class."""
+    error = context.sqlalchemy_exception
+    if not isinstance(error, DBAPIError) or type(error) is not DBAPIError:
+        return None
+    orig = error.orig
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
+    typed = _TIMEOUTS.get(str(sqlstate))
+    if typed is None:
+        return None
+    return typed(
+        error.statement,
+        error.params,
+        orig,  # type: ignore[arg-type]
+        hide_parameters=error.hide_parameters,
+        connection_invalidated=error.connection_invalidated,
+    )
 
 
 def get_engine() -> AsyncEngine:
@@ -31,11 +87,12 @@ def get_engine() -> AsyncEngine:
         _engine = create_async_engine(
             to_async_url(settings.database_url),
             pool_size=settings.db_pool_size,
-            max_overflow=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
             pool_pre_ping=True,
             pool_timeout=5,
-            connect_args={"timeout": 5, "server_settings": {"application_name": "c3po"}},
+            connect_args={"timeout": 5, "server_settings": server_settings(settings)},
         )
+        event.listen(_engine.sync_engine, "handle_error", _typed_timeouts, retval=True)
         _sessionmaker = async_sessionmaker(_engine, expire_on_commit=False)
     return _engine
 

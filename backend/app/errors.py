@@ -118,6 +118,13 @@ class ServiceUnavailable(AppError):
     documented_headers = ("Retry-After",)
 
 
+class DatabaseTimeout(ServiceUnavailable):
+    """A statement ran past `statement_timeout`, or waited past `lock_timeout` for a row another
+    request holds (app/api/db_timeouts.py); retrying after `Retry-After` is safe, nothing was changed."""
+
+    code, title = "database_timeout", "The database did not answer in time"
+
+
 class SlotNotOffered(AppError):
     """Outside working hours, in time off, too soon or too far ahead: availability would not offer it."""
 

@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import appointments, audit, auth, availability, health, series, services, staff, users, ws
+from app.api.db_timeouts import install_db_timeout_handlers
 from app.api.deps import require_body_media_type
 from app.api.openapi import install_openapi
 from app.api.problems import install_problem_handlers
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         swagger_ui_parameters={"persistAuthorization": True, "validatorUrl": None},
     )
     install_problem_handlers(app)
+    install_db_timeout_handlers(app)
 
     api = APIRouter(prefix=API_PREFIX)
     for module in (auth, users, services, staff, availability, appointments, series, audit):

@@ -13,7 +13,10 @@ Protocol (JSON text frames):
   sends `{"type": "appointment.created" | ..., "data": {...}}` as they happen, and
   `{"type": "heartbeat"}` after `HEARTBEAT_SECONDS` of silence, when it also checks again that the
   session was not revoked (logout, password change, deactivation: 4401);
-- `"ping"` or `{"type": "ping"}` is answered with `{"type": "pong"}`.
+- `"ping"` or `{"type": "ping"}` is answered with `{"type": "pong"}`;
+- a server shutting down (deploy, scale-in: SIGTERM to `python -m app serve`) closes the socket with
+  1012 ("service restart") at once, before it drains its HTTP requests: reconnect with the same token
+  (to another process or replica); 1013 means Redis is unreachable: reconnect after a pause.
 """
 
 import asyncio

@@ -11,8 +11,10 @@ from app.models.base import Base
 class OutboxMessage(Base):
     """A side effect written in the same transaction as the change that caused it.
 
-    The worker delivers each row once (row lock + `sent_at`), retrying with backoff while the
-    mail server is down; rows that never reached the queue are picked up by the relay.
+    The worker delivers each row once: it claims the row for a while (`claimed_by`, `claimed_until`)
+    in one short transaction, sends with no transaction open, and records `sent_at` in another;
+    it retries with backoff while the mail server is down, and a claim whose worker died runs out
+    and is taken by another. Rows that never reached the queue are picked up by the relay.
     """
 
     __tablename__ = "outbox"
@@ -29,3 +31,5 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None]
     sent_at: Mapped[datetime | None]
     failed_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(128))  # "host:pid:token" of the attempt
+    claimed_until: Mapped[datetime | None]

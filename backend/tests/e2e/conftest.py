@@ -27,6 +27,7 @@ WORKER_ENV = {
     "OUTBOX_BACKOFF_SECONDS": "0.5",
     "OUTBOX_BACKOFF_MAX_SECONDS": "2",
     "OUTBOX_MAX_ATTEMPTS": "100",
+    "OUTBOX_LEASE_SECONDS": "5",  # a killed worker's claim runs out within seconds
     "LOG_LEVEL": "INFO",
     "PYTHONUNBUFFERED": "1",
 }

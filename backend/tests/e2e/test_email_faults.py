@@ -8,7 +8,9 @@ import asyncio
 import inspect
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
+import asyncpg
 from arq.constants import health_check_key_suffix, result_key_prefix
 from sqlalchemy import func, select
 
@@ -167,3 +169,34 @@ async def test_the_supervisor_starts_arq_again_once_redis_is_back(stack):
             await redis.aclose()
     await eventually(all_sent, 10, "all rows marked sent")
     assert_each_once(stack, during + after)
+
+
+async def test_the_worker_holds_no_transaction_while_the_smtp_server_stalls(stack, service_urls):
+    stack.smtp.hold()
+    worker = stack.start_worker()
+    ids = await queue(3)
+    await eventually(lambda: stack.smtp.mailbox.held >= 1, 20, "a delivery in progress")
+
+    conn = await asyncpg.connect(service_urls["database_url"])
+    try:
+        for _ in range(10):  # a few looks while the server keeps the sends waiting
+            states = await conn.fetch(
+                "SELECT state, clock_timestamp() - xact_start AS open_for FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name LIKE 'c3po-worker/%'"
+            )
+            assert states, "the worker has no connection to the database"
+            # A claim or a mark is a transaction of a few milliseconds; a send is held for seconds.
+            held = [row for row in states if row["open_for"] is not None and row["open_for"] > timedelta(seconds=0.5)]
+            assert not held, states
+            claimed = await conn.fetchval("SELECT count(*) FROM outbox WHERE claimed_until > now()")
+            assert claimed >= 1  # the claims were committed before the sends began
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+    assert stack.smtp.mailbox.held >= 1
+
+    stack.smtp.release()
+    await stack.smtp.wait_for(3, timeout=30)
+    await eventually(all_sent, 10, "all rows marked sent")
+    assert_each_once(stack, ids)
+    assert worker.stop() == 0

@@ -1211,6 +1211,20 @@ export interface components {
             /** Reason */
             reason: string;
         };
+        /**
+         * DatabaseTimeoutProblem
+         * @description `database_timeout`: The database did not answer in time
+         */
+        DatabaseTimeoutProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:database_timeout";
+            title: string;
+            /** @enum {integer} */
+            status: 503;
+            detail: string;
+            /** @enum {string} */
+            code: "database_timeout";
+        };
         /** DatabaseUp */
         DatabaseUp: {
             /**
@@ -2971,7 +2985,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -2979,7 +2993,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3069,7 +3083,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3077,7 +3091,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3156,7 +3170,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3164,7 +3178,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3265,7 +3279,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3273,7 +3287,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3353,7 +3367,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3361,7 +3375,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3438,7 +3452,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3446,7 +3460,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3489,7 +3503,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3497,7 +3511,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3576,7 +3590,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3584,7 +3598,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3672,7 +3686,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3680,7 +3694,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3780,7 +3794,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3788,7 +3802,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3833,7 +3847,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3841,7 +3855,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3884,7 +3898,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3892,7 +3906,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -3971,7 +3985,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3979,7 +3993,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4077,7 +4091,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4085,7 +4099,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4185,7 +4199,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4193,7 +4207,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4238,7 +4252,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4246,7 +4260,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4319,7 +4333,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4327,7 +4341,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4426,7 +4440,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4434,7 +4448,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4511,7 +4525,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4519,7 +4533,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4607,7 +4621,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4615,7 +4629,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4729,7 +4743,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4737,7 +4751,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4811,7 +4825,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4819,7 +4833,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4908,7 +4922,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4916,7 +4930,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -4983,7 +4997,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4991,7 +5005,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5079,7 +5093,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5087,7 +5101,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5201,7 +5215,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5209,7 +5223,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5260,7 +5274,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5268,7 +5282,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5324,7 +5338,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5332,7 +5346,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5409,7 +5423,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5417,7 +5431,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5518,7 +5532,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5526,7 +5540,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5612,7 +5626,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5620,7 +5634,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5721,7 +5735,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5729,7 +5743,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5805,7 +5819,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5813,7 +5827,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -5899,7 +5913,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5907,7 +5921,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6018,7 +6032,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6026,7 +6040,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6102,7 +6116,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6110,7 +6124,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6185,7 +6199,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6193,7 +6207,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6261,7 +6275,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6269,7 +6283,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6383,7 +6397,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6391,7 +6405,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6460,7 +6474,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6468,7 +6482,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6535,7 +6549,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6543,7 +6557,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6659,7 +6673,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6667,7 +6681,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6759,7 +6773,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6767,7 +6781,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6883,7 +6897,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6891,7 +6905,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -6983,7 +6997,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6991,7 +7005,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -7083,7 +7097,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7091,7 +7105,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -7197,7 +7211,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7205,7 +7219,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -7283,7 +7297,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7291,7 +7305,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };
@@ -7325,7 +7339,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_timeout`, `service_unavailable` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7333,7 +7347,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["ServiceUnavailableProblem"];
                 };
             };
         };

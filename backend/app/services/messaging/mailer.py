@@ -5,9 +5,11 @@ per language. Messages are built with the standard library (multipart/alternativ
 multipart/mixed once attachments are added) and sent through fastapi-mail's SMTP connection.
 """
 
+import asyncio
 import base64
 import re
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -137,15 +139,26 @@ def connection_config() -> ConnectionConfig:
 
 
 async def send(message: EmailMessage) -> None:
-    """Hand the message to the SMTP server; raises unless the server accepted it."""
-    accepted = False
+    """Hand the message to the SMTP server; raises unless the server accepted it.
+
+    An attempt cut short (the worker's send budget, a shutdown) drops the connection at once: a
+    QUIT would wait for a server still busy with DATA, holding the cancelled attempt up to its timeout.
+    """
+    connection = Connection(connection_config())
+    await connection.__aenter__()  # connects and logs in, with fastapi-mail's errors
+    session = connection.session
     try:
-        async with Connection(connection_config()) as connection:
-            await connection.session.send_message(message)
-            accepted = True
+        await session.send_message(message)
+    except asyncio.CancelledError:
+        session.close()
+        raise
     except Exception:
-        if not accepted:
-            raise
+        with suppress(Exception):
+            await session.quit()
+        raise
+    try:
+        await session.quit()
+    except Exception:
         # The server said 250: the message is out. Failing now would send it a second time.
         logger.opt(exception=True).warning("SMTP QUIT failed after {} was accepted", message["Message-ID"])
 

@@ -1,8 +1,10 @@
 """The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
 runs the reminder cron (`app.services.messaging.reminders`) and purges expired idempotency keys.
 
-Two paths lead to `attempt_delivery`, which locks the row (`FOR UPDATE SKIP LOCKED`), sends it and
-commits `sent_at` before the lock goes, so a retried job or a second worker finds nothing to do:
+Two paths lead to `attempt_delivery`, which claims the row for `outbox_lease_seconds` in a short
+transaction (`claimed_by`, `claimed_until`), sends it with no transaction open, and records `sent_at`
+in another, so a retried job or a second worker finds nothing to do; a claim whose worker died runs
+out and the row is taken over, with the same Message-ID (a receiver can spot the repeat):
 
 - the arq job `deliver_outbox`, queued after the commit that wrote the row (job id = outbox id
   and attempt); after a failed attempt it queues the next one at the row's `next_attempt_at`;
@@ -15,7 +17,10 @@ whenever Redis drops it (arq's poll loop stops on the first Redis error).
 """
 
 import asyncio
+import os
+import secrets
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -26,11 +31,12 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.cron import cron
 from arq.worker import Worker, create_worker, func
 from loguru import logger
+from sqlalchemy import case, or_, select, update
 from sqlalchemy import func as sql
-from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 
 from app.config import get_settings
-from app.database import dispose_engine, get_sessionmaker
+from app.database import dispose_engine, get_sessionmaker, set_role
 from app.logging import setup_logging
 from app.models import OutboxMessage
 from app.services.booking.idempotency import purge_expired_keys
@@ -43,6 +49,8 @@ JOB_TIMEOUT_SECONDS = 60
 JOB_CLOCK_SLACK = timedelta(seconds=0.25)  # arq defers by the worker's clock, the row is checked by the database's
 RELAY_BATCH = 100
 RESTART_MAX_DELAY_SECONDS = 5
+MARK_RETRY_SECONDS = 0.2  # first pause before recording a sent message again (Postgres away)
+LEASE_USE = 0.8  # an attempt sends within this share of its lease; the rest is for recording the outcome
 
 Handler = Callable[[int, datetime, Mapping[str, Any]], Awaitable[None]]
 HANDLERS: dict[str, Handler] = {"email": send_email}
@@ -56,6 +64,18 @@ class Attempt:
     retry_at: datetime | None  # when the next try is due; None once sent or given up
 
 
+@dataclass(frozen=True)
+class Claim:
+    """An outbox row this attempt holds until `claimed_until` (the database's clock); `token` is its `claimed_by`."""
+
+    id: int
+    kind: str
+    created_at: datetime
+    payload: dict[str, Any]
+    attempts: int
+    token: str
+
+
 def backoff(attempts: int) -> timedelta:
     """2 s, 4 s, 8 s, ... capped (settings `outbox_backoff_seconds`, `outbox_backoff_max_seconds`)."""
     settings = get_settings()
@@ -66,43 +86,144 @@ def backoff(attempts: int) -> timedelta:
 async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelta = timedelta()) -> Attempt | None:
     """Deliver one undelivered row due by `now() + due_within`: that one, or the longest waiting.
 
-    None when there is nothing to do: sent already, given up, not due, or locked by another worker.
+    Three steps, none holding a transaction across the network: claim the row (one short
+    transaction), send it (within `LEASE_USE` of the lease, so it ends before another worker may
+    take the row over), record the outcome (another short transaction).
+
+    None when there is nothing to do: sent already, given up, not due, or claimed by another attempt.
     Failures are recorded on the row, never raised.
     """
-    query = select(OutboxMessage).where(
+    loop = asyncio.get_running_loop()
+    started = loop.time()  # before the claim: the lease, counted by the database, starts later
+    claim = await _claim(outbox_id, due_within)
+    if claim is None:
+        return None
+    budget = get_settings().outbox_lease_seconds * LEASE_USE - (loop.time() - started)
+    cutoff = asyncio.timeout(budget)
+    try:
+        async with cutoff:
+            await HANDLERS[claim.kind](claim.id, claim.created_at, claim.payload)
+    except Exception as error:
+        cut_off = TimeoutError(f"cut off after {budget:.1f}s, {LEASE_USE:.0%} of the claim (OUTBOX_LEASE_SECONDS)")
+        return await _record_failure(claim, cut_off if cutoff.expired() else error)
+    return await _record_sent(claim, until=started + get_settings().outbox_lease_seconds)
+
+
+async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
+    """Claim one row: `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`, committed at once.
+
+    A row still claimed by an attempt that never finished (its worker died) counts that attempt
+    as failed, so a message that kills its sender is given up in the end like any other.
+    """
+    settings = get_settings()
+    due = select(OutboxMessage.id, OutboxMessage.claimed_by.label("previous")).where(
         OutboxMessage.sent_at.is_(None),
         OutboxMessage.failed_at.is_(None),
         OutboxMessage.next_attempt_at <= sql.now() + due_within,
+        or_(OutboxMessage.claimed_until.is_(None), OutboxMessage.claimed_until < sql.now()),
     )
     if outbox_id is None:
-        query = query.order_by(OutboxMessage.next_attempt_at).limit(1)
+        due = due.order_by(OutboxMessage.next_attempt_at).limit(1)
     else:
-        query = query.where(OutboxMessage.id == outbox_id)
+        due = due.where(OutboxMessage.id == outbox_id)
+    candidate = due.with_for_update(skip_locked=True).subquery()
+    token = f"{socket.gethostname()[:100]}:{os.getpid()}:{secrets.token_hex(4)}"  # who, and which attempt
+    abandoned = candidate.c.previous.is_not(None)
+    claim = (
+        update(OutboxMessage)
+        .where(OutboxMessage.id == candidate.c.id)
+        .values(
+            claimed_by=token,
+            claimed_until=sql.now() + timedelta(seconds=settings.outbox_lease_seconds),
+            attempts=OutboxMessage.attempts + case((abandoned, 1), else_=0),
+            last_error=case(
+                (abandoned, sql.concat("claim of ", candidate.c.previous, " ran out")),
+                else_=OutboxMessage.last_error,
+            ),
+        )
+        .returning(
+            OutboxMessage.id,
+            OutboxMessage.kind,
+            OutboxMessage.created_at,
+            OutboxMessage.payload,
+            OutboxMessage.attempts,
+            candidate.c.previous,
+        )
+    )
     async with get_sessionmaker()() as session, session.begin():
-        row = await session.scalar(query.with_for_update(skip_locked=True))
-        if row is None:
-            return None
+        row = (await session.execute(claim)).one_or_none()
+    if row is None:
+        return None
+    if row.previous is not None:
+        logger.warning("outbox {}: the claim of {} ran out; trying again", row.id, row.previous)
+    return Claim(row.id, row.kind, row.created_at, row.payload, row.attempts, token)
+
+
+async def _record_sent(claim: Claim, *, until: float) -> Attempt:
+    """Mark the row sent and release its claim, trying again while Postgres is away until the claim
+    runs out (`until`, loop time): after that another worker would send the message a second time.
+
+    Recorded even if the claim ran out meanwhile: the message is out, and the mark stops whoever
+    took the row over from retrying it again.
+    """
+    loop = asyncio.get_running_loop()
+    delay = MARK_RETRY_SECONDS
+    while True:
         try:
-            await HANDLERS[row.kind](row.id, row.created_at, row.payload)
-        except Exception as exc:
-            return _record_failure(row, exc)
-        row.sent_at = datetime.now(UTC)
-        row.payload = redacted(row.payload)
-        logger.info("outbox {} ({}) sent", row.id, row.kind)
-        return Attempt(row.id, sent=True, attempts=row.attempts, retry_at=None)
+            await _mark_sent(claim)
+            break
+        except (DBAPIError, OSError):
+            if loop.time() + delay > until:
+                raise
+            logger.warning("outbox {} was sent but could not be marked yet; trying again", claim.id)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    logger.info("outbox {} ({}) sent", claim.id, claim.kind)
+    return Attempt(claim.id, sent=True, attempts=claim.attempts, retry_at=None)
 
 
-def _record_failure(row: OutboxMessage, exc: Exception) -> Attempt:
-    now = datetime.now(UTC)
-    row.attempts += 1
-    row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-    if row.attempts >= get_settings().outbox_max_attempts:
-        row.failed_at = now
-        logger.error("outbox {} given up after {} attempts: {}", row.id, row.attempts, row.last_error)
-        return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=None)
-    row.next_attempt_at = retry_at = now + backoff(row.attempts)
-    logger.warning("outbox {} attempt {} failed: {}; next at {}", row.id, row.attempts, row.last_error, retry_at)
-    return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=retry_at)
+async def _mark_sent(claim: Claim) -> None:
+    mark = (
+        update(OutboxMessage)
+        .where(OutboxMessage.id == claim.id, OutboxMessage.sent_at.is_(None))
+        .values(
+            sent_at=sql.now(),
+            failed_at=None,
+            payload=redacted(claim.payload),
+            claimed_by=None,
+            claimed_until=None,
+        )
+    )
+    async with get_sessionmaker()() as session, session.begin():
+        held = await session.execute(mark.where(OutboxMessage.claimed_by == claim.token))
+        if not held.rowcount:  # type: ignore[attr-defined]
+            await session.execute(mark)
+            logger.warning("outbox {} was sent after its claim ran out; another attempt may repeat it", claim.id)
+
+
+async def _record_failure(claim: Claim, exc: Exception) -> Attempt | None:
+    """Count the failed attempt and schedule the next (or give up); only while the claim is still ours."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    async with get_sessionmaker()() as session, session.begin():
+        row = await session.scalar(
+            select(OutboxMessage)
+            .where(OutboxMessage.id == claim.id, OutboxMessage.claimed_by == claim.token)
+            .with_for_update()
+        )
+        if row is None:
+            logger.warning("outbox {} attempt failed after its claim ran out: {}", claim.id, error)
+            return None
+        now = datetime.now(UTC)
+        row.attempts += 1
+        row.last_error = error
+        row.claimed_by = row.claimed_until = None
+        if row.attempts >= get_settings().outbox_max_attempts:
+            row.failed_at = now
+            logger.error("outbox {} given up after {} attempts: {}", row.id, row.attempts, error)
+            return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=None)
+        row.next_attempt_at = retry_at = now + backoff(row.attempts)
+        logger.warning("outbox {} attempt {} failed: {}; next at {}", row.id, row.attempts, error, retry_at)
+        return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=retry_at)
 
 
 async def deliver_outbox(ctx: dict[str, Any], outbox_id: int) -> str:
@@ -133,21 +254,25 @@ async def relay_once(stop: asyncio.Event | None = None) -> int:
 
 
 async def relay_forever(stop: asyncio.Event) -> None:
-    interval = get_settings().outbox_relay_seconds
+    settings = get_settings()
+    interval = settings.outbox_relay_seconds
     while not stop.is_set():
         try:
             if attempted := await relay_once(stop):
                 logger.info("relay attempted {} overdue outbox rows", attempted)
         except Exception:  # Postgres away: keep trying, the rows wait
             logger.opt(exception=True).warning("outbox relay pass failed; next in {}s", interval)
+        if settings.worker_heartbeat_file is not None:  # alive, even while Postgres is away
+            with suppress(OSError):
+                settings.worker_heartbeat_file.touch()
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
 
 
 async def _finish_relay(task: asyncio.Task[None], stop: asyncio.Event) -> None:
-    """Let the send in progress commit (a cancelled send may be repeated), then stop."""
+    """Let the send in progress be recorded (a cancelled one is repeated once its claim runs out), then stop."""
     stop.set()
-    done, _ = await asyncio.wait({task}, timeout=get_settings().mail_timeout_seconds + 5)
+    done, _ = await asyncio.wait({task}, timeout=get_settings().outbox_lease_seconds * LEASE_USE + 5)
     if not done:
         task.cancel()
         await asyncio.wait({task})
@@ -157,6 +282,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     if ctx.get(SUPERVISED):
         return
     setup_logging(get_settings())
+    set_role("worker")
     ctx["relay_stop"] = stop = asyncio.Event()
     ctx["relay"] = asyncio.create_task(relay_forever(stop))
 
@@ -268,6 +394,7 @@ def run_worker() -> None:
     """`python -m app worker`: deliver the outbox until SIGINT or SIGTERM, riding out Redis outages."""
     settings = get_settings()
     setup_logging(settings)
+    set_role("worker")
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("the worker needs DATABASE_URL and REDIS_URL")
     logger.info("outbox worker starting (relay every {}s)", settings.outbox_relay_seconds)
