@@ -4,7 +4,10 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import asyncpg
 from loguru import logger
+from sqlalchemy import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import get_settings
@@ -47,10 +50,12 @@ def get_sessionmaker() -> async_sessionmaker[AsyncSession]:
 
 
 async def dispose_engine() -> None:
-    global _engine, _sessionmaker
+    global _engine, _sessionmaker, _read_pool
     if _engine is not None:
         await _engine.dispose()
-    _engine = _sessionmaker = None
+    if _read_pool is not None:
+        await _read_pool.close()
+    _engine = _sessionmaker = _read_pool = None
 
 
 def after_commit(session: AsyncSession, action: Callable[[], Awaitable[None]]) -> None:
@@ -90,6 +95,60 @@ async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> Non
     for result in results:
         if isinstance(result, Exception):
             logger.opt(exception=result).warning("an after-commit action failed")
+
+
+# The hot read path (`fetch_row`) has its own few asyncpg connections: no SQLAlchemy checkout, so no
+# pre-ping round trips and no overflow connections opened and closed under load. Counted against
+# `max_connections` like the engine's pool (see backend/README.md).
+READ_POOL_SIZE = 4
+_read_pool: asyncpg.Pool | None = None
+_LOST = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
+
+
+async def _no_reset(_: asyncpg.Connection) -> None:
+    """Connections of the read pool only ever run single statements outside a transaction: nothing to reset."""
+
+
+async def _get_read_pool() -> asyncpg.Pool:
+    global _read_pool
+    if _read_pool is None:
+        url = make_url(to_async_url(get_settings().database_url or "")).set(drivername="postgresql")
+        pool = asyncpg.create_pool(
+            url.render_as_string(hide_password=False),
+            min_size=1,
+            max_size=READ_POOL_SIZE,
+            timeout=5,
+            reset=_no_reset,
+            server_settings={"application_name": "c3po"},
+        )
+        created = await pool
+        if _read_pool is None:
+            _read_pool = created
+        else:  # another request created one meanwhile
+            await created.close()
+    return _read_pool
+
+
+async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
+    """One row of one read-only statement (`$1` placeholders), outside any transaction.
+
+    For the hottest read (the caller's row on every authenticated read): one round trip on the read
+    pool, asyncpg's prepared statement, no SQL compilation, no BEGIN/COMMIT. A connection found dead
+    (the server restarted) is replaced and the read tried once more; errors leave as `DBAPIError`,
+    so the problem handlers answer them like any other database error.
+    """
+    pool = await _get_read_pool()
+    for attempt in (1, 2):
+        try:
+            async with pool.acquire(timeout=5) as connection:
+                return await connection.fetchrow(sql, *args)
+        except _LOST as exc:
+            pool.expire_connections()  # every pooled connection predates the loss: reconnect them all
+            if attempt == 2:
+                raise DBAPIError(sql, args, exc, connection_invalidated=True) from exc
+        except asyncpg.PostgresError as exc:
+            raise DBAPIError(sql, args, exc) from exc
+    raise AssertionError("unreachable")
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:

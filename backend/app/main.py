@@ -17,6 +17,7 @@ from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.database import dispose_engine
 from app.logging import setup_logging
+from app.metrics import MetricsMiddleware
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from app.redis import close_redis
 from app.services.messaging.events import close_hub
@@ -86,10 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Idempotent-Replayed"],
         max_age=600,
     )
+    app.add_middleware(MetricsMiddleware)  # inside RequestContextMiddleware: its 500s are counted too
     app.add_middleware(RequestContextMiddleware, hsts=settings.is_production)
-    Instrumentator(excluded_handlers=["/metrics", "/health.*"]).instrument(app).expose(
-        app, include_in_schema=False, should_gzip=True
-    )
+    # The instrumentator only serves /metrics; MetricsMiddleware records the series it would have.
+    Instrumentator().expose(app, include_in_schema=False, should_gzip=True)
     return app
 
 
