@@ -100,7 +100,7 @@ async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> Non
 # The hot read path (`fetch_row`) has its own few asyncpg connections: no SQLAlchemy checkout, so no
 # pre-ping round trips and no overflow connections opened and closed under load. Counted against
 # `max_connections` like the engine's pool (see backend/README.md).
-READ_POOL_SIZE = 4
+READ_POOL_SIZE = 10
 _read_pool: asyncpg.Pool | None = None
 _LOST = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
 

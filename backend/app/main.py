@@ -1,5 +1,6 @@
 """The application factory: middleware, routers, problem handlers, lifespan."""
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -44,6 +45,9 @@ def _init_sentry(settings: Settings) -> None:
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # Everything built so far (modules, routes, models) lives as long as the process: keep it out of
+    # the collector's scans, which otherwise walk it again and again under request load.
+    gc.freeze()
     yield
     await close_hub()
     await close_arq_pool()
