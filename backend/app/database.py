@@ -101,6 +101,7 @@ async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> Non
 # pre-ping round trips and no overflow connections opened and closed under load. Counted against
 # `max_connections` like the engine's pool (see backend/README.md).
 READ_POOL_SIZE = 10
+READ_POOL_APPLICATION_NAME = "c3po-read"  # how its connections show in pg_stat_activity
 _read_pool: asyncpg.Pool | None = None
 _LOST = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
 
@@ -119,7 +120,7 @@ async def _get_read_pool() -> asyncpg.Pool:
             max_size=READ_POOL_SIZE,
             timeout=5,
             reset=_no_reset,
-            server_settings={"application_name": "c3po"},
+            server_settings={"application_name": READ_POOL_APPLICATION_NAME},
         )
         created = await pool
         if _read_pool is None:

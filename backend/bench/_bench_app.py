@@ -6,6 +6,8 @@ Requests for BARE_PATH go to a FastAPI app with one route and no middleware; eve
 to `app.main.create_app()` unchanged (lifespan included). The product API never serves BARE_PATH.
 """
 
+import os
+
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -16,8 +18,8 @@ def _bare_app() -> FastAPI:
     bare = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
     @bare.get(BARE_PATH)
-    async def bare_route() -> dict[str, str]:
-        return {"status": "ok"}
+    async def bare_route() -> dict[str, str | int]:
+        return {"status": "ok", "pid": os.getpid()}  # the bench reads the server's CPU time from /proc
 
     return bare
 

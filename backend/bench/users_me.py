@@ -7,7 +7,9 @@ one uvicorn process pinned to CPU 0 with `taskset`; the client is `wrk` (`apt-ge
 pinned to CPU 1, one thread, keep-alive connections. Each round measures the bare route
 (`bench/_bench_app.py`: a FastAPI app with one route and no middleware, in the same process) and then
 `/users/me` with one signed-in user's access token, so both see the same machine load. Any non-2xx
-answer or socket error fails the run. Uses BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else
+answer or socket error fails the run. Beside req/s it prints the server's CPU time per request (from
+/proc): on a shared machine the server gets only part of its core, and req per CPU-second is the figure
+that load does not move much. Uses BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else
 embedded servers; always a throwaway database.
 """
 
@@ -58,22 +60,36 @@ def sign_in(base: str) -> str:
     return response.json()["access_token"]
 
 
-def wrk(url: str, *, connections: int, seconds: int, headers: dict[str, str], script: Path) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the server process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(
+    url: str, *, connections: int, seconds: int, headers: dict[str, str], script: Path, pid: int
+) -> dict[str, float]:
+    used = cpu_seconds(pid)
     command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
+    used = cpu_seconds(pid) - used
     report = json.loads(output.strip().splitlines()[-1])
     if report["non2xx"] or report["socket_errors"]:
         raise SystemExit(f"{url}: {report['non2xx']} non-2xx answers, {report['socket_errors']} socket errors")
     report["rps"] = report["requests"] / report["seconds"]
+    report["cpu_ms"] = used * 1000 / report["requests"]
+    report["cpu_share"] = used / report["seconds"]
     return report
 
 
 def line(name: str, result: dict[str, float], connections: int) -> str:
     return (
         f"{name:<24} {result['requests']:>7} requests  {result['rps']:8.1f} req/s  p50 {result['p50']:6.2f} ms  "
-        f"p95 {result['p95']:6.2f} ms  p99 {result['p99']:6.2f} ms  ({connections} connections)"
+        f"p95 {result['p95']:6.2f} ms  p99 {result['p99']:6.2f} ms  ({connections} connections)  server CPU "
+        f"{result['cpu_ms']:.3f} ms/request = {1000 / result['cpu_ms']:5.0f} req per CPU-second "
+        f"(it got {result['cpu_share']:.0%} of a core)"
     )
 
 
@@ -103,13 +119,14 @@ def main() -> None:
         log_path = workdir / "api.log"
         with api_server(env, log_path=log_path, factory="_bench_app:create_app", cpus=SERVER_CPU) as base:
             headers = {"Authorization": f"Bearer {sign_in(base)}"}
+            pid = httpx.get(base + BARE_PATH).json()["pid"]
             print(
                 f"one uvicorn process (uvloop, httptools) on CPU {SERVER_CPU}; wrk -t1 -c{args.connections} "
                 f"-d{args.seconds}s on CPU {CLIENT_CPU}; LOG_LEVEL={args.log_level} (log: {log_path})"
             )
             for url, extra in ((base + BARE_PATH, {}), (base + ME, headers)):  # warm-up
-                wrk(url, connections=args.connections, seconds=2, headers=extra, script=script)
-            bare_rps, me_rps = [], []
+                wrk(url, connections=args.connections, seconds=2, headers=extra, script=script, pid=pid)
+            bare_rps, me_rps, bare_cpu, me_cpu = [], [], [], []
             for round_no in range(1, args.rounds + 1):
                 bare = wrk(
                     base + BARE_PATH, connections=args.connections, seconds=args.seconds, headers={}, script=script
@@ -120,10 +137,14 @@ def main() -> None:
                 print("  " + line(f"GET {ME}", me, args.connections))
                 bare_rps.append(bare["rps"])
                 me_rps.append(me["rps"])
+                bare_cpu.append(bare["cpu_ms"])
+                me_cpu.append(me["cpu_ms"])
             bare_median, me_median = statistics.median(bare_rps), statistics.median(me_rps)
+            bare_per_cpu, me_per_cpu = 1000 / statistics.median(bare_cpu), 1000 / statistics.median(me_cpu)
             print(
                 f"median: /users/me {me_median:.0f} req/s, bare route {bare_median:.0f} req/s "
-                f"({me_median / bare_median:.0%} of the baseline)"
+                f"({me_median / bare_median:.0%} of the baseline); per CPU-second of the server: "
+                f"/users/me {me_per_cpu:.0f}, bare route {bare_per_cpu:.0f} ({me_per_cpu / bare_per_cpu:.0%})"
             )
 
 
