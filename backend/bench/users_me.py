@@ -128,11 +128,10 @@ def main() -> None:
                 wrk(url, connections=args.connections, seconds=2, headers=extra, script=script, pid=pid)
             bare_rps, me_rps, bare_cpu, me_cpu = [], [], [], []
             for round_no in range(1, args.rounds + 1):
-                bare = wrk(
-                    base + BARE_PATH, connections=args.connections, seconds=args.seconds, headers={}, script=script
-                )
-                me = wrk(base + ME, connections=args.connections, seconds=args.seconds, headers=headers, script=script)
-                print(f"round {round_no}")
+                run = {"connections": args.connections, "seconds": args.seconds, "script": script, "pid": pid}
+                bare = wrk(base + BARE_PATH, headers={}, **run)
+                me = wrk(base + ME, headers=headers, **run)
+                print(f"round {round_no}", flush=True)
                 print("  " + line("bare route (baseline)", bare, args.connections))
                 print("  " + line(f"GET {ME}", me, args.connections))
                 bare_rps.append(bare["rps"])
