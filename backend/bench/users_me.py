@@ -70,7 +70,19 @@ def wrk(
     url: str, *, connections: int, seconds: int, headers: dict[str, str], script: Path, pid: int
 ) -> dict[str, float]:
     used = cpu_seconds(pid)
-    command = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script)]
+    command = [
+        "taskset",
+        "-c",
+        CLIENT_CPU,
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(script),
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     output = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
