@@ -103,7 +103,7 @@ async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> Non
 READ_POOL_SIZE = 10
 READ_POOL_APPLICATION_NAME = "c3po-read"  # how its connections show in pg_stat_activity
 _read_pool: asyncpg.Pool | None = None
-_LOST = (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError)
+_LOST = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 async def _no_reset(_: asyncpg.Connection) -> None:
@@ -130,6 +130,39 @@ async def _get_read_pool() -> asyncpg.Pool:
     return _read_pool
 
 
+class _ConnectionLost(Exception):
+    pass
+
+
+def _is_loss(exc: BaseException, connection: asyncpg.Connection | None) -> bool:
+    """A dead or unusable connection (the server restarted or ended it), not a failed statement."""
+    sqlstate = str(getattr(exc, "sqlstate", ""))
+    return (
+        isinstance(exc, _LOST)
+        or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention (shutdown)
+        or (connection is not None and connection.is_closed())
+    )
+
+
+async def _fetch_row_once(sql: str, args: tuple[object, ...]) -> asyncpg.Record | None:
+    pool = connection = None
+    try:
+        pool = await _get_read_pool()  # connects: the server may be down
+        async with pool.acquire(timeout=5) as connection:
+            try:
+                return await connection.fetchrow(sql, *args)
+            except Exception as exc:
+                if _is_loss(exc, connection):
+                    connection.terminate()  # never handed out again
+                raise
+    except Exception as exc:
+        if not _is_loss(exc, connection):
+            raise
+        if pool is not None:
+            pool.expire_connections()  # the others predate the loss too: reconnect them on next use
+        raise _ConnectionLost from exc
+
+
 async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
     """One row of one read-only statement (`$1` placeholders), outside any transaction.
 
@@ -138,15 +171,12 @@ async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
     (the server restarted) is replaced and the read tried once more; errors leave as `DBAPIError`,
     so the problem handlers answer them like any other database error.
     """
-    pool = await _get_read_pool()
     for attempt in (1, 2):
         try:
-            async with pool.acquire(timeout=5) as connection:
-                return await connection.fetchrow(sql, *args)
-        except _LOST as exc:
-            pool.expire_connections()  # every pooled connection predates the loss: reconnect them all
+            return await _fetch_row_once(sql, args)
+        except _ConnectionLost as lost:
             if attempt == 2:
-                raise DBAPIError(sql, args, exc, connection_invalidated=True) from exc
+                raise DBAPIError(sql, args, lost.__cause__, connection_invalidated=True) from lost.__cause__
         except asyncpg.PostgresError as exc:
             raise DBAPIError(sql, args, exc) from exc
     raise AssertionError("unreachable")

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select, text
 
+import app.database
+from app.config import Settings
 from app.database import READ_POOL_APPLICATION_NAME
 from app.models import OutboxMessage, Role, User
 from tests.assertions import assert_invalid_grant, assert_problem, assert_unauthorized
@@ -21,6 +23,7 @@ from tests.factories import (
     unique_email,
 )
 
+DEAD_DATABASE = "postgresql://nobody@127.0.0.1:1/none"  # nothing listens on port 1
 USERS = "/api/v1/users"
 ME = f"{USERS}/me"
 
@@ -122,6 +125,18 @@ class TestGetMe:
 
         for _ in range(3):
             assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+    async def test_database_down_is_503(self, client, session, monkeypatch):
+        pair = await start_session(await create_user(session))
+        monkeypatch.setattr(app.database, "_read_pool", None)
+        monkeypatch.setattr(app.database, "get_settings", lambda: Settings(database_url=DEAD_DATABASE))
+        try:
+            response = await client.get(ME, headers=pair.headers)
+        finally:
+            if app.database._read_pool is not None:
+                await app.database._read_pool.close()
+
+        assert_problem(response, 503, "service_unavailable")
 
 
 class TestUpdateMe:
