@@ -5,8 +5,9 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import asyncpg
 from loguru import logger
-from sqlalchemy import event
+from sqlalchemy import event, make_url
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -104,10 +105,12 @@ def get_sessionmaker() -> async_sessionmaker[AsyncSession]:
 
 
 async def dispose_engine() -> None:
-    global _engine, _sessionmaker
+    global _engine, _sessionmaker, _read_pool
     if _engine is not None:
         await _engine.dispose()
-    _engine = _sessionmaker = None
+    if _read_pool is not None:
+        await _read_pool.close()
+    _engine = _sessionmaker = _read_pool = None
 
 
 def after_commit(session: AsyncSession, action: Callable[[], Awaitable[None]]) -> None:
@@ -147,6 +150,93 @@ async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> Non
     for result in results:
         if isinstance(result, Exception):
             logger.opt(exception=result).warning("an after-commit action failed")
+
+
+# The hot read path (`fetch_row`) has its own few asyncpg connections: no SQLAlchemy checkout, so no
+# pre-ping round trips and no overflow connections opened and closed under load. Counted against
+# `max_connections` like the engine's pool (see backend/README.md).
+READ_POOL_SIZE = 10
+READ_POOL_APPLICATION_NAME = "c3po-read"  # how its connections show in pg_stat_activity
+_read_pool: asyncpg.Pool | None = None
+_LOST = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
+
+
+async def _no_reset(_: asyncpg.Connection) -> None:
+    """Connections of the read pool only ever run single statements outside a transaction: nothing to reset."""
+
+
+async def _get_read_pool() -> asyncpg.Pool:
+    global _read_pool
+    if _read_pool is None:
+        settings = get_settings()
+        url = make_url(to_async_url(settings.database_url or "")).set(drivername="postgresql")
+        pool = asyncpg.create_pool(
+            url.render_as_string(hide_password=False),
+            min_size=1,
+            max_size=READ_POOL_SIZE,
+            timeout=5,
+            reset=_no_reset,
+            # The same timeouts as the engine's connections; its own name.
+            server_settings=server_settings(settings) | {"application_name": READ_POOL_APPLICATION_NAME},
+        )
+        created = await pool
+        if _read_pool is None:
+            _read_pool = created
+        else:  # another request created one meanwhile
+            await created.close()
+    return _read_pool
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _is_loss(exc: BaseException, connection: asyncpg.Connection | None) -> bool:
+    """A dead or unusable connection (the server restarted or ended it), not a failed statement."""
+    sqlstate = str(getattr(exc, "sqlstate", ""))
+    return (
+        isinstance(exc, _LOST)
+        or sqlstate.startswith(("08", "57P"))  # connection exception, operator intervention (shutdown)
+        or (connection is not None and connection.is_closed())
+    )
+
+
+async def _fetch_row_once(sql: str, args: tuple[object, ...]) -> asyncpg.Record | None:
+    pool = connection = None
+    try:
+        pool = await _get_read_pool()  # connects: the server may be down
+        async with pool.acquire(timeout=5) as connection:
+            try:
+                return await connection.fetchrow(sql, *args)
+            except Exception as exc:
+                if _is_loss(exc, connection):
+                    connection.terminate()  # never handed out again
+                raise
+    except Exception as exc:
+        if not _is_loss(exc, connection):
+            raise
+        if pool is not None:
+            pool.expire_connections()  # the others predate the loss too: reconnect them on next use
+        raise _ConnectionLost from exc
+
+
+async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
+    """One row of one read-only statement (`$1` placeholders), outside any transaction.
+
+    For the hottest read (the caller's row on every authenticated read): one round trip on the read
+    pool, asyncpg's prepared statement, no SQL compilation, no BEGIN/COMMIT. A connection found dead
+    (the server restarted) is replaced and the read tried once more; errors leave as `DBAPIError`,
+    so the problem handlers answer them like any other database error.
+    """
+    for attempt in (1, 2):
+        try:
+            return await _fetch_row_once(sql, args)
+        except _ConnectionLost as lost:
+            if attempt == 2:
+                raise DBAPIError(sql, args, lost.__cause__, connection_invalidated=True) from lost.__cause__
+        except asyncpg.PostgresError as exc:
+            raise _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc) from exc
+    raise AssertionError("unreachable")
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:

@@ -6,7 +6,7 @@ import uuid
 from http import HTTPStatus
 
 from loguru import logger
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,6 +25,15 @@ DOCS_CSP = (
     "img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'"
 )
 DOCS_PATHS = ("/docs", "/redoc", "/admin")
+_SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"strict-origin-when-cross-origin"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+_API_CSP = (b"content-security-policy", API_CSP.encode())
+_DOCS_CSP = (b"content-security-policy", DOCS_CSP.encode())
+_HSTS = (b"strict-transport-security", b"max-age=63072000; includeSubDomains")
 QUIET_PATHS = ("/health", "/metrics")
 
 
@@ -37,10 +46,12 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
         request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        csp = DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else API_CSP
+        defaults = (*_SECURITY_HEADERS, _DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else _API_CSP)
+        if self.hsts:
+            defaults = (*defaults, _HSTS)
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -49,15 +60,12 @@ class RequestContextMiddleware:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
-                headers = MutableHeaders(scope=message)
-                headers[REQUEST_ID_HEADER] = request_id
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("X-Frame-Options", "DENY")
-                headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-                headers.setdefault("Content-Security-Policy", csp)
-                headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-                if self.hsts:
-                    headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+                # Raw headers in one pass: a route's own value wins, ours fill in (the request id is always ours).
+                headers = [item for item in message.get("headers", ()) if item[0].lower() != b"x-request-id"]
+                present = {name.lower() for name, _ in headers}
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers.extend(item for item in defaults if item[0] not in present)
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -65,16 +65,30 @@ def bench_database() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def api_server(env: dict[str, str], workers: int = 1, log_path: Path | None = None) -> Iterator[str]:
-    """A uvicorn process on a free port; its log (stderr) goes to `log_path` when given."""
+def api_server(
+    env: dict[str, str],
+    workers: int = 1,
+    log_path: Path | None = None,
+    *,
+    factory: str = "app.main:create_app",
+    cpus: str | None = None,
+) -> Iterator[str]:
+    """A uvicorn process on a free port; its log (stderr) goes to `log_path` when given.
+
+    `factory` may name a bench-only module under bench/ (it is on the path); `cpus` pins the server
+    with `taskset -c` (e.g. "0"), so a client pinned to another core does not compete with it.
+    """
     port = free_port()
     log = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in `finally`
+    pin = ["taskset", "-c", cpus] if cpus else []
+    pythonpath = os.pathsep.join(filter(None, [str(BACKEND_DIR / "bench"), os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [
+            *pin,
             sys.executable,
             "-m",
             "uvicorn",
-            "app.main:create_app",
+            factory,
             "--factory",
             "--port",
             str(port),
@@ -85,12 +99,12 @@ def api_server(env: dict[str, str], workers: int = 1, log_path: Path | None = No
             "--no-access-log",
         ],
         cwd=BACKEND_DIR,
-        env={**os.environ, **env},
+        env={**os.environ, "PYTHONPATH": pythonpath, **env},
         stderr=log,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 90  # a loaded machine can take a while to import the app
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(base + "/health", timeout=1).status_code == 200:

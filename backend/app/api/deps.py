@@ -82,6 +82,15 @@ async def get_current_user(session: DbSession, claims: Claims) -> User:
 CurrentUser = Annotated[User, Depends(get_current_user)]
 
 
+@documented(InvalidToken)
+async def get_current_user_view(claims: Claims) -> auth.UserView:
+    return await auth.authenticate_access_view(claims)
+
+
+# For routes that only read the caller (`GET /users/me`): the same checks, without a session or ORM object.
+CurrentUserView = Annotated[auth.UserView, Depends(get_current_user_view)]
+
+
 def require_role(*roles: Role):
     @documented(Forbidden)
     async def dependency(user: CurrentUser) -> User:

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 
-from app.api.deps import AdminUser, Claims, CurrentUser, DbSession, Limit, Offset
+from app.api.deps import AdminUser, Claims, CurrentUser, CurrentUserView, DbSession, Limit, Offset
 from app.api.problems import problem_responses
 from app.errors import EmailTaken, NotFound, RateLimited, SelfLockout, StaffHasBookings, WeakPassword, WrongPassword
 from app.models import Role
@@ -30,7 +30,7 @@ ADMIN_WRITE_ERRORS = problem_responses(NotFound, SelfLockout, StaffHasBookings)
 
 
 @router.get("/me", operation_id="users-get-me", summary="My profile")
-async def get_me(user: CurrentUser) -> UserOut:
+async def get_me(user: CurrentUserView) -> UserOut:
     """The signed-in user's profile."""
     return UserOut.model_validate(user)
 

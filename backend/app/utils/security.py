@@ -3,9 +3,11 @@
 import asyncio
 import hashlib
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import jwt
@@ -89,14 +91,27 @@ def create_access_token(
 
 
 def decode_access_token(token: str) -> AccessClaims:
-    """Raise `jwt.InvalidTokenError` for anything but a valid, unexpired access token of ours."""
+    """Raise `jwt.InvalidTokenError` for anything but a valid, unexpired access token of ours.
+
+    A token's signature and claims are checked once per process and the result remembered (a client
+    presents the same token for its whole lifetime); expiry is checked on every use. Revocation is
+    not a property of the token and stays with the caller (`auth.authenticate_access`).
+    """
     settings = get_settings()
+    claims = _verified_claims(token, settings.secret_key, settings.jwt_audience, settings.jwt_issuer)
+    if time.time() >= claims.expires_at:
+        raise jwt.ExpiredSignatureError("Signature has expired")
+    return claims
+
+
+@lru_cache(maxsize=4096)  # invalid tokens raise, and exceptions are not cached
+def _verified_claims(token: str, secret_key: str, audience: str, issuer: str) -> AccessClaims:
     claims = jwt.decode(
         token,
-        settings.secret_key,
+        secret_key,
         algorithms=[ALGORITHM],
-        audience=settings.jwt_audience,
-        issuer=settings.jwt_issuer,
+        audience=audience,
+        issuer=issuer,
         options={"require": ["sub", "exp", "iat", "nbf", "jti", "iss", "aud", "typ", "role", "sid"]},
     )
     if claims["typ"] != ACCESS_TOKEN_TYPE:

@@ -277,6 +277,49 @@ class TestClientAddress:
         assert other_client.status_code == 202
 
 
+class TestMetrics:
+    """Request series by route template (prometheus-fastapi-instrumentator's names), scraped at /metrics."""
+
+    @staticmethod
+    async def _count(client, series: str) -> float:
+        text = (await client.get("/metrics")).text
+        match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    async def test_a_request_counts_under_its_route_template(self, client, session):
+        pair = await start_session(await create_user(session))
+        series = 'http_requests_total{handler="/api/v1/users/me",method="GET",status="2xx"}'
+        duration = 'http_request_duration_seconds_count{handler="/api/v1/users/me",method="GET"}'
+        before, before_duration = await self._count(client, series), await self._count(client, duration)
+
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+        assert await self._count(client, series) == before + 1
+        assert await self._count(client, duration) == before_duration + 1
+
+    async def test_path_parameters_stay_in_the_template(self, client):
+        series = 'http_requests_total{handler="/api/v1/appointments/{appointment_id}",method="GET",status="4xx"}'
+        before = await self._count(client, series)
+
+        await client.get("/api/v1/appointments/0b7c4cbb-4b9a-4a4f-9d5e-6b7c9a1d2e3f")
+
+        assert await self._count(client, series) == before + 1
+
+    async def test_an_unmatched_path_counts_as_none(self, client):
+        series = 'http_requests_total{handler="none",method="GET",status="4xx"}'
+        before = await self._count(client, series)
+
+        await client.get("/no/such/path")
+
+        assert await self._count(client, series) == before + 1
+
+    async def test_probes_and_scrapes_are_not_counted(self, client):
+        await client.get("/health")
+        text = (await client.get("/metrics")).text
+        assert 'handler="/health' not in text
+        assert 'handler="/metrics"' not in text
+
+
 class TestHealth:
     @pytest.mark.parametrize(
         ("path", "body"),

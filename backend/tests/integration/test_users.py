@@ -5,8 +5,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
+import app.database
+from app.config import Settings
+from app.database import READ_POOL_APPLICATION_NAME
 from app.models import OutboxMessage, Role, User
 from tests.assertions import assert_invalid_grant, assert_problem, assert_unauthorized
 from tests.factories import (
@@ -20,6 +23,7 @@ from tests.factories import (
     unique_email,
 )
 
+DEAD_DATABASE = "postgresql://nobody@127.0.0.1:1/none"  # nothing listens on port 1
 USERS = "/api/v1/users"
 ME = f"{USERS}/me"
 
@@ -55,6 +59,84 @@ class TestGetMe:
 
     async def test_requires_a_bearer_token(self, client):
         assert_unauthorized(await client.get(ME))
+
+    # GET /me reads the caller outside the request session (one statement on the read pool); every change
+    # committed to the row counts from the next request, the same token having worked just before.
+    async def test_deactivation_counts_at_once(self, client, session):
+        user = await create_user(session)
+        pair = await start_session(user)
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+        user.is_active = False
+        await session.commit()
+
+        assert_unauthorized(await client.get(ME, headers=pair.headers))
+
+    async def test_erasure_counts_at_once(self, client, session):
+        user = await create_user(session)
+        pair = await start_session(user)
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+        user.deleted_at = datetime.now(UTC)
+        await session.commit()
+
+        assert_unauthorized(await client.get(ME, headers=pair.headers))
+
+    async def test_a_role_change_shows_at_once(self, client, session):
+        user = await create_user(session, role=Role.staff)
+        pair = await start_session(user)
+        assert (await client.get(ME, headers=pair.headers)).json()["role"] == "staff"
+
+        user.role = Role.user.value
+        await session.commit()
+
+        assert (await client.get(ME, headers=pair.headers)).json()["role"] == "user"
+
+    async def test_revoking_every_session_counts_at_once(self, client, session):
+        user = await create_user(session)
+        pair = await start_session(user)
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+        user.tokens_valid_after = datetime.now(UTC)
+        await session.commit()
+
+        assert_unauthorized(await client.get(ME, headers=pair.headers))
+
+    async def test_an_ended_login_counts_at_once(self, client, session):
+        pair = await start_session(await create_user(session))
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+        assert (await client.post("/api/v1/auth/logout", headers=pair.headers)).status_code == 204
+
+        assert_unauthorized(await client.get(ME, headers=pair.headers))
+
+    async def test_survives_its_read_connections_being_cut(self, client, session):
+        """A server restart leaves the read pool's connections dead: the read reconnects, no 5xx."""
+        pair = await start_session(await create_user(session))
+        assert (await client.get(ME, headers=pair.headers)).status_code == 200
+        cut = await session.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = :name AND datname = current_database()"
+            ),
+            {"name": READ_POOL_APPLICATION_NAME},
+        )
+        assert cut >= 1
+
+        for _ in range(3):
+            assert (await client.get(ME, headers=pair.headers)).status_code == 200
+
+    async def test_database_down_is_503(self, client, session, monkeypatch):
+        pair = await start_session(await create_user(session))
+        monkeypatch.setattr(app.database, "_read_pool", None)
+        monkeypatch.setattr(app.database, "get_settings", lambda: Settings(database_url=DEAD_DATABASE))
+        try:
+            response = await client.get(ME, headers=pair.headers)
+        finally:
+            if app.database._read_pool is not None:
+                await app.database._read_pool.close()
+
+        assert_problem(response, 503, "service_unavailable")
 
 
 class TestUpdateMe:

@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from datetime import UTC, datetime
 
 import jwt
 import pytest
@@ -124,3 +125,27 @@ class TestAccessTokens:
         unsigned = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode() + f".{payload}."
         with pytest.raises(jwt.InvalidTokenError):
             decode_access_token(unsigned)
+
+
+class TestVerifiedTokensAreRemembered:
+    """A token's signature is checked once per process; its expiry on every use."""
+
+    def test_a_remembered_token_still_expires(self):
+        lifetime = get_settings().access_token_expire_minutes * 60
+        issued = datetime.fromtimestamp(time.time() - lifetime + 1, UTC)  # expires within a second
+        token, _ = create_access_token(uuid.uuid4(), "user", session_id="f" * 32, now=issued)
+        claims = decode_access_token(token)
+        assert decode_access_token(token) == claims  # remembered
+
+        time.sleep(max(0.0, claims.expires_at - time.time()) + 0.05)
+
+        with pytest.raises(jwt.ExpiredSignatureError):
+            decode_access_token(token)
+
+    def test_a_forged_token_is_refused_every_time(self):
+        token, _ = create_access_token(uuid.uuid4(), "user", session_id="f" * 32)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        forged = jwt.encode(claims, "not our secret key, but just as long as ours", algorithm="HS256")
+        for _ in range(2):
+            with pytest.raises(jwt.InvalidSignatureError):
+                decode_access_token(forged)

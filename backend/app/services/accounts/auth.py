@@ -3,7 +3,7 @@
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import object_session
 
 from app.config import get_settings
-from app.database import after_commit
+from app.database import after_commit, fetch_row
 from app.errors import (
     BadToken,
     EmailNotVerified,
@@ -69,8 +69,8 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
 # --- access ------------------------------------------------------------------------------------
 
 
-async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> User:
-    """The user behind a decoded access token, or 401 if the token was revoked in any way."""
+async def _live_session(claims: AccessClaims) -> float:
+    """401 unless the token and its login are live in Redis; when the login was last reaffirmed (0 if never)."""
     async with get_redis().pipeline(transaction=False) as pipe:
         pipe.exists(tokens.denied_key(claims.session_id, claims.jti))
         pipe.hmget(tokens.family_key(claims.session_id), ["reaffirmed", "revoked"])
@@ -79,12 +79,54 @@ async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> Us
         raise InvalidToken("This token has been revoked")
     if family_revoked:  # its login ended: logout, or a refresh token of that login was replayed
         raise InvalidToken("This session has been revoked")
-    user = await session.get(User, claims.user_id)
+    return float(reaffirmed or 0)
+
+
+def _ensure_may_act[U: (User, UserView)](user: U | None, claims: AccessClaims, reaffirmed: float) -> U:
     if user is None or not user.is_active or user.deleted_at is not None:
         raise InvalidToken()
-    if max(claims.issued_at, float(reaffirmed or 0)) < user.tokens_valid_after.timestamp():
+    if max(claims.issued_at, reaffirmed) < user.tokens_valid_after.timestamp():
         raise InvalidToken("This session has been revoked")
     return user
+
+
+async def authenticate_access(session: AsyncSession, claims: AccessClaims) -> User:
+    """The user behind a decoded access token, or 401 if the token was revoked in any way."""
+    reaffirmed = await _live_session(claims)
+    return _ensure_may_act(await session.get(User, claims.user_id), claims, reaffirmed)
+
+
+@dataclass(frozen=True, slots=True)
+class UserView:
+    """A read-only snapshot of a user row: the profile (`UserOut`'s fields) and what the access checks need."""
+
+    id: uuid.UUID
+    email: str
+    full_name: str
+    phone: str | None
+    timezone: str
+    locale: str
+    role: str
+    is_active: bool
+    created_at: datetime
+    tokens_valid_after: datetime
+    deleted_at: datetime | None
+    is_verified: bool
+
+
+_COLUMNS = User.__table__.c
+_USER_VIEW_SQL = (
+    f"SELECT {', '.join(_COLUMNS[f.name].name for f in fields(UserView) if f.name != 'is_verified')},"
+    f" {_COLUMNS.email_verified_at.name} IS NOT NULL FROM {User.__tablename__} WHERE {_COLUMNS.id.name} = $1"
+)
+
+
+async def authenticate_access_view(claims: AccessClaims) -> UserView:
+    """Like `authenticate_access`, for a route that only reads the caller: the same checks on the row as
+    committed now, read in one statement outside any transaction (no ORM object, no BEGIN/COMMIT)."""
+    reaffirmed = await _live_session(claims)
+    row = await fetch_row(_USER_VIEW_SQL, claims.user_id)
+    return _ensure_may_act(UserView(*row) if row is not None else None, claims, reaffirmed)
 
 
 async def _issue_pair(user: User, family: str | None = None, refresh_token: str | None = None) -> TokenPair:
