@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
+PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -65,8 +66,11 @@ def bench_database() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def api_server(env: dict[str, str], workers: int = 1, log_path: Path | None = None) -> Iterator[str]:
-    """A uvicorn process on a free port; its log (stderr) goes to `log_path` when given."""
+def api_server(
+    env: dict[str, str], workers: int = 1, log_path: Path | None = None, cpus: set[int] | None = None
+) -> Iterator[str]:
+    """A uvicorn process on a free port (pinned to `cpus` when given); its log (stderr) goes to
+    `log_path` when given; `PIDS[base]` is its process id while it runs (for a profiler to attach)."""
     port = free_port()
     log = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in `finally`
     process = subprocess.Popen(
@@ -87,8 +91,10 @@ def api_server(env: dict[str, str], workers: int = 1, log_path: Path | None = No
         cwd=BACKEND_DIR,
         env={**os.environ, **env},
         stderr=log,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     base = f"http://127.0.0.1:{port}"
+    PIDS[base] = process.pid
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -100,6 +106,7 @@ def api_server(env: dict[str, str], workers: int = 1, log_path: Path | None = No
             raise RuntimeError("the API did not come up")
         yield base
     finally:
+        PIDS.pop(base, None)
         process.terminate()
         process.wait(10)
         if log is not None:
