@@ -22,11 +22,13 @@ import random
 import signal
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from datetime import time as wall
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -262,7 +264,8 @@ def main() -> None:
         }
         if args.pin:
             os.sched_setaffinity(0, {0})
-        with api_server(env, cpus={1} if args.pin else None) as base:
+        log_path = Path(tempfile.mkdtemp(prefix="c3po-bench-")) / "api.log"
+        with api_server(env, log_path=log_path, cpus={1} if args.pin else None) as base:
             print(f"{args.concurrency} concurrent clients, {args.staff} staff; the same run's baseline first:")
             asyncio.run(baseline(database_url, staff_ids, args.bookings, args.concurrency))
             asyncio.run(booking(base, service_id, staff_ids, emails, args.bookings, args.profile))

@@ -47,8 +47,20 @@ from app.services.scheduling.availability_engine import StaffCalendar
 
 _IDS = bindparam("ids", expanding=True)
 _LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_=DateTime(timezone=True))
-_ZONE = func.coalesce(StaffProfile.timezone, User.timezone)
-_ACTIVE_STAFF = (User.role == Role.staff.value, User.is_active.is_(True), User.deleted_at.is_(None))
+
+
+def staff_zone(user=User):
+    """A staff member's IANA zone: their profile's (outer-joined), else their account's."""
+    return func.coalesce(StaffProfile.timezone, user.timezone)
+
+
+def active_staff(user=User) -> tuple:
+    """Conditions on a user (or an alias) for an active staff member."""
+    return (user.role == Role.staff.value, user.is_active.is_(True), user.deleted_at.is_(None))
+
+
+_ZONE = staff_zone()
+_ACTIVE_STAFF = active_staff()
 # A literal, not bound parameters, so the planner can use the exclusion constraint's partial GiST index.
 _LIVE = text(live_status_sql("appointments.status"))
 
