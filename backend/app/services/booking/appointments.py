@@ -8,6 +8,7 @@ change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected 
 
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -58,12 +59,18 @@ async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID)
 _ACTOR, _STAFF = aliased(User, name="actor"), aliased(User, name="staff")
 
 
-async def lock_for_booking(
-    session: AsyncSession, actor: User, service_id: uuid.UUID, staff_id: uuid.UUID
-) -> tuple[Service | None, dict[uuid.UUID, str]]:
-    """`lock_calendar`, then in one round trip: the caller re-read, the service (None if unknown or
-    inactive) and the staff member with their zone if they actively offer it (else empty). The
-    staff member's account lands in the session too, for the emails."""
+@dataclass(frozen=True)
+class Booking:
+    """What a booking reads under the calendar lock."""
+
+    service: Service | None  # None: unknown or inactive
+    staff: dict[uuid.UUID, str]  # {staff_id: zone} if they actively offer the service, else empty
+    # Held so the session's identity map (weak references) keeps it for the emails' `session.get`.
+    provider: User | None
+
+
+async def lock_for_booking(session: AsyncSession, actor: User, service_id: uuid.UUID, staff_id: uuid.UUID) -> Booking:
+    """`lock_calendar`, then in one round trip: the caller re-read, the service and the staff member."""
     await lock_calendars(session, staff_id, shared=True)
     offering = and_(
         service_staff.c.service_id == Service.id, service_staff.c.staff_id == staff_id, Service.is_active.is_(True)
@@ -85,8 +92,9 @@ async def lock_for_booking(
     if row is None or not actor.is_active or actor.deleted_at is not None:
         raise InactiveUser()
     _, service, staff, zone = row
+
     active = service if service is not None and service.is_active else None
-    return active, ({staff.id: zone} if staff is not None else {})
+    return Booking(active, {staff.id: zone} if staff is not None else {}, staff)
 
 
 async def get_visible(session: AsyncSession, user: User, appointment_id: uuid.UUID) -> Appointment:

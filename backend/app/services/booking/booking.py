@@ -55,8 +55,9 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
     # Locked first: everything below (the caller, the service, its providers, hours, time off) is read fresh.
-    service, staff = await appointments.lock_for_booking(session, actor, data.service_id, data.staff_id)
+    locked = await appointments.lock_for_booking(session, actor, data.service_id, data.staff_id)
     client = await _client_for(session, actor, data.client_id, data.staff_id)
+    service, staff = locked.service, locked.staff
     if service is None:
         raise NotFound("No such service")
     if not staff:
