@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
+PIDS: dict[str, int] = {}
 
 
 def free_port() -> int:
@@ -71,20 +72,21 @@ def api_server(
     log_path: Path | None = None,
     *,
     factory: str = "app.main:create_app",
-    cpus: str | None = None,
+    cpus: str | set[int] | None = None,
 ) -> Iterator[str]:
     """A uvicorn process on a free port; its log (stderr) goes to `log_path` when given.
 
     `factory` may name a bench-only module under bench/ (it is on the path); `cpus` pins the server
-    with `taskset -c` (e.g. "0"), so a client pinned to another core does not compete with it.
+    to those cores ("0", "0,1" or {0}), so a client pinned to another core does not compete with it.
+    `PIDS[base]` is its process id while it runs (for a profiler to attach).
     """
     port = free_port()
     log = open(log_path, "w") if log_path else None  # noqa: SIM115 - closed in `finally`
-    pin = ["taskset", "-c", cpus] if cpus else []
+    if isinstance(cpus, str):
+        cpus = {int(cpu) for cpu in cpus.split(",")}
     pythonpath = os.pathsep.join(filter(None, [str(BACKEND_DIR / "bench"), os.environ.get("PYTHONPATH")]))
     process = subprocess.Popen(
         [
-            *pin,
             sys.executable,
             "-m",
             "uvicorn",
@@ -101,8 +103,10 @@ def api_server(
         cwd=BACKEND_DIR,
         env={**os.environ, "PYTHONPATH": pythonpath, **env},
         stderr=log,
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     base = f"http://127.0.0.1:{port}"
+    PIDS[base] = process.pid
     try:
         deadline = time.monotonic() + 90  # a loaded machine can take a while to import the app
         while time.monotonic() < deadline:
@@ -114,6 +118,7 @@ def api_server(
             raise RuntimeError("the API did not come up")
         yield base
     finally:
+        PIDS.pop(base, None)
         process.terminate()
         process.wait(10)
         if log is not None:

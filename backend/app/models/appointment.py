@@ -58,6 +58,9 @@ class Appointment(UUIDPk, Timestamps, Base):
         CheckConstraint("status IN ('pending', 'confirmed', 'completed', 'no_show', 'cancelled')", name="status"),
         Index("ix_appointments_staff_blocked", "staff_id", "blocked_from", "blocked_until"),
         Index("ix_appointments_client_starts", "client_id", "starts_at"),
+        # The lists' order: admins' (every appointment) and a staff member's.
+        Index("ix_appointments_starts", "starts_at", "id"),
+        Index("ix_appointments_staff_starts", "staff_id", "starts_at", "id"),
     )
 
     series_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointment_series.id"), index=True)

@@ -1,7 +1,7 @@
 import uuid
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Column, ForeignKey, Numeric, String, Table, Text
+from sqlalchemy import CheckConstraint, Column, ForeignKey, Index, Numeric, String, Table, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, Timestamps, UUIDPk
@@ -24,6 +24,7 @@ class Service(UUIDPk, Timestamps, Base):
         CheckConstraint("price >= 0", name="price"),
         CheckConstraint("min_notice_minutes >= 0", name="min_notice"),
         CheckConstraint("max_advance_days BETWEEN 1 AND 730", name="max_advance"),
+        Index("ix_services_name", "name", "id"),
     )
 
     name: Mapped[str] = mapped_column(String(200))

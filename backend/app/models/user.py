@@ -2,7 +2,7 @@ import enum
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, Timestamps, UUIDPk
@@ -20,6 +20,10 @@ class User(UUIDPk, Timestamps, Base):
         CheckConstraint("role IN ('user', 'staff', 'admin')", name="role"),
         CheckConstraint("locale IN ('en', 'ru')", name="locale"),
         Index("uq_users_email", "email", unique=True),
+        # The admins' user list (newest accounts last, by role) and the staff list (by name).
+        Index("ix_users_created", "created_at", "id", postgresql_where=text("deleted_at IS NULL")),
+        Index("ix_users_role_created", "role", "created_at", "id", postgresql_where=text("deleted_at IS NULL")),
+        Index("ix_users_role_name", "role", "full_name", "id"),
     )
 
     email: Mapped[str] = mapped_column(String(320))  # stored lower-cased

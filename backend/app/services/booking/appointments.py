@@ -7,22 +7,25 @@ change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected 
 """
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from app.errors import InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
-from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
+from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, StaffProfile, User, service_staff
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
+from app.services.scheduling.availability_queries import active_staff, staff_zone
 from app.services.scheduling.calendar_lock import lock_calendars
 from app.utils.time import utcnow
 
@@ -51,6 +54,47 @@ async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID)
     await session.refresh(actor, ["role", "is_active", "deleted_at"])
     if not actor.is_active or actor.deleted_at is not None:
         raise InactiveUser()
+
+
+_ACTOR, _STAFF = aliased(User, name="actor"), aliased(User, name="staff")
+
+
+@dataclass(frozen=True)
+class Booking:
+    """What a booking reads under the calendar lock."""
+
+    service: Service | None  # None: unknown or inactive
+    staff: dict[uuid.UUID, str]  # {staff_id: zone} if they actively offer the service, else empty
+    # Held so the session's identity map (weak references) keeps it for the emails' `session.get`.
+    provider: User | None
+
+
+async def lock_for_booking(session: AsyncSession, actor: User, service_id: uuid.UUID, staff_id: uuid.UUID) -> Booking:
+    """`lock_calendar`, then in one round trip: the caller re-read, the service and the staff member."""
+    await lock_calendars(session, staff_id, shared=True)
+    offering = and_(
+        service_staff.c.service_id == Service.id, service_staff.c.staff_id == staff_id, Service.is_active.is_(True)
+    )
+    # Not `_STAFF.id == service_staff.staff_id`: with that column also equated to `staff_id` in the
+    # join before, PostgreSQL 15 joined the staff member even where no service_staff row matched.
+    staff_live = and_(_STAFF.id == staff_id, service_staff.c.staff_id.is_not(None), *active_staff(_STAFF))
+    query = (
+        select(_ACTOR, Service, _STAFF, staff_zone(_STAFF))
+        .select_from(_ACTOR)
+        .outerjoin(Service, Service.id == service_id)
+        .outerjoin(service_staff, offering)
+        .outerjoin(_STAFF, staff_live)
+        .outerjoin(StaffProfile, StaffProfile.user_id == _STAFF.id)
+        .where(_ACTOR.id == actor.id)
+        .execution_options(populate_existing=True)
+    )
+    row = (await session.execute(query)).one_or_none()
+    if row is None or not actor.is_active or actor.deleted_at is not None:
+        raise InactiveUser()
+    _, service, staff, zone = row
+
+    active = service if service is not None and service.is_active else None
+    return Booking(active, {staff.id: zone} if staff is not None else {}, staff)
 
 
 async def get_visible(session: AsyncSession, user: User, appointment_id: uuid.UUID) -> Appointment:
@@ -140,12 +184,15 @@ async def ensure_offered(
     starts: Sequence[datetime],
     *,
     exclude: uuid.UUID | None = None,
+    staff: Mapping[uuid.UUID, str] | None = None,
 ) -> None:
     """422 `slot_not_offered` for times availability would never offer (hours, time off, policies);
     409 `slot_unavailable` when a live booking is the reason, so a lost race reads the same however
     it was lost (here, or at the constraint)."""
     excluded = () if exclude is None else (exclude,)
-    missing = await availability.unoffered_starts(session, service, staff_id, starts, exclude_appointments=excluded)
+    missing = await availability.unoffered_starts(
+        session, service, staff_id, starts, exclude_appointments=excluded, staff=staff
+    )
     if not missing:
         return
     taken = await _taken(session, service, staff_id, missing, exclude)
@@ -194,18 +241,29 @@ def new_appointment(
 
 
 async def insert_all(session: AsyncSession, actor: User, appointments: list[Appointment]) -> list[Appointment]:
-    """Insert each in its own SAVEPOINT so every clash is found and listed; any clash books nothing."""
+    """Insert each in its own SAVEPOINT so every clash is found and listed; any clash books nothing.
+    A single appointment needs none: its clash is the whole answer, and the request rolls back."""
     conflicts: list[datetime] = []
-    for appointment in appointments:
+    if len(appointments) == 1:
+        session.add(appointments[0])
         try:
-            async with session.begin_nested():
-                session.add(appointment)
+            await session.flush()
         except IntegrityError as exc:
             if not is_double_booking(exc):
                 raise
-            conflicts.append(appointment.starts_at)
+            raise SlotUnavailable(conflicts=[iso_z(appointments[0].starts_at)]) from None
+    else:
+        for appointment in appointments:
+            try:
+                async with session.begin_nested():
+                    session.add(appointment)
+            except IntegrityError as exc:
+                if not is_double_booking(exc):
+                    raise
+                conflicts.append(appointment.starts_at)
     if conflicts:
         raise SlotUnavailable(conflicts=[iso_z(s) for s in conflicts])
+    # Audit rows, reminders and emails are flushed together, with the request's commit.
     for appointment in appointments:
         await audit.record(
             session,
@@ -215,7 +273,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
             entity_id=appointment.id,
             after=audit.snapshot(appointment),
         )
-        await reminders.schedule(session, appointment)
+        await reminders.schedule(session, appointment, new=True)
         _publish(session, appointment, "appointment.created")
     availability.invalidate_after_commit(session, appointments[0].staff_id)
     await notifications.booked(session, appointments)

@@ -36,7 +36,6 @@ from app.services.booking.appointments import (
     record_change,
 )
 from app.services.messaging import notifications, reminders
-from app.services.scheduling import availability
 from app.utils.time import utcnow
 
 
@@ -55,11 +54,13 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     """Book one appointment, or a whole recurring series (answering its first occurrence)."""
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
-    # Locked first: everything below (the service, its providers, hours, time off) is read fresh.
-    await lock_calendar(session, actor, data.staff_id)
+    # Locked first: everything below (the caller, the service, its providers, hours, time off) is read fresh.
+    locked = await appointments.lock_for_booking(session, actor, data.service_id, data.staff_id)
     client = await _client_for(session, actor, data.client_id, data.staff_id)
-    service = await availability.get_bookable_service(session, data.service_id)
-    if data.staff_id not in await availability.service_staff_ids(session, service.id):
+    service, staff = locked.service, locked.staff
+    if service is None:
+        raise NotFound("No such service")
+    if not staff:
         raise SlotNotOffered("This staff member does not provide this service")
     if data.recurrence is not None:
         booked = await series.book(
@@ -68,7 +69,7 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
         return booked[0]
     starts_at = data.starts_at.astimezone(UTC)
     appointments.ensure_within_horizon(service, starts_at)
-    await appointments.ensure_offered(session, service, data.staff_id, [starts_at])
+    await appointments.ensure_offered(session, service, data.staff_id, [starts_at], staff=staff)
     appointment = appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes)
     return (await appointments.insert_all(session, actor, [appointment]))[0]
 

@@ -26,8 +26,7 @@ from datetime import timedelta
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import delete, func, literal_column, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import delete, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -67,33 +66,43 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 _TABLE = IdempotencyKey.__table__
 
 
+# One round trip. `wait` raises `lock_timeout` before the insert (its row feeds the insert), and the
+# outer target list restores it only once `claim` has finished (an aggregate over its rows).
+_CLAIM = text(
+    f"""
+    WITH wait AS (
+        SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', :wait, true) AS waiting
+    ), claim AS (
+        INSERT INTO {_TABLE.name} AS k (user_id, key, fingerprint, status, response_status, response_body, created_at)
+        SELECT :user_id, :key, :fingerprint, '{IN_PROGRESS}', NULL, NULL, now() FROM wait
+        ON CONFLICT (user_id, key) DO UPDATE
+        SET fingerprint = excluded.fingerprint, status = excluded.status, response_status = NULL,
+            response_body = NULL, created_at = now()
+        WHERE k.created_at < now() - make_interval(secs => :ttl)
+        RETURNING 1
+    )
+    SELECT claimed.n > 0, set_config('lock_timeout', wait.previous, true)
+    FROM wait, (SELECT count(*) AS n FROM claim) AS claimed
+    """
+)
+
+
 async def _claim(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> bool:
     """True once this transaction holds the key (new, or expired and taken over); False if a fresh
     row exists, committed by now (we waited for its transaction if it was still running)."""
-    fresh = {"fingerprint": print_, "status": IN_PROGRESS, "response_status": None, "response_body": None}
-    statement = (
-        insert(IdempotencyKey)
-        .values(user_id=user_id, key=key, created_at=func.now(), **fresh)
-        .on_conflict_do_update(
-            index_elements=[_TABLE.c.user_id, _TABLE.c.key],
-            set_={**fresh, "created_at": func.now()},
-            where=_TABLE.c.created_at < func.now() - TTL,
-        )
-        .returning(literal_column("1"))
-    )
-    # One round trip: the target list is evaluated in order, so `previous` is read before the change.
-    previous = await session.scalar(
-        text("SELECT current_setting('lock_timeout'), set_config('lock_timeout', :wait, true)"),
-        {"wait": f"{int(WAIT_SECONDS * 1000)}ms"},
-    )
+    params = {
+        "wait": f"{int(WAIT_SECONDS * 1000)}ms",
+        "user_id": user_id,
+        "key": key,
+        "fingerprint": print_,
+        "ttl": TTL.total_seconds(),
+    }
     try:
-        claimed = await session.scalar(statement) is not None
+        return bool(await session.scalar(_CLAIM, params))
     except DBAPIError as exc:
         if _sqlstate(exc) == _LOCK_NOT_AVAILABLE:
             raise IdempotencyKeyInProgress(headers={"Retry-After": "1"}) from exc
         raise
-    await session.execute(text("SELECT set_config('lock_timeout', :previous, true)"), {"previous": previous})
-    return claimed
 
 
 async def _stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:

@@ -43,10 +43,13 @@ async def queue_email(
     if secret_keys:
         payload["secret_keys"] = list(secret_keys)
     message = OutboxMessage(kind="email", payload=payload)
-    session.add(message)
-    await session.flush()
-    after_commit(session, partial(dispatch, message.id))
+    session.add(message)  # flushed with the rest of the transaction's rows; its id exists after commit
+    after_commit(session, partial(_dispatch_row, message))
     return message
+
+
+async def _dispatch_row(message: OutboxMessage) -> None:
+    await dispatch(message.id)
 
 
 def job_id(outbox_id: int, attempt: int = 0) -> str:

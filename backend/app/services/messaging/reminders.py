@@ -33,19 +33,29 @@ def offsets() -> list[int]:
     return sorted({minutes for minutes in get_settings().reminder_offsets if minutes > 0}, reverse=True)
 
 
-async def schedule(session: AsyncSession, appointment: Appointment, *, now: datetime | None = None) -> None:
+async def schedule(
+    session: AsyncSession, appointment: Appointment, *, now: datetime | None = None, new: bool = False
+) -> None:
     """(Re)create the reminder rows of a live appointment for its current start time.
 
     Unsent rows of an earlier start are replaced; offsets whose time has already passed are skipped.
     A row already sent for this very start is kept (calling this again never sends a reminder twice);
     one sent for an earlier start is deleted, so it does not block the new time's reminder under the
-    unique (appointment, offset) index.
+    unique (appointment, offset) index. `new`: the appointment was inserted in this transaction, so
+    it has no rows yet (nothing to read, and the rows are flushed with the transaction's others).
     """
     if appointment.status not in LIVE_STATUSES:
         await cancel(session, appointment)
         return
     now = now or utcnow()
     wanted = {minutes: appointment.starts_at - timedelta(minutes=minutes) for minutes in offsets()}
+    if new:
+        session.add_all(
+            Reminder(appointment_id=appointment.id, offset_minutes=minutes, due_at=due_at)
+            for minutes, due_at in wanted.items()
+            if due_at > now
+        )
+        return
     # Locked: a worker sending one of these right now finishes first, and we see what it did.
     existing = await session.scalars(
         select(Reminder).where(Reminder.appointment_id == appointment.id).with_for_update()

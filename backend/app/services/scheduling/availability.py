@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
 from operator import itemgetter
@@ -202,15 +202,19 @@ async def unoffered_starts(
     starts: Sequence[datetime],
     *,
     exclude_appointments: Collection[uuid.UUID] = (),
+    staff: Mapping[uuid.UUID, str] | None = None,
 ) -> list[datetime]:
     """The starts availability would not offer right now (fresh, uncached), in the order given.
 
+    `staff`: `{staff_id: zone}` if the caller has just read (under the calendar lock) that they offer
+    the service, `{}` if they do not; None to read it here.
     `exclude_appointments` are ignored as bookings (an appointment being moved does not block itself).
     One load covers every start, so a recurring series of 52 is checked in a handful of queries.
     """
     if not starts:
         return []
-    staff = await offering_staff(session, service.id, staff_id)
+    if staff is None:
+        staff = await offering_staff(session, service.id, staff_id)
     if not staff:
         return list(starts)
     rules = rules_for(service)

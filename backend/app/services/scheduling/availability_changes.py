@@ -80,7 +80,7 @@ def _to_local_dates(session: Session) -> None:
     zoned = {staff_id for changes in pending for staff_id, change in changes.items() if change and change[1]}
     if not zoned:
         return
-    zones = dict(session.execute(ZONES, {"ids": list(zoned)}).tuples().all())
+    zones = {staff_id: zone for staff_id, zone in session.execute(ZONES, {"ids": list(zoned)})}
     for changes in pending:
         for staff_id, change in changes.items():
             if change and change[1] and staff_id in zones:

@@ -11,8 +11,23 @@ from collections.abc import Collection, Mapping
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import BigInteger, DateTime, and_, bindparam, cast, func, literal, select, text, union_all
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    Integer,
+    Time,
+    and_,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import NotFound
@@ -32,15 +47,31 @@ from app.services.scheduling.availability_engine import StaffCalendar
 
 _IDS = bindparam("ids", expanding=True)
 _LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_=DateTime(timezone=True))
-_ZONE = func.coalesce(StaffProfile.timezone, User.timezone)
-_ACTIVE_STAFF = (User.role == Role.staff.value, User.is_active.is_(True), User.deleted_at.is_(None))
+
+
+def staff_zone(user=User):
+    """A staff member's IANA zone: their profile's (outer-joined), else their account's."""
+    return func.coalesce(StaffProfile.timezone, user.timezone)
+
+
+def active_staff(user=User) -> tuple:
+    """Conditions on a user (or an alias) for an active staff member."""
+    return (user.role == Role.staff.value, user.is_active.is_(True), user.deleted_at.is_(None))
+
+
+_ZONE = staff_zone()
+_ACTIVE_STAFF = active_staff()
 # A literal, not bound parameters, so the planner can use the exclusion constraint's partial GiST index.
 _LIVE = text(live_status_sql("appointments.status"))
 
 
+_NO_TIME, _NO_DATE, _NO_JSON = cast(null(), Time), cast(null(), Date), cast(null(), JSONB)
+_NO_SECONDS = cast(null(), ARRAY(BigInteger))
+
+
 def _merged_ranges(kind: str, staff_column, ranges, *conditions):
-    """(staff_id, kind, starts, ends): each staff member's ranges merged by `range_agg`, as two sorted
-    arrays of epoch seconds (starts rounded down, ends up, so sub-second parts never shrink them)."""
+    """(staff_id, kind, ..., starts, ends): each staff member's ranges merged by `range_agg`, as two
+    sorted arrays of epoch seconds (starts rounded down, ends up, so sub-second parts never shrink them)."""
     merged = (
         select(staff_column.label("staff_id"), func.unnest(func.range_agg(ranges)).label("r"))
         .where(*conditions)
@@ -52,13 +83,42 @@ def _merged_ranges(kind: str, staff_column, ranges, *conditions):
     return select(
         merged.c.staff_id,
         literal(kind),
+        cast(null(), Integer),
+        _NO_TIME,
+        _NO_TIME,
+        _NO_DATE,
+        _NO_JSON,
         func.array_agg(aggregate_order_by(lower, merged.c.r)),
         func.array_agg(aggregate_order_by(upper, merged.c.r)),
     ).group_by(merged.c.staff_id)
 
 
 _BLOCKED = func.tstzrange(Appointment.blocked_from, Appointment.blocked_until, "[)")
-_BUSY = union_all(
+# A whole calendar in one round trip: weekly hours, date overrides, merged time off and bookings,
+# as rows of one shape (staff_id, kind, weekday, opens, closes, date, intervals, starts, ends).
+_CALENDARS = union_all(
+    select(
+        WeeklyInterval.staff_id,
+        literal("weekly"),
+        WeeklyInterval.weekday,
+        WeeklyInterval.start_time,
+        WeeklyInterval.end_time,
+        _NO_DATE,
+        _NO_JSON,
+        _NO_SECONDS,
+        _NO_SECONDS,
+    ).where(WeeklyInterval.staff_id.in_(_IDS)),
+    select(
+        DateOverride.staff_id,
+        literal("override"),
+        cast(null(), Integer),
+        _NO_TIME,
+        _NO_TIME,
+        DateOverride.date,
+        cast(DateOverride.intervals, JSONB),
+        _NO_SECONDS,
+        _NO_SECONDS,
+    ).where(DateOverride.staff_id.in_(_IDS), DateOverride.date.between(bindparam("first_day"), bindparam("last_day"))),
     _merged_ranges(
         "time_off",
         TimeOff.staff_id,
@@ -76,14 +136,6 @@ _BUSY = union_all(
         _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, "[)")),
         Appointment.id.not_in(bindparam("excluded", expanding=True)),
     ),
-)
-_WEEKLY = (
-    select(WeeklyInterval.staff_id, WeeklyInterval.weekday, WeeklyInterval.start_time, WeeklyInterval.end_time)
-    .where(WeeklyInterval.staff_id.in_(_IDS))
-    .order_by(WeeklyInterval.start_time)
-)
-_OVERRIDES = select(DateOverride.staff_id, DateOverride.date, DateOverride.intervals).where(
-    DateOverride.staff_id.in_(_IDS), DateOverride.date.between(bindparam("first_day"), bindparam("last_day"))
 )
 ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
 
@@ -147,8 +199,8 @@ async def load_calendars(
     exclude_appointments: Collection[uuid.UUID] = (),
     exclude_appointment: uuid.UUID | None = None,
 ) -> list[StaffCalendar]:
-    """Hours, overrides, time off and live bookings of these staff around [start, end), in three
-    queries. `staff` maps ids to IANA zones (as `offering_staff` answers), or is just ids.
+    """Hours, overrides, time off and live bookings of these staff around [start, end), in one
+    query. `staff` maps ids to IANA zones (as `offering_staff` answers), or is just ids.
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
@@ -163,13 +215,26 @@ async def load_calendars(
     calendars = {
         member: StaffCalendar(member, ZoneInfo(zone), weekly=defaultdict(list)) for member, zone in staff.items()
     }
-    for member, weekday, opens, closes in await session.execute(_WEEKLY, {"ids": ids}):
-        calendars[member].weekly[weekday].append((opens, closes))
     # Local dates differ from UTC ones by at most a day (offsets are within ±14 h).
-    days = {"first_day": (start - timedelta(days=2)).date(), "last_day": (end + timedelta(days=2)).date()}
-    for member, day, intervals in await session.execute(_OVERRIDES, {"ids": ids, **days}):
-        calendars[member].overrides[day] = _intervals(intervals)
-    params = {"ids": ids, "lo": start - margin, "hi": end + margin, "excluded": excluded}
-    for member, kind, lowers, uppers in await session.execute(_BUSY, params):
-        setattr(calendars[member], kind, list(zip(lowers, uppers, strict=True)))
+    params = {
+        "ids": ids,
+        "first_day": (start - timedelta(days=2)).date(),
+        "last_day": (end + timedelta(days=2)).date(),
+        "lo": start - margin,
+        "hi": end + margin,
+        "excluded": excluded,
+    }
+    for member, kind, weekday, opens, closes, day, intervals, lowers, uppers in await session.execute(
+        _CALENDARS, params
+    ):
+        calendar = calendars[member]
+        if kind == "weekly":
+            calendar.weekly[weekday].append((opens, closes))
+        elif kind == "override":
+            calendar.overrides[day] = _intervals(intervals)
+        else:
+            setattr(calendar, kind, list(zip(lowers, uppers, strict=True)))
+    for calendar in calendars.values():
+        for intervals in calendar.weekly.values():
+            intervals.sort()
     return list(calendars.values())
