@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     db_pool_size: int = 10
+    # Overload answers 503 `server_busy` within these bounds instead of queueing (app/api/admission.py).
+    db_pool_timeout_seconds: float = 2  # wait for a pooled connection
+    max_in_flight_requests: int = 64  # per process; /health* and /metrics are not counted
+    request_queue_timeout_seconds: float = 0.5  # wait for an in-flight slot
+    password_hash_concurrency: int = 1  # argon2 hashes at once per process (each takes a core)
+    password_hash_max_waiting: int = 8
+    password_hash_queue_timeout_seconds: float = 1
 
     mail_server: str = "127.0.0.1"
     mail_port: int = 1025

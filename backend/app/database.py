@@ -33,7 +33,7 @@ def get_engine() -> AsyncEngine:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_pool_size,
             pool_pre_ping=True,
-            pool_timeout=5,
+            pool_timeout=settings.db_pool_timeout_seconds,
             connect_args={"timeout": 5, "server_settings": {"application_name": "c3po"}},
         )
         _sessionmaker = async_sessionmaker(_engine, expire_on_commit=False)

@@ -11,6 +11,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import appointments, audit, auth, availability, health, series, services, staff, users, ws
+from app.api.admission import AdmissionLimit
 from app.api.deps import require_body_media_type
 from app.api.openapi import install_openapi
 from app.api.problems import install_problem_handlers
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_openapi(app)
 
+    app.add_middleware(AdmissionLimit, settings=settings)
     # Not FastAPI's `max_body_size`: its 413 is plain text sent from outside every user middleware.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
