@@ -76,7 +76,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_openapi(app)
 
-    app.add_middleware(AdmissionLimit, settings=settings)
     # Not FastAPI's `max_body_size`: its 413 is plain text sent from outside every user middleware.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
@@ -92,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     Instrumentator(excluded_handlers=["/metrics", "/health.*"]).instrument(app).expose(
         app, include_in_schema=False, should_gzip=True
     )
+    app.add_middleware(AdmissionLimit, settings=settings)  # outermost: a refusal costs next to nothing
     return app
 
 
