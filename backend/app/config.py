@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     db_pool_size: int = 10
     # Overload answers 503 `server_busy` within these bounds instead of queueing (app/api/admission.py).
     db_pool_timeout_seconds: float = 2  # wait for a pooled connection
-    max_in_flight_requests: int = 64  # per process; /health* and /metrics are not counted
+    max_in_flight_requests: int = 32  # per process; /health* and /metrics are not counted
     request_queue_timeout_seconds: float = 0.5  # wait for an in-flight slot
     password_hash_concurrency: int = 1  # argon2 hashes at once per process (each takes a core)
     password_hash_max_waiting: int = 8

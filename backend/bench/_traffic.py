@@ -33,6 +33,19 @@ MIX = {"availability": 25, "book": 25, "reschedule": 8, "cancel": 7, "me": 25, "
 RETRY_FOR_SECONDS = 90  # a write is retried (same key) this long after 503s or transport errors
 
 
+@dataclass(frozen=True)
+class Event:
+    sent: float
+    answered: float
+    kind: str
+    outcome: str  # ok, shed, error
+    what: str  # "503 database_unavailable", "201", "transport"
+
+    @property
+    def seconds(self) -> float:
+        return self.answered - self.sent
+
+
 @dataclass
 class Stats:
     latencies: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -46,16 +59,17 @@ class Stats:
     cancelled: set[str] = field(default_factory=set)
     started: float = field(default_factory=time.monotonic)
     finished: float = 0.0
-    events: list[tuple[float, str, str, str]] = field(default_factory=list)  # (answered at, kind, outcome, what)
+    events: list["Event"] = field(default_factory=list)
 
     def record(self, kind: str, seconds: float, response: httpx.Response | None, error: str | None = None) -> str:
         outcome = self._classify(kind, seconds, response, error)
         what = "transport" if response is None else f"{response.status_code} {_code(response)}".strip()
-        self.events.append((time.monotonic(), kind, outcome, what))
+        now = time.monotonic()
+        self.events.append(Event(now - seconds, now, kind, outcome, what))
         return outcome
 
-    def window(self, start: float, end: float) -> list[tuple[float, str, str, str]]:
-        return [event for event in self.events if start <= event[0] < end]
+    def sent_between(self, start: float, end: float) -> list["Event"]:
+        return [event for event in self.events if start <= event.sent < end]
 
     def _classify(self, kind: str, seconds: float, response: httpx.Response | None, error: str | None) -> str:
         """'ok', 'shed' or 'error'."""

@@ -23,12 +23,16 @@ class Gate:
     def in_use(self) -> int:
         return self.limit - self._semaphore._value
 
+    def ensure_room(self) -> None:
+        """Refuse now, before any other work, when a caller would be turned away anyway."""
+        if self._semaphore.locked() and self.max_waiting is not None and self.waiting >= self.max_waiting:
+            raise ServerBusy(f"Too many requests are waiting for {self.what}; please try again")
+
     async def acquire(self) -> None:
         if not self._semaphore.locked():
             await self._semaphore.acquire()  # free: returns without suspending
             return
-        if self.max_waiting is not None and self.waiting >= self.max_waiting:
-            raise ServerBusy(f"Too many requests are waiting for {self.what}; please try again")
+        self.ensure_room()
         self.waiting += 1
         try:
             async with asyncio.timeout(self.timeout):
