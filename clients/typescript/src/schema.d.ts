@@ -1211,6 +1211,20 @@ export interface components {
             /** Reason */
             reason: string;
         };
+        /**
+         * DatabaseUnavailableProblem
+         * @description `database_unavailable`: The database is unavailable
+         */
+        DatabaseUnavailableProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:database_unavailable";
+            title: string;
+            /** @enum {integer} */
+            status: 503;
+            detail: string;
+            /** @enum {string} */
+            code: "database_unavailable";
+        };
         /** DatabaseUp */
         DatabaseUp: {
             /**
@@ -2024,6 +2038,20 @@ export interface components {
             /** Reason */
             reason: string;
         };
+        /**
+         * RedisUnavailableProblem
+         * @description `redis_unavailable`: Redis is unavailable
+         */
+        RedisUnavailableProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:redis_unavailable";
+            title: string;
+            /** @enum {integer} */
+            status: 503;
+            detail: string;
+            /** @enum {string} */
+            code: "redis_unavailable";
+        };
         /** RedisUp */
         RedisUp: {
             /**
@@ -2181,6 +2209,20 @@ export interface components {
             appointments: components["schemas"]["AppointmentOut"][];
         };
         /**
+         * ServerBusyProblem
+         * @description `server_busy`: The server is busy
+         */
+        ServerBusyProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:server_busy";
+            title: string;
+            /** @enum {integer} */
+            status: 503;
+            detail: string;
+            /** @enum {string} */
+            code: "server_busy";
+        };
+        /**
          * ServiceCreate
          * @example {
          *       "buffer_after_minutes": 10,
@@ -2330,20 +2372,6 @@ export interface components {
             limit: number;
             /** Offset */
             offset: number;
-        };
-        /**
-         * ServiceUnavailableProblem
-         * @description `service_unavailable`: Service unavailable
-         */
-        ServiceUnavailableProblem: {
-            /** @enum {string} */
-            type: "urn:c3po:problem:service_unavailable";
-            title: string;
-            /** @enum {integer} */
-            status: 503;
-            detail: string;
-            /** @enum {string} */
-            code: "service_unavailable";
         };
         /**
          * ServiceUpdate
@@ -2971,7 +2999,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -2979,7 +3007,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3069,7 +3097,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3077,7 +3105,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3156,7 +3184,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3164,7 +3192,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3265,7 +3293,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3273,7 +3301,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3353,7 +3381,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3361,7 +3389,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3438,7 +3466,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3446,7 +3474,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3489,7 +3517,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3497,7 +3525,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3576,7 +3604,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3584,7 +3612,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3672,7 +3700,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3680,7 +3708,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3780,7 +3808,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3788,7 +3816,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3833,7 +3861,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3841,7 +3869,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3884,7 +3912,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3892,7 +3920,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -3971,7 +3999,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -3979,7 +4007,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4077,7 +4105,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4085,7 +4113,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4185,7 +4213,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4193,7 +4221,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4238,7 +4266,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4246,7 +4274,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4319,7 +4347,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4327,7 +4355,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4426,7 +4454,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4434,7 +4462,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4511,7 +4539,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4519,7 +4547,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4607,7 +4635,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4615,7 +4643,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4729,7 +4757,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4737,7 +4765,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4811,7 +4839,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4819,7 +4847,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4908,7 +4936,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4916,7 +4944,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -4983,7 +5011,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -4991,7 +5019,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5079,7 +5107,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5087,7 +5115,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5201,7 +5229,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5209,7 +5237,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5260,7 +5288,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5268,7 +5296,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5324,7 +5352,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5332,7 +5360,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5409,7 +5437,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5417,7 +5445,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5518,7 +5546,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5526,7 +5554,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5612,7 +5640,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5620,7 +5648,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5721,7 +5749,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5729,7 +5757,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5805,7 +5833,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5813,7 +5841,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -5899,7 +5927,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5907,7 +5935,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6018,7 +6046,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6026,7 +6054,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6102,7 +6130,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6110,7 +6138,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6185,7 +6213,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6193,7 +6221,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6261,7 +6289,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6269,7 +6297,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6383,7 +6411,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6391,7 +6419,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6460,7 +6488,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6468,7 +6496,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6535,7 +6563,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6543,7 +6571,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6659,7 +6687,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6667,7 +6695,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6759,7 +6787,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6767,7 +6795,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6883,7 +6911,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6891,7 +6919,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -6983,7 +7011,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6991,7 +7019,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -7083,7 +7111,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7091,7 +7119,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -7197,7 +7225,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7205,7 +7233,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -7283,7 +7311,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7291,7 +7319,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
@@ -7325,7 +7353,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `service_unavailable` */
+            /** @description Service Unavailable: `database_unavailable`, `redis_unavailable`, `server_busy` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7333,7 +7361,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["ServiceUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
                 };
             };
         };
