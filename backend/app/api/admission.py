@@ -1,7 +1,10 @@
 """Admission control: a bounded number of requests in flight per process, a short bounded wait
 for a slot, and a quick 503 `server_busy` with `Retry-After` beyond it, so that overload is
 answered instead of queueing until clients time out. Health checks, metrics and WebSockets
-(long-lived, bounded elsewhere) are not counted.
+(long-lived, bounded elsewhere) are not counted. Requests that hash a password (sign-in, sign-up,
+password changes) have a budget of their own, as large as the hashing queue
+(`app.utils.security.hashing_gate`): a sign-in flood is refused at the door and never takes the
+slots the other endpoints need.
 
 A pure ASGI middleware, installed outermost: a refusal must cost next to nothing, or the refusals
 themselves saturate the event loop. So it skips the whole stack (no access-log line; counted in
@@ -20,6 +23,9 @@ from app.errors import ServerBusy
 from app.utils.gate import Gate
 
 EXEMPT_PREFIXES = ("/health", "/metrics")
+HASHING_PATHS = frozenset(
+    f"/api/v1{path}" for path in ("/auth/login", "/auth/register", "/auth/password-reset/confirm", "/users/me/password")
+)
 SHED = Counter("c3po_requests_shed_total", "Requests answered 503 server_busy by the admission limit")
 
 
@@ -28,13 +34,16 @@ class AdmissionLimit:
         self.app = app
         timeout = settings.request_queue_timeout_seconds
         self.gate = Gate(settings.max_in_flight_requests, timeout=timeout, what="a free request slot")
+        hashing = settings.password_hash_concurrency + settings.password_hash_max_waiting
+        self.hashing = Gate(hashing, timeout=timeout, what="a free sign-in slot")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(EXEMPT_PREFIXES):
             await self.app(scope, receive, send)
             return
+        gate = self.hashing if scope["path"] in HASHING_PATHS else self.gate
         try:
-            await self.gate.acquire()
+            await gate.acquire()
         except ServerBusy as busy:
             SHED.inc()
             await _refuse(busy, send)
@@ -42,7 +51,7 @@ class AdmissionLimit:
         try:
             await self.app(scope, receive, send)
         finally:
-            self.gate.release()
+            gate.release()
 
 
 async def _refuse(busy: ServerBusy, send: Send) -> None:

@@ -114,6 +114,20 @@ class TestAdmissionLimit:
 
             assert [(await answered(task)).status_code for task in (first, second)] == [200, 200]
 
+    async def test_sign_ins_have_a_budget_of_their_own(self, session, service_urls):
+        user = await create_user(session)
+        async with (
+            app_with(MAX_IN_FLIGHT_REQUESTS="2", REQUEST_QUEUE_TIMEOUT_SECONDS="0.2") as client,
+            services_locked(service_urls) as lock,
+        ):
+            held = [asyncio.create_task(client.get(SERVICES)) for _ in range(2)]
+            await waiting_on_the_lock(lock, 2)
+
+            form = {"username": user.email, "password": PASSWORD}
+            assert (await answered(client.post("/api/v1/auth/login", data=form))).status_code == 200
+            await lock.execute("COMMIT")
+            await answered(asyncio.gather(*held))
+
 
 class TestConnectionPool:
     async def test_an_exhausted_pool_answers_server_busy_after_the_pool_timeout(self, service_urls):
