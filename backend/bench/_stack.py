@@ -101,7 +101,10 @@ class Stack:
         return process
 
     def start_worker(self) -> Process:
-        process = self._spawn(f"worker-{len(self.workers)}", list(WORKER), {**self.env, **WORKER_ENV})
+        name = f"worker-{len(self.workers)}"
+        while any(worker.name == name for worker in self.workers):  # a replacement for a killed one
+            name += "b"
+        process = self._spawn(name, list(WORKER), {**self.env, **WORKER_ENV})
         self.workers.append(process)
         return process
 

@@ -27,8 +27,8 @@ from _stack import Stack, World, deployment, seed
 from _traffic import Stats, drive
 
 BEFORE, AFTER = 10.0, 15.0
-GRACE = 1.0
-OUTAGE_ANSWERS = {"503 database_unavailable", "503 redis_unavailable"}  # requests sent this soon after a server is back may still have been in its outage
+GRACE = 1.0  # requests sent this soon after a server is back may still have been in its outage
+OUTAGE_ANSWERS = {"503 database_unavailable", "503 redis_unavailable"}
 
 
 @dataclass
@@ -124,7 +124,7 @@ async def drill(name: str, clients: int) -> list[str]:
             recover = noop
 
         world, stats, outage, during = await run_drill(stack, clients, outage_seconds, fault, recover)
-        pids = {p.name: p.popen.pid for p in stack.apis + stack.workers if p.alive}
+        pids = {p.popen.pid for p in stack.apis + stack.workers if p.alive}
         stats.print_table(f"{name} drill traffic")
         down = stats.sent_between(outage.began, outage.ended)
         back = stats.sent_between(outage.ended + GRACE, float("inf"))

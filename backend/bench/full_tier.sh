@@ -27,7 +27,7 @@ run() {
 
 {
   echo "c3po full tier, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- . || echo ' (with uncommitted changes)')"
+  echo "commit $(git rev-parse HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo ' (with uncommitted changes)')"
   echo "machine: $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg) at the start"
   run load uv run python bench/load.py --seconds "$SECONDS_OF_LOAD"
   run overload uv run python bench/overload.py
