@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     web_concurrency: int = 1  # API processes; scale out with replicas or this, within the pool budget
     graceful_timeout_seconds: float = 20  # in-flight requests get this long after SIGTERM
 
+    # Overload answers 503 `server_busy` within these bounds instead of queueing (app/api/admission.py).
+    db_pool_timeout_seconds: float = 2  # wait for a pooled connection
+    max_in_flight_requests: int = 32  # per process; /health* and /metrics are not counted
+    request_queue_timeout_seconds: float = 0.5  # wait for an in-flight slot
+    password_hash_concurrency: int = 1  # argon2 hashes at once per process (each takes a core)
+    password_hash_max_waiting: int = 8
+    password_hash_queue_timeout_seconds: float = 1
+
     mail_server: str = "127.0.0.1"
     mail_port: int = 1025
     mail_from: str = "c3po <no-reply@c3po.local>"

@@ -10,6 +10,7 @@ from loguru import logger
 from sqlalchemy import event, make_url
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import Settings, get_settings
@@ -90,7 +91,7 @@ def get_engine() -> AsyncEngine:
             pool_size=settings.db_pool_size,
             max_overflow=settings.db_max_overflow,
             pool_pre_ping=True,
-            pool_timeout=5,
+            pool_timeout=settings.db_pool_timeout_seconds,
             connect_args={"timeout": 5, "server_settings": server_settings(settings)},
         )
         event.listen(_engine.sync_engine, "handle_error", _typed_timeouts, retval=True)
@@ -205,13 +206,18 @@ async def _fetch_row_once(sql: str, args: tuple[object, ...]) -> asyncpg.Record 
     pool = connection = None
     try:
         pool = await _get_read_pool()  # connects: the server may be down
-        async with pool.acquire(timeout=5) as connection:
-            try:
-                return await connection.fetchrow(sql, *args)
-            except Exception as exc:
-                if _is_loss(exc, connection):
-                    connection.terminate()  # never handed out again
-                raise
+        try:
+            connection = await pool.acquire(timeout=get_settings().db_pool_timeout_seconds)
+        except TimeoutError as exc:  # every read connection busy: the same answer as the engine's pool
+            raise PoolTimeout("the read pool has no free connection") from exc
+        try:
+            return await connection.fetchrow(sql, *args)
+        except Exception as exc:
+            if _is_loss(exc, connection):
+                connection.terminate()  # never handed out again
+            raise
+        finally:
+            await pool.release(connection)
     except Exception as exc:
         if not _is_loss(exc, connection):
             raise

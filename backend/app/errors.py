@@ -114,8 +114,31 @@ class RateLimited(AppError):
 
 
 class ServiceUnavailable(AppError):
+    """Try again after `Retry-After` seconds: nothing was done (or the request is safe to repeat)."""
+
     status, code, title = 503, "service_unavailable", "Service unavailable"
     documented_headers = ("Retry-After",)
+    retry_after: ClassVar[int] = 2
+
+    def __init__(self, detail: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after or self.retry_after))})
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """PostgreSQL refused, dropped or could not take the connection (down, restarting, failing over)."""
+
+    code, title = "database_unavailable", "The database is unavailable"
+
+
+class RedisUnavailable(ServiceUnavailable):
+    code, title = "redis_unavailable", "Redis is unavailable"
+
+
+class ServerBusy(ServiceUnavailable):
+    """This process is at its limit (requests in flight, database connections, password hashing)."""
+
+    code, title = "server_busy", "The server is busy"
+    retry_after = 1
 
 
 class DatabaseTimeout(ServiceUnavailable):

@@ -12,6 +12,7 @@ from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.api import appointments, audit, auth, availability, health, series, services, staff, users, ws
+from app.api.admission import AdmissionLimit
 from app.api.db_timeouts import install_db_timeout_handlers
 from app.api.deps import require_body_media_type
 from app.api.openapi import install_openapi
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, hsts=settings.is_production)
     # The instrumentator only serves /metrics; MetricsMiddleware records the series it would have.
     Instrumentator().expose(app, include_in_schema=False, should_gzip=True)
+    app.add_middleware(AdmissionLimit, settings=settings)  # outermost: a refusal costs next to nothing
     return app
 
 

@@ -32,10 +32,12 @@ from app.api.problem_docs import (
 from app.errors import (
     AppError,
     DatabaseTimeout,
+    DatabaseUnavailable,
     InternalError,
     InvalidValue,
     PayloadTooLarge,
-    ServiceUnavailable,
+    RedisUnavailable,
+    ServerBusy,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -96,7 +98,13 @@ def _has_parameters(route: Any) -> bool:
 
 def _automatic_problems(route: Any) -> list[type[AppError]]:
     """What any route of its kind may answer, and what its dependencies raise."""
-    automatic: list[type[AppError]] = [InternalError, ServiceUnavailable, DatabaseTimeout]
+    automatic: list[type[AppError]] = [
+        InternalError,
+        DatabaseUnavailable,
+        RedisUnavailable,
+        ServerBusy,
+        DatabaseTimeout,
+    ]
     if route.body_field is not None:
         automatic += [PayloadTooLarge, UnsupportedMediaType]
     if _has_parameters(route):

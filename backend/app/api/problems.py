@@ -3,6 +3,7 @@
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,10 +11,21 @@ from fastapi.routing import iter_route_contexts
 from loguru import logger
 from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.dependency_errors import database_down
 from app.api.problem_docs import PROBLEM_MEDIA_TYPE, problem_responses
-from app.errors import AppError, InternalError, InvalidValue, ValidationFailed
+from app.errors import (
+    AppError,
+    DatabaseUnavailable,
+    InternalError,
+    InvalidValue,
+    RedisUnavailable,
+    ServerBusy,
+    ServiceUnavailable,
+    ValidationFailed,
+)
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "install_problem_handlers", "problem_response", "problem_responses"]
 
@@ -88,16 +100,30 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return problem_response(exc.status_code, code, phrase, detail, headers)
 
 
-async def _dependency_down(_: Request, exc: Exception) -> JSONResponse:
-    logger.opt(exception=exc).error("a backing service is unavailable")
-    return problem_response(
-        503, "service_unavailable", "Service unavailable", "Please try again shortly", {"Retry-After": "5"}
-    )
+def _unavailable(error: ServiceUnavailable, cause: Exception) -> JSONResponse:
+    # No traceback: an outage fails every request the same way, and thousands of them cost CPU.
+    logger.warning("503 {}: {}: {}", error.code, type(cause).__name__, cause)
+    return problem_response(error.status, error.code, error.title, error.detail, error.headers)
+
+
+async def _redis_down(_: Request, exc: RedisError) -> JSONResponse:
+    return _unavailable(RedisUnavailable("Please try again shortly"), exc)
+
+
+async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+    return _unavailable(ServerBusy("No database connection came free in time; please try again"), exc)
+
+
+async def _connection_failed(request: Request, exc: Exception) -> JSONResponse:
+    """OSError and asyncpg's own errors escape SQLAlchemy unwrapped when a new connection fails."""
+    if database_down(exc):
+        return _unavailable(DatabaseUnavailable("Please try again shortly"), exc)
+    return await _unexpected(request, exc)
 
 
 async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-    if exc.connection_invalidated or isinstance(exc.orig, OSError | ConnectionError):
-        return await _dependency_down(request, exc)
+    if database_down(exc):
+        return _unavailable(DatabaseUnavailable("Please try again shortly"), exc)
     if str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
         # Class 22 "data exception": a value the database cannot store (a NUL character, say).
         error = InvalidValue
@@ -114,6 +140,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AppError, _app_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RedisError, _dependency_down)
+    app.add_exception_handler(RedisError, _redis_down)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(PoolTimeout, _pool_exhausted)
+    for raw in (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        app.add_exception_handler(raw, _connection_failed)
     app.add_exception_handler(Exception, _unexpected)

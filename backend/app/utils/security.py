@@ -5,6 +5,7 @@ import hashlib
 import secrets
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -16,6 +17,7 @@ from pwdlib.hashers.argon2 import Argon2Hasher
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from app.config import get_settings
+from app.utils.gate import Gate
 
 ALGORITHM = "HS256"
 ACCESS_TOKEN_TYPE = "access"
@@ -28,10 +30,38 @@ password_hash = PasswordHash((Argon2Hasher(time_cost=2, memory_cost=19456, paral
 _DUMMY_HASH = password_hash.hash("timing-equaliser-" + secrets.token_hex(8))
 
 
-# Hashing is deliberately slow (tens of ms) and argon2 releases the GIL: run it in a thread,
-# so the event loop keeps serving other requests and both cores hash.
+# Hashing is deliberately slow (tens of ms) and argon2 releases the GIL: run it in a thread, so the
+# event loop keeps serving other requests. A bounded number at once (and a bounded queue): a flood
+# of sign-ins then gets 503 `server_busy` instead of taking every core from the other endpoints.
+_hashing: Gate | None = None
+
+
+def hashing_gate() -> Gate:
+    global _hashing
+    if _hashing is None:
+        settings = get_settings()
+        _hashing = Gate(
+            settings.password_hash_concurrency,
+            timeout=settings.password_hash_queue_timeout_seconds,
+            max_waiting=settings.password_hash_max_waiting,
+            what="password hashing",
+        )
+    return _hashing
+
+
+def reset_hashing_gate() -> None:
+    """Read the settings again on next use (tests that change them)."""
+    global _hashing
+    _hashing = None
+
+
+async def _hash_in_thread[T](work: Callable[..., T], *args: str) -> T:
+    async with hashing_gate().held():
+        return await asyncio.to_thread(work, *args)
+
+
 async def hash_password(password: str) -> str:
-    return await asyncio.to_thread(password_hash.hash, password)
+    return await _hash_in_thread(password_hash.hash, password)
 
 
 def _verify(password: str, hashed: str) -> tuple[bool, str | None]:
@@ -43,11 +73,11 @@ def _verify(password: str, hashed: str) -> tuple[bool, str | None]:
 
 async def verify_password(password: str, hashed: str) -> tuple[bool, str | None]:
     """(valid, new hash when the stored one should be upgraded)."""
-    return await asyncio.to_thread(_verify, password, hashed)
+    return await _hash_in_thread(_verify, password, hashed)
 
 
 async def burn_password_check(password: str) -> None:
-    await asyncio.to_thread(password_hash.verify, password, _DUMMY_HASH)
+    await _hash_in_thread(password_hash.verify, password, _DUMMY_HASH)
 
 
 def random_token() -> str:

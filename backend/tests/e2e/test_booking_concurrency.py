@@ -43,6 +43,7 @@ def api_servers(service_urls, tmp_path_factory) -> Iterator[list[str]]:
         "DATABASE_URL": service_urls["database_url"],
         "REDIS_URL": service_urls["redis_url"],
         "SLOT_STEP_MINUTES": "15",
+        "MAX_IN_FLIGHT_REQUESTS": str(REQUESTS),  # all 200 reach the database: this is about double booking
         "LOG_LEVEL": "WARNING",
     }
     logs = tmp_path_factory.mktemp("api")

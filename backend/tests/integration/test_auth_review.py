@@ -172,7 +172,7 @@ class TestRefreshRotation:
             raise OperationalError("SELECT", {}, ConnectionRefusedError("database down"))
 
         monkeypatch.setattr(AsyncSession, "get", database_down)
-        assert_problem(await refresh(client, pair.refresh_token), 503, "service_unavailable")
+        assert_problem(await refresh(client, pair.refresh_token), 503, "database_unavailable")
         monkeypatch.undo()
 
         retry = await refresh(client, pair.refresh_token)

@@ -38,6 +38,7 @@ from app.utils.security import (
     burn_password_check,
     create_access_token,
     hash_password,
+    hashing_gate,
     random_token,
     token_digest,
     verify_password,
@@ -158,6 +159,7 @@ async def _password_attempt(email: str) -> AsyncIterator[Callable[[], Awaitable[
 
 async def login(session: AsyncSession, email: str, password: str, client_ip: str) -> TokenPair:
     email = normalize_email(email)
+    hashing_gate().ensure_room()  # a sign-in flood is refused before it costs Redis and database work
     await rate_limit.hit(get_settings().login_attempts_per_ip, "login-ip", client_ip)
     async with _password_attempt(email) as count_failure:
         user = await get_user_by_email(session, email)

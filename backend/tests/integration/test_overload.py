@@ -1,0 +1,195 @@
+"""Overload and outages are answered 503 with `Retry-After` within a bound, never queued or a 500.
+
+Requests are held for real: a test transaction locks the `services` table, so every request
+listing services waits in PostgreSQL holding its admission slot and its pooled connection.
+Each wait is guarded by `asyncio.wait_for`: without the bound under test the request would hang.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import pytest
+from httpx import ASGITransport, AsyncClient
+
+from app.database import dispose_engine
+from app.main import create_app
+from app.redis import close_redis
+from app.services.rate_limit import reset_limiter
+from app.utils.security import hashing_gate, reset_hashing_gate
+from tests.assertions import assert_problem
+from tests.contract import PROBLEM, check_problem
+from tests.e2e.conftest import RedisServer
+from tests.factories import PASSWORD, bearer, create_user, start_session
+from tests.smtp import settings_env
+
+SERVICES = "/api/v1/services"
+HANG_GUARD = 15  # seconds; far beyond every bound tested here, far below "a stalled request"
+
+
+def _contract_checked(app) -> dict:
+    async def hook(response) -> None:
+        if response.headers.get("content-type", "").startswith(PROBLEM):
+            await response.aread()
+            request = response.request
+            check_problem(app, request.method, request.url.path, response.status_code, response.json())
+
+    return {"response": [hook]}
+
+
+@asynccontextmanager
+async def app_with(**settings: str) -> AsyncIterator[AsyncClient]:
+    """A fresh app (and database pool) built with these settings; a client for it."""
+    with settings_env(**settings):
+        await dispose_engine()
+        reset_hashing_gate()
+        app = create_app()
+        transport = ASGITransport(app=app, client=("203.0.113.9", 50000))
+        try:
+            async with AsyncClient(transport=transport, base_url="http://t", event_hooks=_contract_checked(app)) as c:
+                yield c
+        finally:
+            await dispose_engine()
+            reset_hashing_gate()
+
+
+@asynccontextmanager
+async def services_locked(service_urls) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(service_urls["database_url"])
+    transaction = conn.transaction()
+    await transaction.start()
+    await conn.execute("LOCK TABLE services IN ACCESS EXCLUSIVE MODE")
+    try:
+        yield conn
+    finally:
+        await transaction.rollback()
+        await conn.close()
+
+
+async def waiting_on_the_lock(conn: asyncpg.Connection, count: int) -> None:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    async with asyncio.timeout(HANG_GUARD):
+        while await conn.fetchval(query) < count:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")  # the view is a snapshot per transaction
+            await asyncio.sleep(0.02)
+
+
+async def answered(request) -> object:
+    return await asyncio.wait_for(request, HANG_GUARD)
+
+
+def assert_busy(response) -> None:
+    assert_problem(response, 503, "server_busy")
+    assert response.headers["retry-after"] == "1"
+
+
+class TestAdmissionLimit:
+    async def test_beyond_the_in_flight_limit_requests_are_turned_away_and_health_still_answers(self, service_urls):
+        async with (
+            app_with(MAX_IN_FLIGHT_REQUESTS="2", REQUEST_QUEUE_TIMEOUT_SECONDS="0.2") as client,
+            services_locked(service_urls) as lock,
+        ):
+            held = [asyncio.create_task(client.get(SERVICES)) for _ in range(2)]
+            await waiting_on_the_lock(lock, 2)
+
+            assert_busy(await answered(client.get(SERVICES)))
+            assert (await answered(client.get("/health"))).status_code == 200
+            assert (await answered(client.get("/metrics"))).status_code == 200
+            await lock.execute("COMMIT")
+
+            assert [r.status_code for r in await answered(asyncio.gather(*held))] == [200, 200]
+        assert not held[0].exception()
+
+    async def test_a_request_waits_for_a_slot_within_the_bound(self, service_urls):
+        async with (
+            app_with(MAX_IN_FLIGHT_REQUESTS="1", REQUEST_QUEUE_TIMEOUT_SECONDS="5") as client,
+            services_locked(service_urls) as lock,
+        ):
+            first = asyncio.create_task(client.get(SERVICES))
+            await waiting_on_the_lock(lock, 1)
+            second = asyncio.create_task(client.get(SERVICES))
+            await asyncio.sleep(0.1)
+            await lock.execute("COMMIT")
+
+            assert [(await answered(task)).status_code for task in (first, second)] == [200, 200]
+
+    async def test_sign_ins_have_a_budget_of_their_own(self, session, service_urls):
+        user = await create_user(session)
+        async with (
+            app_with(MAX_IN_FLIGHT_REQUESTS="2", REQUEST_QUEUE_TIMEOUT_SECONDS="0.2") as client,
+            services_locked(service_urls) as lock,
+        ):
+            held = [asyncio.create_task(client.get(SERVICES)) for _ in range(2)]
+            await waiting_on_the_lock(lock, 2)
+
+            form = {"username": user.email, "password": PASSWORD}
+            assert (await answered(client.post("/api/v1/auth/login", data=form))).status_code == 200
+            await lock.execute("COMMIT")
+            await answered(asyncio.gather(*held))
+
+
+class TestConnectionPool:
+    async def test_an_exhausted_pool_answers_server_busy_after_the_pool_timeout(self, service_urls):
+        # pool_size 1 plus as many overflow: two connections.
+        async with (
+            app_with(DB_POOL_SIZE="1", DB_POOL_TIMEOUT_SECONDS="0.3", MAX_IN_FLIGHT_REQUESTS="50") as client,
+            services_locked(service_urls) as lock,
+        ):
+            held = [asyncio.create_task(client.get(SERVICES)) for _ in range(2)]
+            await waiting_on_the_lock(lock, 2)
+
+            assert_busy(await answered(client.get(SERVICES)))
+            await lock.execute("COMMIT")
+
+            assert [r.status_code for r in await answered(asyncio.gather(*held))] == [200, 200]
+
+
+class TestPasswordHashing:
+    async def test_a_sign_in_beyond_the_hashing_queue_is_turned_away_at_once(self, session, service_urls):
+        user = await create_user(session)
+        form = {"username": user.email, "password": PASSWORD}
+        settings = {"PASSWORD_HASH_CONCURRENCY": "1", "PASSWORD_HASH_MAX_WAITING": "1"}
+        async with app_with(**settings, PASSWORD_HASH_QUEUE_TIMEOUT_SECONDS="30") as client:
+            gate = hashing_gate()
+            await gate.acquire()  # one hash running
+            waiting = asyncio.create_task(gate.acquire())  # and one queued: the queue is full
+            await asyncio.sleep(0)
+
+            assert_busy(await answered(client.post("/api/v1/auth/login", data=form)))
+            gate.release()
+            await answered(waiting)
+            gate.release()
+
+            assert (await answered(client.post("/api/v1/auth/login", data=form))).status_code == 200
+
+
+class TestRedisOutage:
+    @pytest.fixture
+    async def own_redis(self, app) -> AsyncIterator[RedisServer]:
+        server = RedisServer().start()
+        with settings_env(REDIS_URL=server.url):
+            await close_redis()
+            reset_limiter()
+            try:
+                yield server
+            finally:
+                server.stop()
+                await close_redis()
+                reset_limiter()
+
+    async def test_requests_that_need_redis_answer_redis_unavailable_then_recover(self, client, session, own_redis):
+        user = await create_user(session)
+        me = bearer((await start_session(user)).access_token)
+        own_redis.stop()
+        await close_redis()
+
+        login = await client.post("/api/v1/auth/login", data={"username": user.email, "password": PASSWORD})
+        assert_problem(login, 503, "redis_unavailable")
+        assert int(login.headers["retry-after"]) >= 1
+        assert (await client.get("/health")).status_code == 200
+
+        own_redis.start()
+        login = await client.post("/api/v1/auth/login", data={"username": user.email, "password": PASSWORD})
+        assert login.status_code == 200, login.text
+        assert (await client.get("/api/v1/users/me", headers=me)).status_code == 200
