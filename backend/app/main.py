@@ -85,6 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Not FastAPI's `max_body_size`: its 413 is plain text sent from outside every user middleware.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware)  # inside RequestContextMiddleware: its 500s are counted too
+    app.add_middleware(RequestContextMiddleware, hsts=settings.is_production)
+    # The instrumentator only serves /metrics; MetricsMiddleware records the series it would have.
+    Instrumentator().expose(app, include_in_schema=False, should_gzip=True)
+    app.add_middleware(AdmissionLimit, settings=settings)  # before the stack: a refusal costs next to nothing
+    # Outermost, so every answer a browser may read carries CORS headers: the admission limit's 503s
+    # and the last-resort 500s too (a cross-origin answer without them reaches the page as a network error).
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -94,11 +101,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expose_headers=[REQUEST_ID_HEADER, "Retry-After", "Idempotent-Replayed"],
         max_age=600,
     )
-    app.add_middleware(MetricsMiddleware)  # inside RequestContextMiddleware: its 500s are counted too
-    app.add_middleware(RequestContextMiddleware, hsts=settings.is_production)
-    # The instrumentator only serves /metrics; MetricsMiddleware records the series it would have.
-    Instrumentator().expose(app, include_in_schema=False, should_gzip=True)
-    app.add_middleware(AdmissionLimit, settings=settings)  # outermost: a refusal costs next to nothing
     return app
 
 

@@ -101,6 +101,22 @@ class TestAdmissionLimit:
             assert [r.status_code for r in await answered(asyncio.gather(*held))] == [200, 200]
         assert not held[0].exception()
 
+    async def test_a_refusal_carries_cors_headers_so_a_browser_can_read_it(self, service_urls):
+        origin = "https://app.example"
+        async with (
+            app_with(MAX_IN_FLIGHT_REQUESTS="1", REQUEST_QUEUE_TIMEOUT_SECONDS="0.1", CORS_ORIGINS=origin) as client,
+            services_locked(service_urls) as lock,
+        ):
+            held = asyncio.create_task(client.get(SERVICES))
+            await waiting_on_the_lock(lock, 1)
+
+            refused = await answered(client.get(SERVICES, headers={"Origin": origin}))
+            assert_busy(refused)
+            assert refused.headers["access-control-allow-origin"] == origin
+            assert "retry-after" in refused.headers["access-control-expose-headers"].lower()
+            await lock.execute("COMMIT")
+            assert (await answered(held)).status_code == 200
+
     async def test_a_request_waits_for_a_slot_within_the_bound(self, service_urls):
         async with (
             app_with(MAX_IN_FLIGHT_REQUESTS="1", REQUEST_QUEUE_TIMEOUT_SECONDS="5") as client,
@@ -131,9 +147,10 @@ class TestAdmissionLimit:
 
 class TestConnectionPool:
     async def test_an_exhausted_pool_answers_server_busy_after_the_pool_timeout(self, service_urls):
-        # pool_size 1 plus as many overflow: two connections.
+        # pool_size 1 plus 1 overflow: two connections.
+        pool = {"DB_POOL_SIZE": "1", "DB_MAX_OVERFLOW": "1", "DB_POOL_TIMEOUT_SECONDS": "0.3"}
         async with (
-            app_with(DB_POOL_SIZE="1", DB_POOL_TIMEOUT_SECONDS="0.3", MAX_IN_FLIGHT_REQUESTS="50") as client,
+            app_with(**pool, MAX_IN_FLIGHT_REQUESTS="50") as client,
             services_locked(service_urls) as lock,
         ):
             held = [asyncio.create_task(client.get(SERVICES)) for _ in range(2)]
