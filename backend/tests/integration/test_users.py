@@ -136,7 +136,7 @@ class TestGetMe:
             if app.database._read_pool is not None:
                 await app.database._read_pool.close()
 
-        assert_problem(response, 503, "service_unavailable")
+        assert_problem(response, 503, "database_unavailable")
 
 
 class TestUpdateMe:
