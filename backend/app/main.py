@@ -11,7 +11,7 @@ from fastapi.utils import generate_unique_id
 from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from app.api import appointments, audit, auth, availability, health, series, services, staff, users, ws
+from app.api import API_PREFIX, appointments, audit, auth, availability, health, series, services, staff, users, ws
 from app.api.admission import AdmissionLimit
 from app.api.db_timeouts import install_db_timeout_handlers
 from app.api.deps import require_body_media_type
@@ -26,8 +26,6 @@ from app.redis import close_redis
 from app.services.messaging.events import close_hub
 from app.services.messaging.outbox import close_arq_pool
 from app.services.rate_limit import reset_limiter
-
-API_PREFIX = "/api/v1"
 
 
 def _operation_id(route: APIRoute) -> str:

@@ -5,6 +5,7 @@ The shared servers are never touched, so the drills may stop and start every one
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import random
@@ -28,6 +29,9 @@ sys.path.insert(0, str(BACKEND_DIR))
 from tests.e2e.conftest import WORKER, WORKER_ENV, RedisServer  # noqa: E402
 from tests.pgserver import PostgresServer  # noqa: E402
 from tests.smtp import SmtpServer, free_port  # noqa: E402
+
+sys.path.insert(0, str(BACKEND_DIR / "bench"))
+from _harness import service_row, user_row  # noqa: E402
 
 PASSWORD = "a drill password that nobody uses"
 OPENS, CLOSES = wall(6), wall(22)
@@ -171,18 +175,7 @@ async def seed(stack: Stack, *, staff: int, clients: int) -> World:
 
     hashed, now = await hash_password(PASSWORD), datetime.now(UTC)
 
-    def user(role: str, email: str) -> dict:
-        return {
-            "id": uuid.uuid4(),
-            "email": email,
-            "hashed_password": hashed,
-            "full_name": email.split("@")[0],
-            "timezone": "UTC",
-            "locale": "en",
-            "role": role,
-            "is_active": True,
-            "email_verified_at": now,
-        }
+    user = functools.partial(user_row, hashed_password=hashed, verified_at=now)
 
     staff_rows = [user("staff", f"staff{n}@drill.example") for n in range(staff)]
     client_rows = [user("user", f"client{n}@drill.example") for n in range(clients)]
@@ -200,8 +193,7 @@ async def seed(stack: Stack, *, staff: int, clients: int) -> World:
                 for d in range(7)
             ],
         )
-        service = {"id": service_id, "name": "Drill", "description": "", "duration_minutes": 30}
-        await session.execute(insert(Service), [{**service, "min_notice_minutes": 60, "max_advance_days": 365}])
+        await session.execute(insert(Service), [service_row(service_id, "Drill")])
         await session.execute(
             insert(service_staff), [{"service_id": service_id, "staff_id": s["id"]} for s in staff_rows]
         )

@@ -18,6 +18,7 @@ Uses BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else embedded servers; alwa
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import re
@@ -33,7 +34,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
-from _harness import api_server, bench_database
+from _harness import api_server, bench_database, service_row, user_row
 
 STAFF, PER_STAFF = 20, 5000
 ZONES = ("Europe/Berlin", "America/New_York", "Europe/London", "Asia/Tokyo", "America/Los_Angeles")
@@ -106,18 +107,7 @@ async def seed(database_url: str, redis_url: str, clients: int) -> World:
     hashed = await hash_password(PASSWORD)
     now = datetime.now(UTC)
 
-    def user(role: str, email: str, zone: str = "UTC") -> dict:
-        return {
-            "id": uuid.uuid4(),
-            "email": email,
-            "hashed_password": hashed,
-            "full_name": email.split("@")[0],
-            "timezone": zone,
-            "locale": "en",
-            "role": role,
-            "is_active": True,
-            "email_verified_at": now,
-        }
+    user = functools.partial(user_row, hashed_password=hashed, verified_at=now)
 
     staff = [user("staff", f"staff{n}@bench.example", ZONES[n % len(ZONES)]) for n in range(STAFF)]
     people = [user("user", f"client{n}@bench.example") for n in range(200)]
@@ -138,19 +128,7 @@ async def seed(database_url: str, redis_url: str, clients: int) -> World:
                 for opens, closes in HOURS
             ],
         )
-        await session.execute(
-            insert(Service),
-            [
-                {
-                    "id": service_id,
-                    "name": "Consultation",
-                    "description": "",
-                    "duration_minutes": 30,
-                    "min_notice_minutes": 60,
-                    "max_advance_days": 365,
-                }
-            ],
-        )
+        await session.execute(insert(Service), [service_row(service_id)])
         await session.execute(insert(service_staff), [{"service_id": service_id, "staff_id": s["id"]} for s in staff])
         await session.execute(
             insert(TimeOff),

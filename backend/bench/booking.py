@@ -18,6 +18,7 @@ Uses BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else embedded servers; alwa
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -35,7 +36,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-from _harness import PIDS, api_server, bench_database
+from _harness import PIDS, api_server, bench_database, service_row, user_row
 
 PASSWORD = "a bench password that nobody uses"
 OPENS, CLOSES = wall(8), wall(20)
@@ -69,18 +70,7 @@ async def seed(database_url: str, redis_url: str, staff_count: int, clients: int
     hashed = await hash_password(PASSWORD)
     now = datetime.now(UTC)
 
-    def user(role: str, email: str) -> dict:
-        return {
-            "id": uuid.uuid4(),
-            "email": email,
-            "hashed_password": hashed,
-            "full_name": email.split("@")[0],
-            "timezone": "UTC",
-            "locale": "en",
-            "role": role,
-            "is_active": True,
-            "email_verified_at": now,
-        }
+    user = functools.partial(user_row, hashed_password=hashed, verified_at=now)
 
     staff = [user("staff", f"staff{n}@bench.example") for n in range(staff_count)]
     bookers = [user("user", f"booker{n}@bench.example") for n in range(clients)]
@@ -96,19 +86,7 @@ async def seed(database_url: str, redis_url: str, staff_count: int, clients: int
                 for d in range(7)
             ],
         )
-        await session.execute(
-            insert(Service),
-            [
-                {
-                    "id": service_id,
-                    "name": "Consultation",
-                    "description": "",
-                    "duration_minutes": 30,
-                    "min_notice_minutes": 60,
-                    "max_advance_days": 365,
-                }
-            ],
-        )
+        await session.execute(insert(Service), [service_row(service_id)])
         await session.execute(insert(service_staff), [{"service_id": service_id, "staff_id": s["id"]} for s in staff])
     await dispose_engine()
     return service_id, [s["id"] for s in staff], [b["email"] for b in bookers]

@@ -17,15 +17,15 @@ import uuid
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.api import API_PREFIX
 from app.api.problem_docs import PROBLEM_MEDIA_TYPE
 from app.config import Settings
 from app.errors import ServerBusy
 from app.utils.gate import Gate
 
 EXEMPT_PREFIXES = ("/health", "/metrics")
-HASHING_PATHS = frozenset(
-    f"/api/v1{path}" for path in ("/auth/login", "/auth/register", "/auth/password-reset/confirm", "/users/me/password")
-)
+_HASHING = ("/auth/login", "/auth/register", "/auth/password-reset/confirm", "/users/me/password")
+HASHING_PATHS = frozenset(API_PREFIX + path for path in _HASHING)
 SHED = Counter("c3po_requests_shed_total", "Requests answered 503 server_busy by the admission limit")
 
 

@@ -11,6 +11,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
+from app.api import API_PREFIX
 from app.api.problem_docs import documented
 from app.config import get_settings
 from app.database import get_session
@@ -58,7 +59,7 @@ MAX_OFFSET = 1_000_000
 Limit = Annotated[QueryInt, Query(ge=1, le=200, description="Page size")]
 Offset = Annotated[QueryInt, Query(ge=0, le=MAX_OFFSET, description="Items to skip")]
 
-oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/login", auto_error=False)
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/login", auto_error=False)
 
 
 @documented(Unauthorized, InvalidToken)
