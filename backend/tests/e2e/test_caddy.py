@@ -28,7 +28,8 @@ CADDYFILE = BACKEND_DIR.parent / "Caddyfile"
 DOMAIN = "localhost"
 LIMIT = 3  # availability requests per client address and minute, for this test
 CLIENT_A, CLIENT_B = "127.0.0.2", "127.0.0.3"
-AVAILABILITY = "/api/v1/availability?service_id=00000000-0000-0000-0000-000000000000&start=2030-01-01&end=2030-01-02&tz=UTC"
+NO_SERVICE = "00000000-0000-0000-0000-000000000000"
+AVAILABILITY = f"/api/v1/availability?service_id={NO_SERVICE}&start=2030-01-01&end=2030-01-02&tz=UTC"
 
 
 @dataclass
