@@ -109,7 +109,12 @@ def build(root: Path) -> Image:
                 project = root / workdir.lstrip("/")
                 uv_env = env | {"UV_PROJECT_ENVIRONMENT": str(project / ".venv"), "UV_PYTHON": str(python)}
                 started = time.monotonic()
-                subprocess.run([shutil.which("uv") or "uv", *words[1:]], cwd=project, env=uv_env, check=True)
+                subprocess.run(
+                    [os.environ.get("UV") or shutil.which("uv") or "uv", *words[1:]],
+                    cwd=project,
+                    env=uv_env,
+                    check=True,
+                )
                 timings[" ".join(words)] = time.monotonic() - started
             case _:
                 raise AssertionError(f"the replay does not know {instruction}")
@@ -171,6 +176,13 @@ def compose_environment(service: str, compose: dict, local_hosts: dict[str, str]
             env[name] = local_hosts[name]
         elif value.startswith("/tmp/"):
             env[name] = str(image.path(value))
+        elif value.startswith("/run/secrets/"):  # a Compose secret: the key this test gives
+            assert name == "SECRET_KEY_FILE", f"{name}={value}: a secret the replay does not know"
+            secret = image.path(value)
+            secret.parent.mkdir(parents=True, exist_ok=True)
+            secret.write_text(SECRET_KEY)
+            secret.chmod(0o644)
+            env[name] = str(secret)
     return env
 
 
