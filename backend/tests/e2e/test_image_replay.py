@@ -234,7 +234,9 @@ def image() -> Iterator[Image]:
         print("replayed build:", {step: f"{seconds:.1f} s" for step, seconds in built.timings.items()})
         yield built
     finally:
+        started = time.monotonic()
         shutil.rmtree(root, ignore_errors=True)
+        print(f"removed the folder in {time.monotonic() - started:.1f} s")
 
 
 @pytest.fixture(scope="module")
@@ -271,6 +273,7 @@ def running(image, service_urls) -> Iterator[Running]:
         image.timings["API up"] = time.monotonic() - started
         yield state
     finally:
+        stopping = time.monotonic()
         for process in state.processes.values():
             process.terminate()
         for name, process in state.processes.items():
@@ -280,8 +283,10 @@ def running(image, service_urls) -> Iterator[Running]:
                 process.kill()
                 process.wait(10)
             print(f"--- {name} (exit {process.returncode})\n{state.log(name)}")
+        image.timings["stopped"] = time.monotonic() - stopping
         smtp.stop()
         asyncio.run(_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+        image.timings["torn down"] = time.monotonic() - stopping
         print("replay timings:", {step: f"{seconds:.1f} s" for step, seconds in image.timings.items()})
 
 
