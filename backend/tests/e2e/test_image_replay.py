@@ -144,8 +144,8 @@ def build(root: Path) -> Image:
                 raise AssertionError(f"the replay does not know {instruction}")
     image = Image(root, final_workdir, {}, cmd, healthcheck, timings)
     image.env = {name: image.local(value) for name, value in image_env.items()}
-    if python_home / "lib" != Path(sys.base_prefix) / "lib":  # a shared libpython found by an absolute RUNPATH
-        image.env["LD_LIBRARY_PATH"] = str(python_home / "lib")
+    # pyenv's builds find their libpython through an absolute RUNPATH into root's home: point it here.
+    image.env["LD_LIBRARY_PATH"] = str(python_home / "lib")
     return image
 
 
