@@ -245,6 +245,42 @@ async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
     raise AssertionError("unreachable")
 
 
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session, in its transaction (begun if need be): for hot
+    paths that run a few fixed statements without SQLAlchemy's per-statement cost. Run them through
+    `raw_fetch`/`raw_fetchrow`/`raw_execute`, so errors leave as `DBAPIError` like the ORM's."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection  # type: ignore[return-value]
+
+
+def _wrapped(sql: str, args: tuple[object, ...], exc: Exception) -> DBAPIError:
+    if isinstance(exc, asyncpg.PostgresError):
+        return _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc)
+    return DBAPIError(sql, args, exc, connection_invalidated=_is_loss(exc, None))
+
+
+async def raw_fetch(connection: asyncpg.Connection, sql: str, *args: object) -> list[asyncpg.Record]:
+    try:
+        return await connection.fetch(sql, *args)
+    except (asyncpg.PostgresError, *_LOST) as exc:
+        raise _wrapped(sql, args, exc) from exc
+
+
+async def raw_fetchrow(connection: asyncpg.Connection, sql: str, *args: object) -> asyncpg.Record | None:
+    try:
+        return await connection.fetchrow(sql, *args)
+    except (asyncpg.PostgresError, *_LOST) as exc:
+        raise _wrapped(sql, args, exc) from exc
+
+
+async def raw_execute(connection: asyncpg.Connection, sql: str, *args: object) -> None:
+    try:
+        await connection.execute(sql, *args)
+    except (asyncpg.PostgresError, *_LOST) as exc:
+        raise _wrapped(sql, args, exc) from exc
+
+
 async def get_session() -> AsyncIterator[AsyncSession]:
     async with unit_of_work() as session:
         yield session
