@@ -69,6 +69,8 @@ _TABLE = IdempotencyKey.__table__
 # One round trip. `wait` raises `lock_timeout` before the insert (its row feeds the insert), and the
 # outer target list restores it only once `claim` has finished (an aggregate over its rows).
 # Raw SQL ($n parameters) run on the session's asyncpg connection: this is on every keyed write.
+# `_CLAIM_TRYING_LOCK` also tries the shared advisory lock $6/$7 once the claim is done: a try never
+# waits (so `lock_timeout` plays no part), and fails where a holder or waiter conflicts with it.
 _CLAIM = f"""
     WITH wait AS (
         SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', $1, true) AS waiting
@@ -81,28 +83,37 @@ _CLAIM = f"""
         WHERE k.created_at < now() - make_interval(secs => $5)
         RETURNING 1
     )
-    SELECT claimed.n > 0, set_config('lock_timeout', wait.previous, true)
+    SELECT claimed.n > 0, set_config('lock_timeout', wait.previous, true){{lock}}
     FROM wait, (SELECT count(*) AS n FROM claim) AS claimed
     """
+_CLAIM_TRYING_LOCK = _CLAIM.format(lock=", pg_try_advisory_xact_lock_shared($6, $7)")
+_CLAIM = _CLAIM.format(lock="")
 _FINISH = (
     f"UPDATE {_TABLE.name} SET status = '{DONE}', response_status = $3, response_body = $4::json"
     " WHERE user_id = $1 AND key = $2"
 )
 
 
-async def claim(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> bool:
-    """True once this transaction holds the key (new, or expired and taken over); False if a fresh
-    row exists, committed by now (we waited for its transaction if it was still running)."""
+async def claim(
+    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: tuple[int, int] | None = None
+) -> tuple[bool, bool]:
+    """(claimed, locked): claimed once this transaction holds the key (new, or expired and taken
+    over), not if a fresh row exists, committed by now (we waited for its transaction if it was still
+    running); locked if `try_lock`'s shared advisory lock (class, key) was free and is now held."""
     connection = await driver_connection(session)
     wait = f"{int(WAIT_SECONDS * 1000)}ms"
+    args: tuple[object, ...] = (wait, user_id, key, print_, TTL.total_seconds())
     try:
-        row = await raw_fetchrow(connection, _CLAIM, wait, user_id, key, print_, TTL.total_seconds())
+        if try_lock is None:
+            row = await raw_fetchrow(connection, _CLAIM, *args)
+        else:
+            row = await raw_fetchrow(connection, _CLAIM_TRYING_LOCK, *args, *try_lock)
     except DBAPIError as exc:
         if _sqlstate(exc) == _LOCK_NOT_AVAILABLE:
             raise IdempotencyKeyInProgress(headers={"Retry-After": "1"}) from exc
         raise
     assert row is not None
-    return bool(row[0])
+    return bool(row[0]), try_lock is not None and bool(row[2])
 
 
 async def stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:
@@ -117,14 +128,20 @@ async def stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: st
     return Answer(row.response_status or 200, row.response_body, replayed=True)
 
 
-async def claim_or_replay(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:
-    """Hold the key (None: go on and do the work), or the answer the key already has."""
+async def claim_or_replay(
+    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: tuple[int, int] | None = None
+) -> tuple[Answer | None, bool]:
+    """Hold the key (None: go on and do the work), or the answer the key already has; and whether
+    `try_lock` (see `claim`) is held."""
+    locked = False
     for _ in range(3):
-        if await claim(session, user_id, key, print_):
-            return None
+        claimed, got = await claim(session, user_id, key, print_, try_lock=None if locked else try_lock)
+        locked = locked or got
+        if claimed:
+            return None, locked
         replay = await stored(session, user_id, key, print_)
         if replay is not None:
-            return replay
+            return replay, locked
     raise IdempotencyKeyInProgress(headers={"Retry-After": "1"})
 
 
@@ -155,7 +172,7 @@ async def run(
     it) instead of propagating; without, it propagates and nothing is stored."""
     if key is None:
         return Answer(status, await operation())
-    replay = await claim_or_replay(session, user_id, key, request_fingerprint)
+    replay, _ = await claim_or_replay(session, user_id, key, request_fingerprint)
     if replay is not None:
         return replay
     info = {name: list(value) if isinstance(value, list) else value for name, value in session.info.items()}

@@ -129,12 +129,14 @@ async def book(
     error_body: Callable[[AppError], Any],
 ) -> Answer:
     """Book `data` (an `AppointmentCreate` without recurrence) once per (caller, key, request)."""
+    lock = (CALENDAR_LOCK_CLASS, calendar_lock_key(data.staff_id))
+    locked = False
     if key is not None:
-        replay = await idempotency.claim_or_replay(session, actor.id, key, fingerprint)
+        replay, locked = await idempotency.claim_or_replay(session, actor.id, key, fingerprint, try_lock=lock)
         if replay is not None:
             return replay
     try:
-        return await _book(session, actor, data, key)
+        return await _book(session, actor, data, key, None if locked else lock)
     except AppError as exc:
         if key is None or not idempotency.storable(exc):
             raise
@@ -143,11 +145,13 @@ async def book(
         return answer
 
 
-async def _book(session: AsyncSession, actor: User, data: Any, key: str | None) -> Answer:
+async def _book(session: AsyncSession, actor: User, data: Any, key: str | None, lock: tuple[int, int] | None) -> Answer:
+    """`lock`: the calendar lock still to take (None: the claim took it already)."""
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
     connection = await driver_connection(session)
-    await raw_execute(connection, _LOCK, CALENDAR_LOCK_CLASS, calendar_lock_key(data.staff_id))
+    if lock is not None:
+        await raw_execute(connection, _LOCK, *lock)
     starts_at = data.starts_at.astimezone(UTC)
     lo, hi = starts_at - timedelta(days=1), starts_at + timedelta(days=1)
     client_id = data.client_id or actor.id
@@ -285,9 +289,17 @@ async def hand_over(
         outbox.enqueue_on(pipe_of(queue), outbox_ids)
     events.publish_on(pipe_of(pubsub), messages)
     cache.bump_on(pipe_of(app_redis), bumps)
-    results = await asyncio.gather(*(pipe.execute() for pipe in pipes.values()), return_exceptions=True)
+    sends = [pipe.execute() for pipe in pipes.values()]
+    results = [await _outcome(sends[0])] if len(sends) == 1 else await asyncio.gather(*sends, return_exceptions=True)
     for result in results:
         if isinstance(result, RedisError | OSError):
             logger.warning("after-commit hand-over of a booking failed: {}", result)
         elif isinstance(result, BaseException):
             raise result
+
+
+async def _outcome(send: Any) -> Any:
+    try:
+        return await send
+    except Exception as exc:
+        return exc
