@@ -8,10 +8,11 @@ from datetime import UTC, date, datetime, time, timedelta
 import asyncpg
 import pytest
 from arq.jobs import Job, JobStatus
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.util import greenlet_spawn
 
 from app.config import get_settings
-from app.database import driver_connection
+from app.database import _ping, driver_connection, get_engine, unit_of_work
 from app.models import Appointment, DateOverride, OutboxMessage, Reminder, TimeOff
 from app.redis import get_redis
 from app.services.booking import single
@@ -251,3 +252,46 @@ class TestHandOver:
         await single.hand_over([1, 2], [(uuid.uuid4(), "{}")], {uuid.uuid4(): {date(2030, 1, 1)}})
         assert sent == [4]  # EVAL (both jobs), PUBLISH, HINCRBY, EXPIRE
         assert await (await outbox.get_arq_pool()).zcard("arq:queue") == 2
+
+    async def test_a_queue_on_another_redis_gets_its_own_pipeline(self, app, monkeypatch):
+        """`ARQ_REDIS_URL` naming another server (here: the same one, spelt differently): the jobs
+        go through arq's own client, the events and the bump through the app's, side by side."""
+        settings = get_settings()
+        other = settings.redis_url.replace("127.0.0.1", "localhost")
+        assert other != settings.redis_url
+        monkeypatch.setattr(settings, "arq_redis_url", other)
+        await outbox.close_arq_pool()
+        try:
+            await single.hand_over([5], [(uuid.uuid4(), "{}")], {uuid.uuid4(): None})
+            assert await (await outbox.get_arq_pool()).zcard("arq:queue") == 1
+        finally:
+            await outbox.close_arq_pool()
+
+
+class TestThePrePing:
+    async def test_a_pooled_connection_the_server_ended_is_replaced_at_checkout(self, app):
+        """One empty statement per checkout (`database._ping`): a connection terminated while it sat
+        in the pool is found dead there and replaced, so the next unit of work never sees it."""
+        engine = get_engine()
+        await engine.dispose()  # an empty pool: the next checkout can only be the victim
+        async with engine.connect() as connection:
+            victim = await connection.scalar(text("SELECT pg_backend_pid()"))
+        admin = await asyncpg.connect(_plain_url())
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", victim)
+            for _ in range(100):  # until the server has let it go
+                if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", victim):
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await admin.close()
+        async with unit_of_work() as session:
+            assert await session.scalar(text("SELECT pg_backend_pid()")) != victim
+
+    async def test_a_live_connection_passes_and_a_closed_one_does_not(self, app):
+        async with get_engine().connect() as connection:
+            raw = await connection.get_raw_connection()
+            assert await greenlet_spawn(_ping, raw.dbapi_connection) is True
+            await raw.driver_connection.close()
+            assert await greenlet_spawn(_ping, raw.dbapi_connection) is False
+            await connection.invalidate()
