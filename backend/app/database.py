@@ -273,6 +273,9 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
         return held[1]
     connection = await session.connection()
     raw = await connection.get_raw_connection()
+    adapter = raw.dbapi_connection  # SQLAlchemy's asyncpg adapter, which sends BEGIN lazily, with the
+    if adapter._transaction is None:  # first statement it runs itself: a raw one first would autocommit
+        await adapter._start_transaction()
     session.info[_DRIVER] = (session.sync_session.get_transaction(), raw.driver_connection)
     return raw.driver_connection  # type: ignore[return-value]
 

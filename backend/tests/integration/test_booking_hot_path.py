@@ -12,8 +12,8 @@ from sqlalchemy import select, text
 from sqlalchemy.util import greenlet_spawn
 
 from app.config import get_settings
-from app.database import _ping, driver_connection, get_engine, unit_of_work
-from app.models import Appointment, DateOverride, OutboxMessage, Reminder, TimeOff
+from app.database import _ping, driver_connection, get_engine, get_sessionmaker, unit_of_work
+from app.models import Appointment, DateOverride, OutboxMessage, Reminder, TimeOff, User
 from app.redis import get_redis
 from app.services.booking import single
 from app.services.messaging import outbox
@@ -295,3 +295,18 @@ class TestThePrePing:
             await raw.driver_connection.close()
             assert await greenlet_spawn(_ping, raw.dbapi_connection) is False
             await connection.invalidate()
+
+
+class TestTheDriverConnection:
+    async def test_a_raw_statement_first_runs_inside_the_sessions_transaction(self, app, session, customer):
+        """SQLAlchemy's adapter sends BEGIN with the first statement it runs itself; a raw statement
+        first must not run outside the transaction (autocommit): it is rolled back with the session."""
+        user_id, name = customer.id, customer.full_name
+        async with get_sessionmaker()() as work:
+            connection = await driver_connection(work)
+            await connection.execute("UPDATE users SET full_name = 'Renamed' WHERE id = $1", user_id)
+            assert await driver_connection(work) is connection
+            others_see = await session.scalar(select(User.full_name).where(User.id == user_id))
+            await work.rollback()
+        assert others_see == name
+        assert await session.scalar(select(User.full_name).where(User.id == user_id)) == name
