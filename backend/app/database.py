@@ -266,7 +266,7 @@ _DRIVER = "driver_connection"  # session.info: (the transaction, its asyncpg con
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
     """The asyncpg connection under the session, in its transaction (begun if need be): for hot
     paths that run a few fixed statements without SQLAlchemy's per-statement cost. Run them through
-    `raw_fetch`/`raw_fetchrow`/`raw_execute`, so errors leave as `DBAPIError` like the ORM's."""
+    `raw_fetchrow`/`raw_execute`, so errors leave as `DBAPIError` like the ORM's."""
     transaction = session.sync_session.get_transaction()
     held = session.info.get(_DRIVER)
     if held is not None and transaction is not None and held[0] is transaction:
@@ -284,13 +284,6 @@ def _wrapped(sql: str, args: tuple[object, ...], exc: Exception) -> DBAPIError:
     if isinstance(exc, asyncpg.PostgresError):
         return _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc)
     return DBAPIError(sql, args, exc, connection_invalidated=_is_loss(exc, None))
-
-
-async def raw_fetch(connection: asyncpg.Connection, sql: str, *args: object) -> list[asyncpg.Record]:
-    try:
-        return await connection.fetch(sql, *args)
-    except (asyncpg.PostgresError, *_LOST) as exc:
-        raise _wrapped(sql, args, exc) from exc
 
 
 async def raw_fetchrow(connection: asyncpg.Connection, sql: str, *args: object) -> asyncpg.Record | None:
