@@ -4,6 +4,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import asyncpg
 from loguru import logger
@@ -80,6 +81,19 @@ def _typed_timeouts(context: ExceptionContext) -> DBAPIError | None:
     )
 
 
+def _ping(dbapi_connection: Any) -> bool:
+    """`pool_pre_ping` in one round trip (an empty statement) instead of the asyncpg adapter's three
+    (BEGIN, the statement, ROLLBACK). False for a connection the server has ended (a restart): the
+    pool then replaces it and every connection older than it, as with the adapter's own ping."""
+    try:
+        dbapi_connection.run_async(lambda connection: connection.fetchrow(";"))
+    except Exception as exc:
+        if _is_loss(exc, dbapi_connection.driver_connection):
+            return False
+        raise
+    return True
+
+
 def get_engine() -> AsyncEngine:
     global _engine, _sessionmaker
     if _engine is None:
@@ -95,6 +109,7 @@ def get_engine() -> AsyncEngine:
             connect_args={"timeout": 5, "server_settings": server_settings(settings)},
         )
         event.listen(_engine.sync_engine, "handle_error", _typed_timeouts, retval=True)
+        _engine.dialect.do_ping = _ping  # type: ignore[method-assign]
         _sessionmaker = async_sessionmaker(_engine, expire_on_commit=False)
     return _engine
 
@@ -243,6 +258,46 @@ async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
         except asyncpg.PostgresError as exc:
             raise _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc) from exc
     raise AssertionError("unreachable")
+
+
+_DRIVER = "driver_connection"  # session.info: (the transaction, its asyncpg connection)
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session, in its transaction (begun if need be): for hot
+    paths that run a few fixed statements without SQLAlchemy's per-statement cost. Run them through
+    `raw_fetchrow`/`raw_execute`, so errors leave as `DBAPIError` like the ORM's."""
+    transaction = session.sync_session.get_transaction()
+    held = session.info.get(_DRIVER)
+    if held is not None and transaction is not None and held[0] is transaction:
+        return held[1]
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    adapter = raw.dbapi_connection  # SQLAlchemy's asyncpg adapter, which sends BEGIN lazily, with the
+    if adapter._transaction is None:  # first statement it runs itself: a raw one first would autocommit
+        await adapter._start_transaction()
+    session.info[_DRIVER] = (session.sync_session.get_transaction(), raw.driver_connection)
+    return raw.driver_connection  # type: ignore[return-value]
+
+
+def _wrapped(sql: str, args: tuple[object, ...], exc: Exception) -> DBAPIError:
+    if isinstance(exc, asyncpg.PostgresError):
+        return _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc)
+    return DBAPIError(sql, args, exc, connection_invalidated=_is_loss(exc, None))
+
+
+async def raw_fetchrow(connection: asyncpg.Connection, sql: str, *args: object) -> asyncpg.Record | None:
+    try:
+        return await connection.fetchrow(sql, *args)
+    except (asyncpg.PostgresError, *_LOST) as exc:
+        raise _wrapped(sql, args, exc) from exc
+
+
+async def raw_execute(connection: asyncpg.Connection, sql: str, *args: object) -> None:
+    try:
+        await connection.execute(sql, *args)
+    except (asyncpg.PostgresError, *_LOST) as exc:
+        raise _wrapped(sql, args, exc) from exc
 
 
 async def get_session() -> AsyncIterator[AsyncSession]:

@@ -1,6 +1,7 @@
 """Appointments: book, list, read, reschedule, confirm, cancel, complete, no-show, `.ics`."""
 
 import uuid
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
@@ -30,7 +31,7 @@ from app.schemas.appointment import (
     CancelRequest,
 )
 from app.schemas.inputs import Instant
-from app.services.booking import booking
+from app.services.booking import booking, single
 from app.services.booking.appointments import get_visible, list_appointments
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
@@ -65,6 +66,8 @@ async def create(
     body: AppointmentCreate, user: CurrentUser, session: DbSession, idem: IdempotentChange
 ) -> JSONResponse:
     """Book a free slot, or a recurring series (all or nothing; the answer is its first occurrence)."""
+    if body.recurrence is None:
+        return await idem.respond_fused(partial(single.book, session, user, body))
     return await idem.respond(201, lambda: booking.create(session, user, body))
 
 

@@ -43,6 +43,14 @@ class Idempotent:
             operation=operation,
             error_body=_problem_body,
         )
+        return self.render(answer)
+
+    async def respond_fused(self, change: Callable[..., Awaitable[idempotency.Answer]]) -> JSONResponse:
+        """For a change that handles the key itself (`change(key=, fingerprint=, error_body=)` answers)."""
+        return self.render(await change(key=self.key, fingerprint=self.fingerprint, error_body=_problem_body))
+
+    @staticmethod
+    def render(answer: idempotency.Answer) -> JSONResponse:
         headers = {**answer.headers, **({REPLAY_HEADER: "true"} if answer.replayed else {})}
         media_type = PROBLEM_MEDIA_TYPE if answer.status >= 400 else "application/json"
         return JSONResponse(answer.body, status_code=answer.status, headers=headers, media_type=media_type)

@@ -26,11 +26,11 @@ from datetime import timedelta
 from typing import Any
 
 from loguru import logger
-from sqlalchemy import delete, text, update
+from sqlalchemy import delete, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.database import unit_of_work
+from app.database import driver_connection, raw_execute, raw_fetchrow, unit_of_work
 from app.errors import AppError, IdempotencyKeyInProgress, IdempotencyKeyReused, RateLimited
 from app.models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
 
@@ -68,44 +68,56 @@ _TABLE = IdempotencyKey.__table__
 
 # One round trip. `wait` raises `lock_timeout` before the insert (its row feeds the insert), and the
 # outer target list restores it only once `claim` has finished (an aggregate over its rows).
-_CLAIM = text(
-    f"""
+# Raw SQL ($n parameters) run on the session's asyncpg connection: this is on every keyed write.
+# `_CLAIM_TRYING_LOCK` also tries the shared advisory lock $6/$7 once the claim is done: a try never
+# waits (so `lock_timeout` plays no part), and fails where a holder or waiter conflicts with it.
+_CLAIM = f"""
     WITH wait AS (
-        SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', :wait, true) AS waiting
+        SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', $1, true) AS waiting
     ), claim AS (
         INSERT INTO {_TABLE.name} AS k (user_id, key, fingerprint, status, response_status, response_body, created_at)
-        SELECT :user_id, :key, :fingerprint, '{IN_PROGRESS}', NULL, NULL, now() FROM wait
+        SELECT $2, $3, $4, '{IN_PROGRESS}', NULL, NULL, now() FROM wait
         ON CONFLICT (user_id, key) DO UPDATE
         SET fingerprint = excluded.fingerprint, status = excluded.status, response_status = NULL,
             response_body = NULL, created_at = now()
-        WHERE k.created_at < now() - make_interval(secs => :ttl)
+        WHERE k.created_at < now() - make_interval(secs => $5)
         RETURNING 1
     )
-    SELECT claimed.n > 0, set_config('lock_timeout', wait.previous, true)
+    SELECT claimed.n > 0, set_config('lock_timeout', wait.previous, true){{lock}}
     FROM wait, (SELECT count(*) AS n FROM claim) AS claimed
     """
+_CLAIM_TRYING_LOCK = _CLAIM.format(lock=", pg_try_advisory_xact_lock_shared($6, $7)")
+_CLAIM = _CLAIM.format(lock="")
+_FINISH = (
+    f"UPDATE {_TABLE.name} SET status = '{DONE}', response_status = $3, response_body = $4::json"
+    " WHERE user_id = $1 AND key = $2"
 )
 
 
-async def _claim(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> bool:
-    """True once this transaction holds the key (new, or expired and taken over); False if a fresh
-    row exists, committed by now (we waited for its transaction if it was still running)."""
-    params = {
-        "wait": f"{int(WAIT_SECONDS * 1000)}ms",
-        "user_id": user_id,
-        "key": key,
-        "fingerprint": print_,
-        "ttl": TTL.total_seconds(),
-    }
+async def claim(
+    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: tuple[int, int] | None = None
+) -> tuple[bool, bool]:
+    """(claimed, locked): claimed once this transaction holds the key (new, or expired and taken
+    over), not if a fresh row exists, committed by now (we waited for its transaction if it was still
+    running); locked if `try_lock`'s shared advisory lock (class, key) was free and is now held."""
+    connection = await driver_connection(session)
+    wait = f"{int(WAIT_SECONDS * 1000)}ms"
+    args: tuple[object, ...] = (wait, user_id, key, print_, TTL.total_seconds())
     try:
-        return bool(await session.scalar(_CLAIM, params))
+        if try_lock is None:
+            row = await raw_fetchrow(connection, _CLAIM, *args)
+        else:
+            row = await raw_fetchrow(connection, _CLAIM_TRYING_LOCK, *args, *try_lock)
     except DBAPIError as exc:
         if _sqlstate(exc) == _LOCK_NOT_AVAILABLE:
             raise IdempotencyKeyInProgress(headers={"Retry-After": "1"}) from exc
         raise
+    assert row is not None
+    return bool(row[0]), try_lock is not None and bool(row[2])
 
 
-async def _stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:
+async def stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:
+    """The committed answer of a key someone else claimed (None if it was purged meanwhile)."""
     row = await session.get(IdempotencyKey, (user_id, key), populate_existing=True)
     if row is None:
         return None  # purged since our claim looked: claim it again
@@ -116,13 +128,31 @@ async def _stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: s
     return Answer(row.response_status or 200, row.response_body, replayed=True)
 
 
-async def _finish(session: AsyncSession, user_id: uuid.UUID, key: str, answer: Answer) -> None:
-    row = (_TABLE.c.user_id == user_id) & (_TABLE.c.key == key)
-    values = {"status": DONE, "response_status": answer.status, "response_body": answer.body}
-    await session.execute(update(IdempotencyKey).where(row).values(**values))
+async def claim_or_replay(
+    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: tuple[int, int] | None = None
+) -> tuple[Answer | None, bool]:
+    """Hold the key (None: go on and do the work), or the answer the key already has; and whether
+    `try_lock` (see `claim`) is held."""
+    locked = False
+    for _ in range(3):
+        claimed, got = await claim(session, user_id, key, print_, try_lock=None if locked else try_lock)
+        locked = locked or got
+        if claimed:
+            return None, locked
+        replay = await stored(session, user_id, key, print_)
+        if replay is not None:
+            return replay, locked
+    raise IdempotencyKeyInProgress(headers={"Retry-After": "1"})
 
 
-def _storable(exc: AppError) -> bool:
+async def finish(session: AsyncSession, user_id: uuid.UUID, key: str, answer: Answer) -> None:
+    """Store the answer on the claimed row (`answer_sql` does the same inside a bigger statement)."""
+    connection = await driver_connection(session)
+    await raw_execute(connection, _FINISH, user_id, key, answer.status, json.dumps(answer.body))
+
+
+def storable(exc: AppError) -> bool:
+    """Whether a refusal becomes the key's answer (4xx the change raised; not 429 or the key's own)."""
     return 400 <= exc.status < 500 and not isinstance(exc, _NOT_STORED)
 
 
@@ -142,26 +172,21 @@ async def run(
     it) instead of propagating; without, it propagates and nothing is stored."""
     if key is None:
         return Answer(status, await operation())
-    for _ in range(3):
-        if await _claim(session, user_id, key, request_fingerprint):
-            break
-        replay = await _stored(session, user_id, key, request_fingerprint)
-        if replay is not None:
-            return replay
-    else:
-        raise IdempotencyKeyInProgress(headers={"Retry-After": "1"})
+    replay, _ = await claim_or_replay(session, user_id, key, request_fingerprint)
+    if replay is not None:
+        return replay
     info = {name: list(value) if isinstance(value, list) else value for name, value in session.info.items()}
     try:
         async with session.begin_nested():
             answer = Answer(status, await operation())
     except AppError as exc:
-        if error_body is None or not _storable(exc):
+        if error_body is None or not storable(exc):
             raise
         # The savepoint undid the change; drop the side effects it had lined up for after the commit.
         session.info.clear()
         session.info.update(info)
         answer = Answer(exc.status, error_body(exc), headers=exc.headers)
-    await _finish(session, user_id, key, answer)
+    await finish(session, user_id, key, answer)
     return answer
 
 

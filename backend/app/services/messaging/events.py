@@ -22,7 +22,7 @@ from typing import Any
 from loguru import logger
 from pydantic_core import to_jsonable_python
 from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
+from redis.asyncio.client import Pipeline, PubSub
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -60,9 +60,14 @@ def publish_after_commit(
 async def _publish_all(info: dict[str, Any]) -> None:
     messages = info.pop("events", [])
     async with get_pubsub_redis().pipeline(transaction=False) as pipe:
-        for user_id, message in messages:
-            pipe.publish(channel(user_id), message)
+        publish_on(pipe, messages)
         await pipe.execute()
+
+
+def publish_on(pipe: Pipeline, messages: list[tuple[uuid.UUID, str]]) -> None:
+    """PUBLISH each `(user_id, encoded event)`, added to a pipeline of `get_pubsub_redis()` that the caller sends."""
+    for user_id, message in messages:
+        pipe.publish(channel(user_id), message)
 
 
 async def publish(user_id: uuid.UUID | str, message: str) -> None:

@@ -109,9 +109,28 @@ async def _send(
     skip: Collection[uuid.UUID] = (),
 ) -> None:
     """One email per party (client, staff) about these appointments, which share their parties."""
+    service, client, staff = await _parties(session, appointments[0])
+    for payload in payloads(
+        template, appointments, service, client, staff, method=method, previous_start=previous_start, skip=skip
+    ):
+        outbox.add_email(session, payload)
+
+
+def payloads(
+    template: str,
+    appointments: Sequence[Appointment],
+    service: Service,
+    client: User,
+    staff: User,
+    *,
+    method: str,
+    previous_start: datetime | None = None,
+    skip: Collection[uuid.UUID] = (),
+) -> list[dict[str, Any]]:
+    """The outbox payloads of one email per party (client first, then staff) about these appointments."""
     first = appointments[0]
-    service, client, staff = await _parties(session, first)
     recipients = [(client, "client")] + ([(staff, "staff")] if staff.id != client.id else [])
+    found: list[dict[str, Any]] = []
     for recipient, role in recipients:
         if recipient.id in skip or recipient.deleted_at is not None:
             continue
@@ -144,14 +163,20 @@ async def _send(
             }
             for appointment in appointments
         ]
-        await outbox.queue_email(
-            session, to=recipient.email, template=template, locale=locale, context=context, attachments=attachments
+        found.append(
+            outbox.email_payload(
+                to=recipient.email, template=template, locale=locale, context=context, attachments=attachments
+            )
         )
+    return found
+
+
+BOOKED = "appointment_booked"
 
 
 async def booked(session: AsyncSession, appointments: Sequence[Appointment]) -> None:
     """To the client and the staff member: one appointment, or every occurrence of a new series."""
-    await _send(session, "appointment_booked", appointments, method="REQUEST")
+    await _send(session, BOOKED, appointments, method="REQUEST")
 
 
 async def confirmed(session: AsyncSession, appointment: Appointment) -> None:

@@ -1,10 +1,14 @@
 """Write side effects into the outbox inside the caller's transaction; hand them over after commit."""
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import default_queue_name, expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -17,8 +21,32 @@ from app.database import after_commit
 from app.models import OutboxMessage
 
 DELIVER_JOB = "deliver_outbox"
+_JOB_EXPIRY_MS = expires_extra_ms  # arq's default for a job queued to run now
 SENTINEL_SCHEME = "redis+sentinel"
 _pool: ArqRedis | None = None
+
+
+def email_payload(
+    *,
+    to: str,
+    template: str,
+    locale: str,
+    context: dict[str, Any],
+    attachments: list[dict[str, str]] | None = None,
+    secret_keys: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """What an email row carries: `templates/email/{locale}/{template}.{html,txt}` for `to`.
+
+    `attachments`: `[{filename, content, mime_type}]`, text content as is, anything else base64.
+    `secret_keys`: context entries (sign-in links, say) blanked once the email is sent, so the table
+    and its backups do not keep working credentials.
+    """
+    payload: dict[str, Any] = {"to": to, "template": template, "locale": locale, "context": context}
+    if attachments:
+        payload["attachments"] = attachments
+    if secret_keys:
+        payload["secret_keys"] = list(secret_keys)
+    return payload
 
 
 async def queue_email(
@@ -31,17 +59,14 @@ async def queue_email(
     attachments: list[dict[str, str]] | None = None,
     secret_keys: tuple[str, ...] = (),
 ) -> OutboxMessage:
-    """Queue `templates/email/{locale}/{template}.{html,txt}` for `to`; it leaves only if the transaction commits.
+    """Queue an email (see `email_payload`); it leaves only if the transaction commits."""
+    payload = email_payload(
+        to=to, template=template, locale=locale, context=context, attachments=attachments, secret_keys=secret_keys
+    )
+    return add_email(session, payload)
 
-    `attachments`: `[{filename, content, mime_type}]`, text content as is, anything else base64.
-    `secret_keys`: context entries (sign-in links, say) blanked once the email is sent, so the table
-    and its backups do not keep working credentials.
-    """
-    payload: dict[str, Any] = {"to": to, "template": template, "locale": locale, "context": context}
-    if attachments:
-        payload["attachments"] = attachments
-    if secret_keys:
-        payload["secret_keys"] = list(secret_keys)
+
+def add_email(session: AsyncSession, payload: dict[str, Any]) -> OutboxMessage:
     message = OutboxMessage(kind="email", payload=payload)
     session.add(message)  # flushed with the rest of the transaction's rows; its id exists after commit
     after_commit(session, partial(_dispatch_row, message))
@@ -104,6 +129,41 @@ async def dispatch(outbox_id: int) -> None:
     """Hand a committed row to the worker; if Redis is down, the worker's relay finds the row anyway."""
     pool = await get_arq_pool()
     await pool.enqueue_job(DELIVER_JOB, outbox_id, _job_id=job_id(outbox_id))
+
+
+# `ArqRedis.enqueue_job` for several rows in one round trip: the same keys, the same pickled job,
+# the same "a job id already queued or finished is not queued again" (atomic here as its WATCH
+# and MULTI are there). KEYS: the queue, then each job's key and result key; ARGV: score,
+# expiry (ms), then each job's id and serialized job.
+_ENQUEUE = """
+local queued = 0
+for i = 1, (#KEYS - 1) / 2 do
+    if redis.call('EXISTS', KEYS[2 * i], KEYS[2 * i + 1]) == 0 then
+        redis.call('PSETEX', KEYS[2 * i], ARGV[2], ARGV[2 * i + 2])
+        redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2 * i + 1])
+        queued = queued + 1
+    end
+end
+return queued
+"""
+
+
+def queue_redis_is_app_redis() -> bool:
+    """Whether arq's queue lives on the app's own plain Redis (the default), so one pipeline reaches both."""
+    settings = get_settings()
+    return settings.queue_redis_url == settings.redis_url and not settings.redis_cluster
+
+
+def enqueue_on(pipe: Any, outbox_ids: Sequence[int]) -> None:
+    """`dispatch` for each row, as one command added to a pipeline of the queue's Redis (see
+    `queue_redis_is_app_redis`) that the caller sends."""
+    now_ms = timestamp_ms()
+    keys, args = [default_queue_name], [now_ms, _JOB_EXPIRY_MS]
+    for outbox_id in outbox_ids:
+        job = job_id(outbox_id)
+        keys += [job_key_prefix + job, result_key_prefix + job]
+        args += [job, serialize_job(DELIVER_JOB, (outbox_id,), {}, None, now_ms)]
+    pipe.eval(_ENQUEUE, len(keys), *keys, *args)
 
 
 def redacted(payload: dict[str, Any]) -> dict[str, Any]:

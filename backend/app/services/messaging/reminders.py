@@ -48,14 +48,13 @@ async def schedule(
         await cancel(session, appointment)
         return
     now = now or utcnow()
-    wanted = {minutes: appointment.starts_at - timedelta(minutes=minutes) for minutes in offsets()}
     if new:
         session.add_all(
             Reminder(appointment_id=appointment.id, offset_minutes=minutes, due_at=due_at)
-            for minutes, due_at in wanted.items()
-            if due_at > now
+            for minutes, due_at in due_times(appointment.starts_at, now).items()
         )
         return
+    wanted = {minutes: appointment.starts_at - timedelta(minutes=minutes) for minutes in offsets()}
     # Locked: a worker sending one of these right now finishes first, and we see what it did.
     existing = await session.scalars(
         select(Reminder).where(Reminder.appointment_id == appointment.id).with_for_update()
@@ -75,6 +74,12 @@ async def schedule(
         if minutes not in kept and due_at > now
     )
     await session.flush()
+
+
+def due_times(starts_at: datetime, now: datetime) -> dict[int, datetime]:
+    """The reminders a new appointment gets: offset (minutes) -> when, for the times still ahead."""
+    wanted = {minutes: starts_at - timedelta(minutes=minutes) for minutes in offsets()}
+    return {minutes: due_at for minutes, due_at in wanted.items() if due_at > now}
 
 
 async def cancel(session: AsyncSession, appointment: Appointment) -> None:

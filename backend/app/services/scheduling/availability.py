@@ -223,10 +223,11 @@ async def unoffered_starts(
         session, staff, lo, hi, margin=_margin(rules), exclude_appointments=exclude_appointments
     )
     now = utcnow()
-    return [s for s in starts if not _offers(calendar, rules, s, now)]
+    return [s for s in starts if not offers(calendar, rules, s, now)]
 
 
-def _offers(calendar: StaffCalendar, rules: ServiceRules, starts_at: datetime, now: datetime) -> bool:
+def offers(calendar: StaffCalendar, rules: ServiceRules, starts_at: datetime, now: datetime) -> bool:
+    """Whether availability offers exactly this start in a calendar already loaded."""
     if starts_at.microsecond:
         return False
     wanted = timestamp(starts_at)

@@ -27,6 +27,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from loguru import logger
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import RedisError
 
 from app.redis import get_redis
@@ -156,17 +158,22 @@ async def bump(staff_dates: Mapping[uuid.UUID, set[date] | None]) -> None:
     """Bump these dates' versions (None: the staff version, which every day's entries depend on)."""
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
-            for staff_id, dates in staff_dates.items():
-                name = hash_key(staff_id)
-                if dates is None:
-                    pipe.hincrby(name, "v", 1)
-                else:
-                    for day in sorted(dates):
-                        pipe.hincrby(name, f"d:{day}", 1)
-                pipe.expire(name, HASH_SECONDS)
+            bump_on(pipe, staff_dates)
             await pipe.execute()
     except (RedisError, OSError):
         logger.warning("could not bump availability versions for {}", list(staff_dates))
+
+
+def bump_on(pipe: Pipeline | ClusterPipeline, staff_dates: Mapping[uuid.UUID, set[date] | None]) -> None:
+    """`bump`'s commands, added to a pipeline of `get_redis()` that the caller sends."""
+    for staff_id, dates in staff_dates.items():
+        name = hash_key(staff_id)
+        if dates is None:
+            pipe.hincrby(name, "v", 1)
+        else:
+            for day in sorted(dates):
+                pipe.hincrby(name, f"d:{day}", 1)
+        pipe.expire(name, HASH_SECONDS)
 
 
 async def staff_version(staff_id: uuid.UUID) -> str | None:

@@ -8,7 +8,7 @@ bookings is one row per staff member, with no datetime objects to build in Pytho
 import uuid
 from collections import defaultdict
 from collections.abc import Collection, Mapping
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -238,3 +238,59 @@ async def load_calendars(
         for intervals in calendar.weekly.values():
             intervals.sort()
     return list(calendars.values())
+
+
+# --- one calendar inside a bigger raw statement (the booking hot path) -----------------------------
+
+
+def _merged_epochs(alias: str, ranges: str, table: str, conditions: str) -> str:
+    """A LATERAL join giving `{alias}_lo`, `{alias}_hi`: the ranges merged by `range_agg`, as sorted
+    arrays of epoch seconds (starts rounded down, ends up), like `_merged_ranges`."""
+    return (
+        f"LEFT JOIN LATERAL (SELECT array_agg(floor(extract(epoch FROM lower(r)))::bigint ORDER BY r) AS {alias}_lo,"
+        f" array_agg(ceil(extract(epoch FROM upper(r)))::bigint ORDER BY r) AS {alias}_hi"
+        f" FROM unnest((SELECT range_agg({ranges}) FROM {table} WHERE {conditions})) AS r) AS {alias} ON true"
+    )
+
+
+def one_calendar_sql(staff: str, first_day: str, last_day: str, lo: str, hi: str) -> tuple[str, str]:
+    """(select list, joins) reading the same calendar as `load_calendars` for one staff member, in
+    one row of a raw statement: `staff`, the days and `lo`/`hi` (busy window) are SQL expressions.
+    `calendar_from_row` turns the columns back into a `StaffCalendar`."""
+    weekly = f"FROM weekly_intervals WHERE staff_id = {staff} ORDER BY weekday, start_time, end_time"
+    columns = (
+        f"ARRAY(SELECT weekday {weekly}) AS weekdays, ARRAY(SELECT start_time {weekly}) AS opens,"
+        f" ARRAY(SELECT end_time {weekly}) AS closes,"
+        f" (SELECT jsonb_object_agg(date::text, intervals) FROM date_overrides WHERE staff_id = {staff}"
+        f" AND date BETWEEN {first_day} AND {last_day}) AS overrides,"
+        " time_off.time_off_lo, time_off.time_off_hi, busy.busy_lo, busy.busy_hi"
+    )
+    blocked = "tstzrange(blocked_from, blocked_until, '[)')"
+    joins = " ".join(
+        [
+            _merged_epochs(
+                "time_off",
+                "tstzrange(starts_at, ends_at, '[)')",
+                "time_off",
+                f"staff_id = {staff} AND starts_at < {hi} AND ends_at > {lo}",
+            ),
+            _merged_epochs(
+                "busy",
+                blocked,
+                "appointments",
+                f"staff_id = {staff} AND {live_status_sql()} AND {blocked} && tstzrange({lo}, {hi}, '[)')",
+            ),
+        ]
+    )
+    return columns, joins
+
+
+def calendar_from_row(staff_id: uuid.UUID, zone: str, row: Mapping) -> StaffCalendar:
+    calendar = StaffCalendar(staff_id, ZoneInfo(zone), weekly=defaultdict(list))
+    for weekday, opens, closes in zip(row["weekdays"], row["opens"], row["closes"], strict=True):
+        calendar.weekly[weekday].append((opens, closes))
+    for day, intervals in (row["overrides"] or {}).items():
+        calendar.overrides[date.fromisoformat(day)] = _intervals(intervals)
+    calendar.time_off = list(zip(row["time_off_lo"] or (), row["time_off_hi"] or (), strict=True))
+    calendar.busy = list(zip(row["busy_lo"] or (), row["busy_hi"] or (), strict=True))
+    return calendar
