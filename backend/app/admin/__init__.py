@@ -1,6 +1,7 @@
 """The admin panel at /admin (SQLAdmin): views over the models whose every write calls the same
 services as the API; sign-in, session and CSRF in `auth` and `guard`. Nothing here imports a router."""
 
+import logging
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -9,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.admin.auth import PanelAuth
 from app.admin.booking import AppointmentAdmin
+from app.admin.calls import Refused
 from app.admin.catalogue import DateOverrideAdmin, ServiceAdmin, TimeOffAdmin, WeeklyIntervalAdmin
 from app.admin.guard import csrf_token
 from app.admin.people import UserAdmin
@@ -39,6 +41,13 @@ class _PanelSessions(async_sessionmaker[AsyncSession]):
         return super().__call__(**local_kw)
 
 
+class _QuietRefusals(logging.Filter):
+    """SQLAdmin logs every exception a form raises with its traceback; a refused form is no error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], Refused))
+
+
 def install_admin(app: FastAPI, settings: Settings) -> Admin:
     auth = PanelAuth(settings, BASE_URL)
     admin = Admin(
@@ -51,6 +60,9 @@ def install_admin(app: FastAPI, settings: Settings) -> Admin:
     )
     auth.templates = admin.templates
     admin.templates.env.globals["csrf_token"] = csrf_token
+    refusals = _QuietRefusals()
+    if not any(isinstance(f, _QuietRefusals) for f in logging.getLogger("sqladmin.application").filters):
+        logging.getLogger("sqladmin.application").addFilter(refusals)
     for view in VIEWS:
         admin.add_view(view)
     return admin

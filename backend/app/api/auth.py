@@ -14,6 +14,7 @@ from app.errors import (
     InactiveUser,
     InvalidCredentials,
     InvalidRefreshToken,
+    RateLimited,
     TokenReused,
     TotpAlreadyEnabled,
     TotpInvalid,
@@ -226,7 +227,7 @@ async def totp_setup(user: StaffUser, session: DbSession, response: Response) ->
     "/totp/enable",
     operation_id="auth-totp-enable",
     summary="Turn two-factor sign-in on",
-    responses=problem_responses(TotpNotSetUp, TotpAlreadyEnabled, TotpInvalid) | SECRET_ANSWER,
+    responses=problem_responses(TotpNotSetUp, TotpAlreadyEnabled, TotpInvalid, RateLimited) | SECRET_ANSWER,
 )
 async def totp_enable(body: TotpCodeIn, user: StaffUser, session: DbSession, response: Response) -> TotpEnabledOut:
     """Confirm set-up with the app's current code; answers ten single-use recovery codes, shown only now.
@@ -241,7 +242,7 @@ async def totp_enable(body: TotpCodeIn, user: StaffUser, session: DbSession, res
     operation_id="auth-totp-disable",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Turn two-factor sign-in off",
-    responses=problem_responses(TotpNotEnabled, TotpInvalid, WrongPassword),
+    responses=problem_responses(TotpNotEnabled, TotpInvalid, WrongPassword, RateLimited),
 )
 async def totp_disable(body: TotpDisableIn, user: CurrentUser, session: DbSession) -> None:
     """With the password and a current code (or a recovery code); the secret and recovery codes are deleted."""

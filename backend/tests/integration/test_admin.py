@@ -8,7 +8,20 @@ import pytest
 from sqlalchemy import select
 
 from app.config import get_settings
-from app.models import Appointment, AuditEntry, Role, Service, TotpCredential
+from app.models import (
+    Appointment,
+    AuditEntry,
+    DateOverride,
+    OutboxMessage,
+    Role,
+    Service,
+    TimeOff,
+    TotpCredential,
+    TotpRecoveryCode,
+    User,
+    WeeklyInterval,
+)
+from app.utils.time import utcnow
 from tests.factories import PASSWORD, create_user, start_session
 from tests.scheduling import add_appointment, booking_body, create_service, create_staff, days_ahead, local
 
@@ -269,3 +282,128 @@ class TestTotp:
         assert (await panel_login(client, admin.email)).status_code == 400  # totp_required
         assert (await panel_login(client, admin.email, totp_code=following)).status_code == 302
         assert (await client.get("/admin/")).status_code == 200
+
+
+class TestForms:
+    async def test_weekly_hours_are_replaced_through_the_schedules_service(self, client, session):
+        staff = await create_staff(session, hours=[("09:00", "12:00")], weekdays=[0])
+        await signed_in_admin(client, session)
+        added = await post(
+            client,
+            "/admin/weekly-interval/create",
+            {"staff_id": str(staff.id), "weekday": "0", "start": "13:00", "end": "17:00"},
+        )
+        assert added.status_code == 302, added.text
+        overlap = await post(
+            client,
+            "/admin/weekly-interval/create",
+            {"staff_id": str(staff.id), "weekday": "0", "start": "11:00", "end": "14:00"},
+        )
+        assert overlap.status_code == 400 and "overlapping_intervals" in overlap.text  # as PUT /schedule says
+        rows = (await session.scalars(select(WeeklyInterval).where(WeeklyInterval.staff_id == staff.id))).all()
+        assert sorted(str(r.start_time) for r in rows) == ["09:00:00", "13:00:00"]
+        morning = next(r for r in rows if r.start_time.hour == 9)
+        token = await csrf(client, "/admin/")
+        deleted = await client.delete(
+            f"/admin/weekly-interval/delete?pks={morning.id}", headers={"X-CSRF-Token": token}
+        )
+        assert deleted.status_code == 200
+        left = (
+            await session.scalars(select(WeeklyInterval.start_time).where(WeeklyInterval.staff_id == staff.id))
+        ).all()
+        assert [str(t) for t in left] == ["13:00:00"]
+
+    async def test_overrides_and_time_off(self, client, session):
+        staff = await create_staff(session)
+        await signed_in_admin(client, session)
+        day = days_ahead(5).isoformat()
+        made = await post(
+            client, "/admin/date-override/create", {"staff_id": str(staff.id), "date": day, "intervals": "10:00-12:00"}
+        )
+        assert made.status_code == 302, made.text
+        override = await session.scalar(select(DateOverride).where(DateOverride.staff_id == staff.id))
+        assert override.intervals == [{"start": "10:00", "end": "12:00"}]
+        starts = local(days_ahead(6), 9).isoformat()
+        ends = local(days_ahead(6), 12).isoformat()
+        block = {"staff_id": str(staff.id), "starts_at": starts, "ends_at": ends, "reason": "Training"}
+        assert (await post(client, "/admin/time-off/create", block)).status_code == 302
+        backwards = await post(client, "/admin/time-off/create", block | {"starts_at": ends, "ends_at": starts})
+        assert backwards.status_code == 400 and "invalid_interval" in backwards.text
+        off = await session.scalar(select(TimeOff).where(TimeOff.staff_id == staff.id))
+        token = {"X-CSRF-Token": await csrf(client, "/admin/")}
+        assert (await client.delete(f"/admin/date-override/delete?pks={override.id}", headers=token)).status_code == 200
+        assert (await client.delete(f"/admin/time-off/delete?pks={off.id}", headers=token)).status_code == 200
+        session.expire_all()
+        assert (
+            await session.scalar(select(DateOverride.id)) is None and await session.scalar(select(TimeOff.id)) is None
+        )
+        assert "override.create" in " ".join((await session.scalars(select(AuditEntry.action))).all())
+
+    async def test_users_are_created_changed_and_deactivated_through_the_users_service(self, client, session):
+        await signed_in_admin(client, session)
+        body = {"email": "new.staff@example.com", "password": "a quiet harbour at dusk", "full_name": "New Staff"}
+        made = await post(client, "/admin/user/create", body | {"role": "staff", "timezone": "UTC", "locale": "en"})
+        assert made.status_code == 302, made.text
+        weak = await post(client, "/admin/user/create", body | {"email": "x@example.com", "password": "password"})
+        assert weak.status_code == 400 and "weak_password" in weak.text
+        user = await session.scalar(select(User).where(User.email == "new.staff@example.com"))
+        edit = {"full_name": "Renamed", "timezone": "Europe/Berlin", "locale": "ru", "role": "staff", "is_active": "y"}
+        assert (await post(client, f"/admin/user/edit/{user.id}", edit)).status_code == 302
+        token = {"X-CSRF-Token": await csrf(client, "/admin/")}
+        assert (await client.delete(f"/admin/user/delete?pks={user.id}", headers=token)).status_code == 200
+        await session.refresh(user)
+        assert (user.full_name, user.locale, user.is_active) == ("Renamed", "ru", False)
+
+    async def test_services_are_created_and_deactivated_through_the_catalogue(self, client, session):
+        await signed_in_admin(client, session)
+        body = {"name": "Massage", "duration_minutes": "30", "price": "10", "currency": "EUR", "is_active": "y"}
+        assert (await post(client, "/admin/service/create", body)).status_code == 302
+        bad = await post(client, "/admin/service/create", body | {"duration_minutes": "0"})
+        assert bad.status_code == 400 and "validation_error" in bad.text
+        service = await session.scalar(select(Service).where(Service.name == "Massage"))
+        token = {"X-CSRF-Token": await csrf(client, "/admin/")}
+        assert (await client.delete(f"/admin/service/delete?pks={service.id}", headers=token)).status_code == 200
+        await session.refresh(service)
+        assert service.is_active is False
+
+    async def test_an_appointment_is_booked_and_moved_through_the_booking_service(self, client, session):
+        staff = await create_staff(session)
+        service = await create_service(session, [staff])
+        customer = await create_user(session)
+        await signed_in_admin(client, session)
+        body = booking_body(service, staff, local(days_ahead(3), 10), client_id=str(customer.id))
+        assert (await post(client, "/admin/appointment/create", body)).status_code == 302
+        appointment = await session.scalar(select(Appointment))
+        moved = await post(
+            client, f"/admin/appointment/edit/{appointment.id}", {"starts_at": local(days_ahead(3), 13).isoformat()}
+        )
+        assert moved.status_code == 302, moved.text
+        await session.refresh(appointment)
+        assert appointment.starts_at == local(days_ahead(3), 13) and appointment.sequence == 1
+        early = await post(client, f"/admin/appointment/transition/{appointment.id}", {"action": "complete"})
+        assert "appointment_not_started" in early.headers["location"]
+
+    async def test_a_failed_email_can_be_retried_once(self, client, session):
+        message = OutboxMessage(kind="email", payload={"to": "a@example.com"}, failed_at=utcnow(), attempts=12)
+        session.add(message)
+        await session.commit()
+        await signed_in_admin(client, session)
+        page = await client.get(f"/admin/outbox-message/details/{message.id}")
+        assert "Retry sending" in page.text
+        done = await post(client, f"/admin/outbox-message/retry/{message.id}", {})
+        assert "done=retry" in done.headers["location"]
+        await session.refresh(message)
+        assert message.failed_at is None and message.attempts == 0
+        again = await post(client, f"/admin/outbox-message/retry/{message.id}", {})
+        assert "outbox_not_failed" in again.headers["location"]
+        assert (await client.get("/admin/audit-entry/list")).status_code == 200
+
+
+class TestTotpErasure:
+    async def test_erasure_forgets_the_secret_and_the_recovery_codes(self, client, session):
+        staff = await create_staff(session)
+        headers = await _login_headers(client, staff.email)
+        await enable_totp(client, headers)
+        assert (await client.delete("/api/v1/users/me", headers=headers)).status_code == 204
+        assert await session.scalar(select(TotpCredential.user_id)) is None
+        assert await session.scalar(select(TotpRecoveryCode.id)) is None
