@@ -407,3 +407,12 @@ class TestTotpErasure:
         assert (await client.delete("/api/v1/users/me", headers=headers)).status_code == 204
         assert await session.scalar(select(TotpCredential.user_id)) is None
         assert await session.scalar(select(TotpRecoveryCode.id)) is None
+
+    async def test_a_secret_sealed_under_another_key_leaves_the_recovery_codes(self, client, session, monkeypatch):
+        staff = await create_staff(session)
+        _, recovery, following = await enable_totp(client, await _login_headers(client, staff.email))
+        monkeypatch.setattr(get_settings(), "secret_key", "another key of at least thirty-two characters!")
+        login = {"username": staff.email, "password": PASSWORD}
+        stale = await client.post("/api/v1/auth/login", data=login | {"totp_code": following})
+        assert stale.status_code == 400 and stale.json()["code"] == "totp_invalid"
+        assert (await client.post("/api/v1/auth/login", data=login | {"totp_code": recovery[0]})).status_code == 200

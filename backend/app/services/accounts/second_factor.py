@@ -12,6 +12,8 @@ import time
 import uuid
 
 import pyotp
+from cryptography.exceptions import InvalidTag
+from loguru import logger
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -72,7 +74,12 @@ def is_totp_code(code: str) -> bool:
 
 
 async def spend_totp(session: AsyncSession, cred: TotpCredential, code: str) -> bool:
-    step = matching_step(reveal_secret(cred), _normalise(code))
+    try:
+        secret = reveal_secret(cred)
+    except InvalidTag:  # sealed under an earlier SECRET_KEY: only recovery codes work now
+        logger.warning("the TOTP secret of user {} cannot be read (SECRET_KEY changed?)", cred.user_id)
+        return False
+    step = matching_step(secret, _normalise(code))
     if step is None:
         return False
     spent = await session.scalar(
