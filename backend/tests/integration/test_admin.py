@@ -354,6 +354,19 @@ class TestForms:
         await session.refresh(user)
         assert (user.full_name, user.locale, user.is_active) == ("Renamed", "ru", False)
 
+    async def test_a_service_edit_keeps_the_bookings_rule(self, client, session):
+        staff = await create_staff(session)
+        service = await create_service(session, [staff])
+        await add_appointment(session, await create_user(session), staff, service, local(days_ahead(3), 10))
+        await signed_in_admin(client, session)
+        body = {"name": "Renamed", "duration_minutes": "60", "price": "12.50", "currency": "EUR"}  # not active
+        refused = await post(client, f"/admin/service/edit/{service.id}", body)
+        assert refused.status_code == 400 and "service_has_bookings" in refused.text
+        renamed = await post(client, f"/admin/service/edit/{service.id}", body | {"is_active": "y"})
+        assert renamed.status_code == 302
+        await session.refresh(service)
+        assert (service.name, str(service.price), service.is_active) == ("Renamed", "12.50", True)
+
     async def test_services_are_created_and_deactivated_through_the_catalogue(self, client, session):
         await signed_in_admin(client, session)
         body = {"name": "Massage", "duration_minutes": "30", "price": "10", "currency": "EUR", "is_active": "y"}
@@ -397,6 +410,30 @@ class TestForms:
         again = await post(client, f"/admin/outbox-message/retry/{message.id}", {})
         assert "outbox_not_failed" in again.headers["location"]
         assert (await client.get("/admin/audit-entry/list")).status_code == 200
+
+
+class TestTotpSetUpOrder:
+    async def test_each_step_in_its_turn(self, client, session):
+        staff = await create_staff(session)
+        headers = await _login_headers(client, staff.email)
+        early = await client.post("/api/v1/auth/totp/enable", json={"code": "123456"}, headers=headers)
+        assert early.status_code == 409 and early.json()["code"] == "totp_not_set_up"
+        not_on = await client.post(
+            "/api/v1/auth/totp/disable", json={"password": PASSWORD, "code": "123456"}, headers=headers
+        )
+        assert not_on.json()["code"] == "totp_not_enabled"
+        first = (await client.post("/api/v1/auth/totp/setup", headers=headers)).json()["secret"]
+        second = (await client.post("/api/v1/auth/totp/setup", headers=headers)).json()["secret"]
+        assert first != second  # an unfinished set-up is replaced
+        stale, _ = codes_for(first)
+        wrong = await client.post("/api/v1/auth/totp/enable", json={"code": stale}, headers=headers)
+        assert wrong.status_code == 400 and wrong.json()["code"] == "totp_invalid"
+        now, _ = codes_for(second)
+        assert (await client.post("/api/v1/auth/totp/enable", json={"code": now}, headers=headers)).status_code == 200
+        again = await client.post("/api/v1/auth/totp/setup", headers=headers)
+        assert again.status_code == 409 and again.json()["code"] == "totp_already_enabled"
+        twice = await client.post("/api/v1/auth/totp/enable", json={"code": now}, headers=headers)
+        assert twice.json()["code"] == "totp_already_enabled"
 
 
 class TestTotpErasure:
