@@ -1,5 +1,6 @@
 """The admin panel at /admin: who gets in, CSRF, the business rules behind its forms, session end."""
 
+import asyncio
 import re
 import time
 
@@ -244,6 +245,13 @@ class TestTotp:
 
         stored = await session.scalar(select(TotpCredential.secret_encrypted))
         assert stored is not None and secret not in stored
+
+    async def test_one_code_signs_in_once_even_when_sent_twice_at_once(self, client, session):
+        staff = await create_staff(session)
+        _, _, following = await enable_totp(client, await _login_headers(client, staff.email))
+        login = {"username": staff.email, "password": PASSWORD, "totp_code": following}
+        answers = await asyncio.gather(*(client.post("/api/v1/auth/login", data=login) for _ in range(2)))
+        assert sorted(a.status_code for a in answers) == [200, 400]
 
     async def test_wrong_codes_count_toward_the_lockout(self, client, session):
         staff = await create_staff(session)
