@@ -60,9 +60,9 @@ def install_admin(app: FastAPI, settings: Settings) -> Admin:
     )
     auth.templates = admin.templates
     admin.templates.env.globals["csrf_token"] = csrf_token
-    refusals = _QuietRefusals()
-    if not any(isinstance(f, _QuietRefusals) for f in logging.getLogger("sqladmin.application").filters):
-        logging.getLogger("sqladmin.application").addFilter(refusals)
+    sqladmin_log = logging.getLogger("sqladmin.application")
+    if not any(isinstance(f, _QuietRefusals) for f in sqladmin_log.filters):  # create_app may run many times
+        sqladmin_log.addFilter(_QuietRefusals())
     for view in VIEWS:
         admin.add_view(view)
     return admin

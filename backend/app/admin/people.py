@@ -74,10 +74,9 @@ class UserAdmin(ModelView, model=User):
         return await as_admin(request, work)
 
     async def update_model(self, request: Request, pk: str, data: dict[str, Any]) -> User:
-        changes = parse(UserAdminUpdate, {**data, "phone": data.get("phone") or None}).model_dump(exclude_unset=True)
-        changes["is_active"] = bool(data.get("is_active"))
-        if not data.get("phone"):
-            changes["phone"] = None
+        changes = parse(UserAdminUpdate, data).model_dump(exclude_unset=True)
+        changes["is_active"] = bool(data.get("is_active"))  # an unticked box is not sent at all
+        changes.setdefault("phone", None)  # an emptied field clears the phone
 
         async def work(session, actor):
             user = await users.get_user(session, uuid.UUID(pk))
