@@ -292,6 +292,7 @@ def _banner(base: str, urls: Urls, smtp_port: int, data_dir: Path, accounts: lis
     return f"""
   c3po backend is running
     API         {base}   (docs {base}/docs)
+    Admin       {base}/admin   (sign in as the demo admin)
     PostgreSQL  {_hide_password(urls.database)}
     Redis       {_hide_password(urls.redis or "")}
     Mail        smtp://127.0.0.1:{smtp_port} -> {data_dir / "mail"}/*.eml

@@ -90,6 +90,11 @@ class Settings(BaseSettings):
 
     sentry_dsn: str | None = None
 
+    # The admin panel at /admin (app/admin): its signed session cookie lives this long, at most.
+    admin_session_minutes: int = 30
+    admin_require_totp: bool = False  # admins must have a TOTP second factor to open /admin
+    totp_issuer: str = "c3po"  # the name authenticator apps show beside the account
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:

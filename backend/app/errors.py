@@ -100,6 +100,26 @@ class TokenReused(OAuthError):
     code, title = "token_reused", "Refresh token was already used; the session has been revoked"
 
 
+class TotpRequired(OAuthError):
+    code, title = "totp_required", "A code from your authenticator app (or a recovery code) is required"
+
+
+class TotpInvalid(OAuthError):
+    code, title = "totp_invalid", "The authenticator or recovery code is wrong, expired or already used"
+
+
+class TotpAlreadyEnabled(Conflict):
+    code, title = "totp_already_enabled", "Two-factor sign-in is already enabled"
+
+
+class TotpNotSetUp(Conflict):
+    code, title = "totp_not_set_up", "Start two-factor set-up first"
+
+
+class TotpNotEnabled(Conflict):
+    code, title = "totp_not_enabled", "Two-factor sign-in is not enabled"
+
+
 class UnsupportedMediaType(AppError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 

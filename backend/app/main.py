@@ -11,6 +11,7 @@ from fastapi.utils import generate_unique_id
 from fastapi_offline import FastAPIOffline
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from app.admin import install_admin
 from app.api import API_PREFIX, appointments, audit, auth, availability, health, series, services, staff, users, ws
 from app.api.admission import AdmissionLimit
 from app.api.db_timeouts import install_db_timeout_handlers
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(ws.router)
     app.include_router(api)
     app.include_router(health.router)
+    install_admin(app, settings)
     install_openapi(app)
 
     # Not FastAPI's `max_body_size`: its 413 is plain text sent from outside every user middleware.

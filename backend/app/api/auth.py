@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Response, status
 
-from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP
+from app.api.deps import Claims, CurrentUser, DbSession, RateLimitIP, StaffUser
 from app.api.openapi import header_refs
 from app.api.problems import problem_responses
 from app.errors import (
@@ -14,8 +14,15 @@ from app.errors import (
     InactiveUser,
     InvalidCredentials,
     InvalidRefreshToken,
+    RateLimited,
     TokenReused,
+    TotpAlreadyEnabled,
+    TotpInvalid,
+    TotpNotEnabled,
+    TotpNotSetUp,
+    TotpRequired,
     WeakPassword,
+    WrongPassword,
 )
 from app.schemas.auth import (
     EmailIn,
@@ -25,10 +32,14 @@ from app.schemas.auth import (
     RegisterIn,
     TokenIn,
     TokenPairOut,
+    TotpCodeIn,
+    TotpDisableIn,
+    TotpEnabledOut,
+    TotpSetupOut,
 )
 from app.schemas.common import Message
 from app.schemas.user import UserOut
-from app.services.accounts import auth, email_change
+from app.services.accounts import auth, email_change, totp
 from app.services.accounts.guards import limit_sensitive
 from app.services.accounts.passwords import ensure_strong
 
@@ -36,6 +47,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 TOKEN_ANSWER = {200: {"description": "A new token pair", "headers": header_refs(*NO_STORE)}}
+SECRET_ANSWER = {200: {"description": "Secrets shown once", "headers": header_refs(*NO_STORE)}}
 ACCEPTED = Message(detail="If the address can receive mail, a message is on its way.")
 
 
@@ -50,8 +62,12 @@ class LoginForm:
         scope: Annotated[str, Form(max_length=1000)] = "",
         client_id: Annotated[str | None, Form(max_length=256)] = None,
         client_secret: Annotated[str | None, Form(max_length=256, json_schema_extra={"format": "password"})] = None,
+        totp_code: Annotated[
+            str | None,
+            Form(max_length=64, description="With two-factor sign-in on: the app's code or a recovery code"),
+        ] = None,
     ) -> None:
-        self.username, self.password = username, password
+        self.username, self.password, self.totp_code = username, password, totp_code
 
 
 @router.post(
@@ -105,7 +121,8 @@ async def resend_verification(body: EmailIn, session: DbSession, client_ip: Rate
     "/login",
     operation_id="auth-login",
     summary="Sign in (OAuth2 password grant)",
-    responses=problem_responses(InvalidCredentials, InactiveUser, EmailNotVerified) | TOKEN_ANSWER,
+    responses=problem_responses(InvalidCredentials, InactiveUser, EmailNotVerified, TotpRequired, TotpInvalid)
+    | TOKEN_ANSWER,
 )
 async def login(
     form: Annotated[LoginForm, Depends()],
@@ -113,8 +130,8 @@ async def login(
     client_ip: RateLimitIP,
     response: Response,
 ) -> TokenPairOut:
-    """Exchange email (`username`) and password for an access and a refresh token."""
-    pair = await auth.login(session, form.username, form.password, client_ip)
+    """Exchange email (`username`) and password (and `totp_code` when two-factor sign-in is on) for tokens."""
+    pair = await auth.login(session, form.username, form.password, client_ip, form.totp_code)
     response.headers.update(NO_STORE)
     return TokenPairOut(**pair.__dict__)
 
@@ -190,3 +207,43 @@ async def confirm_email_change(body: TokenIn, session: DbSession, client_ip: Rat
     """Spend an email-change token (single use): the account moves to the address it was mailed to."""
     await limit_sensitive("email-change-confirm", client_ip)
     return UserOut.model_validate(await email_change.confirm_change(session, body.token))
+
+
+@router.post(
+    "/totp/setup",
+    operation_id="auth-totp-setup",
+    summary="Start two-factor sign-in: a new TOTP secret",
+    responses=problem_responses(TotpAlreadyEnabled) | SECRET_ANSWER,
+)
+async def totp_setup(user: StaffUser, session: DbSession, response: Response) -> TotpSetupOut:
+    """Staff and admins: a new secret and its `otpauth://` URI (replacing an unfinished set-up); it
+    takes effect once `POST /auth/totp/enable` proves the app has it."""
+    secret, uri = await totp.begin_setup(session, user)
+    response.headers.update(NO_STORE)
+    return TotpSetupOut(secret=secret, otpauth_uri=uri)
+
+
+@router.post(
+    "/totp/enable",
+    operation_id="auth-totp-enable",
+    summary="Turn two-factor sign-in on",
+    responses=problem_responses(TotpNotSetUp, TotpAlreadyEnabled, TotpInvalid, RateLimited) | SECRET_ANSWER,
+)
+async def totp_enable(body: TotpCodeIn, user: StaffUser, session: DbSession, response: Response) -> TotpEnabledOut:
+    """Confirm set-up with the app's current code; answers ten single-use recovery codes, shown only now.
+    From then on sign-in needs `totp_code`."""
+    codes = await totp.enable(session, user, body.code)
+    response.headers.update(NO_STORE)
+    return TotpEnabledOut(recovery_codes=codes)
+
+
+@router.post(
+    "/totp/disable",
+    operation_id="auth-totp-disable",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Turn two-factor sign-in off",
+    responses=problem_responses(TotpNotEnabled, TotpInvalid, WrongPassword, RateLimited),
+)
+async def totp_disable(body: TotpDisableIn, user: CurrentUser, session: DbSession) -> None:
+    """With the password and a current code (or a recovery code); the secret and recovery codes are deleted."""
+    await totp.disable(session, user, body.password, body.code)

@@ -12,6 +12,7 @@ from app.models.idempotency import IdempotencyKey
 from app.models.outbox import OutboxMessage
 from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInterval
 from app.models.service import Service, service_staff
+from app.models.totp import TotpCredential, TotpRecoveryCode
 from app.models.user import ActionToken, ActionTokenPurpose, Role, User
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "Service",
     "StaffProfile",
     "TimeOff",
+    "TotpCredential",
+    "TotpRecoveryCode",
     "User",
     "WeeklyInterval",
     "live_status_sql",

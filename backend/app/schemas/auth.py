@@ -66,3 +66,27 @@ class TokenPairOut(BaseModel):
     refresh_token: str
     token_type: str = "bearer"
     expires_in: int = Field(description="Seconds until the access token expires")
+
+
+class TotpSetupOut(BaseModel):
+    secret: str = Field(description="Base32; type it into an authenticator app, or show `otpauth_uri` as a QR code")
+    otpauth_uri: str
+
+
+class TotpCodeIn(StrictModel):
+    code: str = Field(min_length=6, max_length=6, pattern=r"^[0-9]{6}$", description="The app's current code")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"code": "123456"}]})
+
+
+class TotpEnabledOut(BaseModel):
+    recovery_codes: list[str] = Field(description="Shown this once; each signs in once in place of a code")
+
+
+class TotpDisableIn(StrictModel):
+    password: str = Field(min_length=1, max_length=1024)
+    code: str = Field(min_length=6, max_length=64, description="A current code or an unused recovery code")
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"password": "correct horse battery staple", "code": "123456"}]}
+    )

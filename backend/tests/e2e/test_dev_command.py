@@ -8,6 +8,7 @@ zero-setup path.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -122,6 +123,13 @@ def runs_the_stack_and_stops_cleanly_on_ctrl_c(dev: DevServer) -> None:
     with httpx.Client(base_url=dev.base_url, timeout=10) as http:
         login = http.post("/api/v1/auth/login", data={"username": "admin@example.com", "password": DEMO_PASSWORD})
         assert login.status_code == 200, login.text
+        assert f"{dev.base_url}/admin" in dev.log.read_text()  # the banner points to the panel
+        page = http.get("/admin/login")
+        token = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+        form = {"username": "admin@example.com", "password": DEMO_PASSWORD, "csrf_token": token}
+        assert http.post("/admin/login", data=form).status_code == 302
+        panel = http.get("/admin/appointment/list")
+        assert panel.status_code == 200 and "Appointments" in panel.text
 
         registered = http.post(
             "/api/v1/auth/register",

@@ -55,6 +55,9 @@ OPERATIONS = [
     ("POST", "/api/v1/auth/password-reset/confirm", "auth-password-reset-confirm"),
     ("POST", "/api/v1/auth/refresh", "auth-refresh"),
     ("POST", "/api/v1/auth/register", "auth-register"),
+    ("POST", "/api/v1/auth/totp/disable", "auth-totp-disable"),
+    ("POST", "/api/v1/auth/totp/enable", "auth-totp-enable"),
+    ("POST", "/api/v1/auth/totp/setup", "auth-totp-setup"),
     ("POST", "/api/v1/auth/verify-email", "auth-verify-email"),
     ("POST", "/api/v1/auth/verify-email/resend", "auth-resend-verification"),
     ("POST", "/api/v1/services", "services-create"),
@@ -169,7 +172,7 @@ def test_codes_per_operation(document):
     assert "email_taken" not in problem_codes(document, create["409"])
     assert {"not_authenticated", "invalid_token"} == problem_codes(document, create["401"])
     login = paths["/api/v1/auth/login"]["post"]["responses"]
-    assert problem_codes(document, login["400"]) == {"invalid_credentials"}
+    assert problem_codes(document, login["400"]) == {"invalid_credentials", "totp_required", "totp_invalid"}
     assert problem_codes(document, login["403"]) == {"email_not_verified", "inactive_user"}
     assert "validation_error" in problem_codes(document, login["422"])
     assert "429" in login and "401" not in login

@@ -75,7 +75,7 @@ export interface paths {
         put?: never;
         /**
          * Sign in (OAuth2 password grant)
-         * @description Exchange email (`username`) and password for an access and a refresh token.
+         * @description Exchange email (`username`) and password (and `totp_code` when two-factor sign-in is on) for tokens.
          */
         post: operations["auth-login"];
         delete?: never;
@@ -198,6 +198,68 @@ export interface paths {
          * @description Spend an email-change token (single use): the account moves to the address it was mailed to.
          */
         post: operations["auth-confirm-email-change"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/totp/setup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Start two-factor sign-in: a new TOTP secret
+         * @description Staff and admins: a new secret and its `otpauth://` URI (replacing an unfinished set-up); it
+         *     takes effect once `POST /auth/totp/enable` proves the app has it.
+         */
+        post: operations["auth-totp-setup"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/totp/enable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Turn two-factor sign-in on
+         * @description Confirm set-up with the app's current code; answers ten single-use recovery codes, shown only now.
+         *     From then on sign-in needs `totp_code`.
+         */
+        post: operations["auth-totp-enable"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/totp/disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Turn two-factor sign-in off
+         * @description With the password and a current code (or a recovery code); the secret and recovery codes are deleted.
+         */
+        post: operations["auth-totp-disable"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1138,6 +1200,11 @@ export interface components {
              * Format: password
              */
             client_secret?: string | null;
+            /**
+             * Totp Code
+             * @description With two-factor sign-in on: the app's code or a recovery code
+             */
+            totp_code?: string | null;
         };
         /**
          * CancelRequest
@@ -2640,6 +2707,131 @@ export interface components {
             error_description: string;
         };
         /**
+         * TotpAlreadyEnabledProblem
+         * @description `totp_already_enabled`: Two-factor sign-in is already enabled
+         */
+        TotpAlreadyEnabledProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:totp_already_enabled";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "totp_already_enabled";
+        };
+        /**
+         * TotpCodeIn
+         * @example {
+         *       "code": "123456"
+         *     }
+         */
+        TotpCodeIn: {
+            /**
+             * Code
+             * @description The app's current code
+             */
+            code: string;
+        };
+        /**
+         * TotpDisableIn
+         * @example {
+         *       "code": "123456",
+         *       "password": "correct horse battery staple"
+         *     }
+         */
+        TotpDisableIn: {
+            /** Password */
+            password: string;
+            /**
+             * Code
+             * @description A current code or an unused recovery code
+             */
+            code: string;
+        };
+        /** TotpEnabledOut */
+        TotpEnabledOut: {
+            /**
+             * Recovery Codes
+             * @description Shown this once; each signs in once in place of a code
+             */
+            recovery_codes: string[];
+        };
+        /**
+         * TotpInvalidProblem
+         * @description `totp_invalid`: The authenticator or recovery code is wrong, expired or already used
+         */
+        TotpInvalidProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:totp_invalid";
+            title: string;
+            /** @enum {integer} */
+            status: 400;
+            detail: string;
+            /** @enum {string} */
+            code: "totp_invalid";
+            /** Error */
+            error: string;
+            /** Error Description */
+            error_description: string;
+        };
+        /**
+         * TotpNotEnabledProblem
+         * @description `totp_not_enabled`: Two-factor sign-in is not enabled
+         */
+        TotpNotEnabledProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:totp_not_enabled";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "totp_not_enabled";
+        };
+        /**
+         * TotpNotSetUpProblem
+         * @description `totp_not_set_up`: Start two-factor set-up first
+         */
+        TotpNotSetUpProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:totp_not_set_up";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "totp_not_set_up";
+        };
+        /**
+         * TotpRequiredProblem
+         * @description `totp_required`: A code from your authenticator app (or a recovery code) is required
+         */
+        TotpRequiredProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:totp_required";
+            title: string;
+            /** @enum {integer} */
+            status: 400;
+            detail: string;
+            /** @enum {string} */
+            code: "totp_required";
+            /** Error */
+            error: string;
+            /** Error Description */
+            error_description: string;
+        };
+        /** TotpSetupOut */
+        TotpSetupOut: {
+            /**
+             * Secret
+             * @description Base32; type it into an authenticator app, or show `otpauth_uri` as a QR code
+             */
+            secret: string;
+            /** Otpauth Uri */
+            otpauth_uri: string;
+        };
+        /**
          * UnknownStaffProblem
          * @description `unknown_staff`: Not an active staff member
          */
@@ -3236,14 +3428,14 @@ export interface operations {
                     "application/json": components["schemas"]["TokenPairOut"];
                 };
             };
-            /** @description Bad Request: `invalid_credentials` */
+            /** @description Bad Request: `invalid_credentials`, `totp_invalid`, `totp_required` */
             400: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["InvalidCredentialsProblem"];
+                    "application/problem+json": components["schemas"]["InvalidCredentialsProblem"] | components["schemas"]["TotpInvalidProblem"] | components["schemas"]["TotpRequiredProblem"];
                 };
             };
             /** @description Forbidden: `email_not_verified`, `inactive_user` */
@@ -3769,6 +3961,327 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["EmailTakenProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "auth-totp-setup": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Secrets shown once */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Cache-Control": components["headers"]["Cache-Control"];
+                    Pragma: components["headers"]["Pragma"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpSetupOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Conflict: `totp_already_enabled` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["TotpAlreadyEnabledProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "auth-totp-enable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TotpCodeIn"];
+            };
+        };
+        responses: {
+            /** @description Secrets shown once */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Cache-Control": components["headers"]["Cache-Control"];
+                    Pragma: components["headers"]["Pragma"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TotpEnabledOut"];
+                };
+            };
+            /** @description Bad Request: `totp_invalid` */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["TotpInvalidProblem"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Conflict: `totp_already_enabled`, `totp_not_set_up` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["TotpAlreadyEnabledProblem"] | components["schemas"]["TotpNotSetUpProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "auth-totp-disable": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["TotpDisableIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad Request: `invalid_password`, `totp_invalid` */
+            400: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidPasswordProblem"] | components["schemas"]["TotpInvalidProblem"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Conflict: `totp_not_enabled` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["TotpNotEnabledProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */

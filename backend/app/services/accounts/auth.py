@@ -24,12 +24,14 @@ from app.errors import (
     InvalidToken,
     RateLimited,
     TokenReused,
+    TotpInvalid,
+    TotpRequired,
     WrongPassword,
 )
 from app.models import ActionToken, ActionTokenPurpose, User
 from app.redis import get_redis
 from app.services import rate_limit
-from app.services.accounts import tokens
+from app.services.accounts import second_factor, tokens
 from app.services.accounts.passwords import ensure_strong
 from app.services.messaging import events
 from app.services.messaging.outbox import queue_email
@@ -139,7 +141,7 @@ async def _issue_pair(user: User, family: str | None = None, refresh_token: str 
 
 
 @asynccontextmanager
-async def _password_attempt(email: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+async def password_attempt(email: str) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """Guard one password check for `email` by the per-email failure limit; yields "count a failure".
 
     Checks for one email run one at a time (a Redis lock): otherwise a burst of concurrent guesses
@@ -157,11 +159,17 @@ async def _password_attempt(email: str) -> AsyncIterator[Callable[[], Awaitable[
             await lock.release()
 
 
-async def login(session: AsyncSession, email: str, password: str, client_ip: str) -> TokenPair:
+async def sign_in(
+    session: AsyncSession, email: str, password: str, client_ip: str, totp_code: str | None = None
+) -> User:
+    """The account these credentials open, under the sign-in limits (per IP, per email, one check per
+    email at a time). With a second factor enabled the password alone is 400 `totp_required`; a
+    wrong or spent code is `totp_invalid` and counts as a failed sign-in. The API's token endpoint
+    and the admin panel both sign in here."""
     email = normalize_email(email)
     hashing_gate().ensure_room()  # a sign-in flood is refused before it costs Redis and database work
     await rate_limit.hit(get_settings().login_attempts_per_ip, "login-ip", client_ip)
-    async with _password_attempt(email) as count_failure:
+    async with password_attempt(email) as count_failure:
         user = await get_user_by_email(session, email)
         if user is None or user.deleted_at is not None:
             await burn_password_check(password)
@@ -171,14 +179,26 @@ async def login(session: AsyncSession, email: str, password: str, client_ip: str
         if not valid:
             await count_failure()
             raise InvalidCredentials()
-    assert user is not None
+        assert user is not None
+        if await second_factor.is_enabled(session, user.id):
+            if not totp_code:
+                raise TotpRequired("Send `totp_code`: a code from your authenticator app, or a recovery code")
+            if not await second_factor.check_code(session, user, totp_code):
+                await count_failure()
+                raise TotpInvalid()
     if not user.is_active:
         raise InactiveUser()
     if not user.is_verified:
         raise EmailNotVerified("Confirm your email address first; we can send the link again")
     if upgraded:
         user.hashed_password = upgraded
-    return await _issue_pair(user)
+    return user
+
+
+async def login(
+    session: AsyncSession, email: str, password: str, client_ip: str, totp_code: str | None = None
+) -> TokenPair:
+    return await _issue_pair(await sign_in(session, email, password, client_ip, totp_code))
 
 
 async def refresh(session: AsyncSession, refresh_token: str) -> TokenPair:
@@ -419,11 +439,20 @@ async def confirm_password_reset(session: AsyncSession, token: str, new_password
 
 async def check_current_password(user: User, password: str) -> None:
     """400 `invalid_password` unless it is the user's password; failures count like failed logins."""
-    async with _password_attempt(user.email) as count_failure:
+    async with password_attempt(user.email) as count_failure:
         valid, _ = await verify_password(password, user.hashed_password)
         if not valid:
             await count_failure()
             raise WrongPassword()
+
+
+async def check_second_factor(session: AsyncSession, user: User, code: str) -> None:
+    """400 `totp_invalid` unless `code` is a fresh TOTP or unused recovery code of the user; failures
+    count like failed logins (so six digits cannot be guessed through this door either)."""
+    async with password_attempt(user.email) as count_failure:
+        if not await second_factor.check_code(session, user, code):
+            await count_failure()
+            raise TotpInvalid()
 
 
 async def change_password(session: AsyncSession, user: User, claims: AccessClaims, current: str, new: str) -> None:

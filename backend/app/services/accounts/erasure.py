@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import ActionToken, Appointment, AuditEntry, OutboxMessage, StaffProfile, TimeOff, User
 from app.services import audit
-from app.services.accounts import auth
+from app.services.accounts import auth, second_factor
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
 from app.services.booking import cancellation, idempotency
 from app.services.messaging import outbox
@@ -89,6 +89,7 @@ async def _anonymise_account(session: AsyncSession, user: User) -> None:
     user.is_active = False
     user.deleted_at = datetime.now(UTC)
     await session.execute(delete(ActionToken).where(ActionToken.user_id == user.id))
+    await second_factor.remove(session, user.id)  # the TOTP secret and recovery codes
 
 
 async def _involvement(session: AsyncSession, user_id: uuid.UUID, cancelled_now: set[uuid.UUID]) -> _Involvement:

@@ -18,7 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
 from app.database import after_commit
-from app.models import OutboxMessage
+from app.errors import Conflict
+from app.models import OutboxMessage, User
+from app.services import audit
 
 DELIVER_JOB = "deliver_outbox"
 _JOB_EXPIRY_MS = expires_extra_ms  # arq's default for a job queued to run now
@@ -197,3 +199,21 @@ async def forget_recipient(session: AsyncSession, email: str) -> None:
             last_error=case((unsent, "recipient erased"), else_=OutboxMessage.last_error),
         )
     )
+
+
+class NotFailed(Conflict):
+    code, title = "outbox_not_failed", "Only an email the worker gave up on can be retried"
+
+
+async def retry_failed(session: AsyncSession, actor: User, outbox_id: int) -> None:
+    """An admin sends a given-up email again: its attempts start over and the worker's relay picks it
+    up within `OUTBOX_RELAY_SECONDS`, delivering it once like any other row."""
+    retried = await session.scalar(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == outbox_id, OutboxMessage.failed_at.is_not(None), OutboxMessage.sent_at.is_(None))
+        .values(failed_at=None, attempts=0, next_attempt_at=func.now(), claimed_by=None, claimed_until=None)
+        .returning(OutboxMessage.id)
+    )
+    if retried is None:
+        raise NotFailed()
+    await audit.record(session, actor_id=actor.id, action="outbox.retry", entity_type="outbox", entity_id=outbox_id)
