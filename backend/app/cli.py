@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -337,9 +338,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configuration_problem(exc: ValidationError | SettingsError) -> str:
+    """A settings error in one line, as an operator should read it (no traceback, no pydantic noise)."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    problems = []
+    for error in exc.errors():
+        where, message = ".".join(map(str, error["loc"])).upper(), str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError) as exc:
+        print(f"error: {configuration_problem(exc)}", file=sys.stderr)
+        return 2
     setup_logging(settings)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,21 +1,123 @@
 """One settings object for the whole backend, read from the environment (and `.env`)."""
 
+import hashlib
+import os
+import re
+import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
-DEFAULT_SECRET_KEY = "change-me-in-production-this-is-only-for-development"
 BACKEND_DIR = Path(__file__).resolve().parent.parent
+MIN_SECRET_KEY_LENGTH = 32
+DEVELOPMENT_KEY_FILE = "secret_key"  # under DATA_DIR: the key `dev` makes once and keeps
+# Every setting that holds a secret; each may also be read from a file named by `<NAME>_FILE`
+# (Docker and Kubernetes secrets). Add a new secret setting here.
+SECRET_SETTINGS = (
+    "secret_key",
+    "previous_secret_keys",
+    "database_url",
+    "redis_url",
+    "redis_pubsub_url",
+    "arq_redis_url",
+    "mail_password",
+    "sentry_dsn",
+)
+# SHA-256 of every signing key that ever appeared in this repository (the old built-in default, the
+# tests', the benchmarks'): they are public, so they are refused as keys in every environment.
+# `tests/unit/test_signing_keys.py` holds the keys themselves and how they were found.
+PUBLISHED_KEY_DIGESTS = frozenset(
+    {
+        "53a4480fba29cff72f8261d5511363accf32cd00d61be85e7e7d28beae29453c",
+        "be337cce79665190d12a4b76c639e3007d5d917affbaf96144608deb61d035f1",
+        "2909d7306910ab0238df43312d42c8f0f20a30d8bef31385bd104e9fb43ec0df",
+        "95c33d621c9e41ec051df6289afc19a344020f9798548f898ff9b61380b29744",
+        "3923fb8348df77529b04f6f536b8204856d0501d031063de795c57ad693b288f",
+        "d64bf41c3707355caffbdcc2700d904c6f77edf4136ccab5b9104097d3d8fc6d",
+        "9916baf5dd6578cfe1d4caf271d7afb5b1f2e4bec808ec31babbc8eb97e26020",
+        "ec1177e5df99e1e8bd6674bf8e3e93187da8dd4e107b3d262787b310a2036b4c",
+    }
+)
+
+
+def read_secret_file(path: str, variable: str) -> str:
+    """A secret's value from a file (surrounding whitespace and the final newline dropped)."""
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(f"{variable}={path}: cannot read it ({exc.strerror or exc})") from None
+    if not value:
+        raise SettingsError(f"{variable}={path}: the file is empty")
+    return value
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`<NAME>_FILE=/run/secrets/name`: the secret setting NAME read from that file, from the
+    environment or `.env` alike. Setting both NAME and NAME_FILE is refused (which one is meant?)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], *sources: EnvSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._sources = sources
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in SECRET_SETTINGS:
+            path = next((s.env_vars[f"{name}_file"] for s in self._sources if s.env_vars.get(f"{name}_file")), None)
+            if path is None:
+                continue
+            variable = f"{name.upper()}_FILE"
+            if any(s.env_vars.get(name) for s in self._sources):
+                raise SettingsError(f"both {name.upper()} and {variable} are set: keep one")
+            values[name] = read_secret_file(path, variable)
+        return values
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def development_key(data_dir: Path) -> str:
+    """The signing key of a development machine: random, made once and kept in `DATA_DIR/secret_key`
+    (readable by its owner only), so sign-ins outlive a restart of `dev`. Two processes starting at
+    once (`dev`'s API and worker) agree: the file appears whole or not at all (a hard link)."""
+    path = data_dir / DEVELOPMENT_KEY_FILE
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        draft = data_dir / f".{DEVELOPMENT_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
+        with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+            out.write(secrets.token_urlsafe(48) + "\n")
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        finally:
+            draft.unlink()
+    return read_secret_file(str(path), str(path))
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     environment: Literal["development", "test", "production"] = "development"
-    secret_key: str = DEFAULT_SECRET_KEY
+    # Signs access tokens (and seals refresh successors). Unset: in development a key made once
+    # and kept under DATA_DIR; anywhere else start-up is refused. Rotation: the new key here, the
+    # old one in PREVIOUS_SECRET_KEYS (still verifies, never signs) until its tokens have expired.
+    secret_key: str = ""
+    previous_secret_keys: Annotated[list[str], NoDecode] = []
     log_level: str = "INFO"
     data_dir: Path = BACKEND_DIR / ".data"
 
@@ -90,6 +192,27 @@ class Settings(BaseSettings):
 
     sentry_dsn: str | None = None
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_sources = [s for s in (env_settings, dotenv_settings) if isinstance(s, EnvSettingsSource)]
+        files = SecretFiles(settings_cls, *env_sources)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """Commas or whitespace between keys (a file may hold one per line)."""
+        if isinstance(value, str):
+            return [key for key in re.split(r"[\s,]+", value) if key]
+        return value
+
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
@@ -111,12 +234,33 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_default_secret_in_production(self) -> "Settings":
-        if self.environment == "production":
-            if self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32:
-                raise ValueError("SECRET_KEY must be set to a random value of 32+ characters in production")
-            if not self.database_url or not self.redis_url:
-                raise ValueError("DATABASE_URL and REDIS_URL are required in production")
+    def _signing_keys(self) -> "Settings":
+        if not self.secret_key:
+            if self.environment != "development":
+                raise ValueError(
+                    f"SECRET_KEY is not set (ENVIRONMENT={self.environment}): set SECRET_KEY, or SECRET_KEY_FILE"
+                    f" naming a file that holds it, to a random value of {MIN_SECRET_KEY_LENGTH}+ characters"
+                    " (e.g. `openssl rand -hex 32`). Only development makes one of its own."
+                )
+            try:
+                self.secret_key = development_key(self.data_dir)
+            except OSError as exc:
+                raise ValueError(
+                    f"SECRET_KEY is not set and no development key can be kept in {self.data_dir}"
+                    f" ({exc.strerror or exc}): set SECRET_KEY or SECRET_KEY_FILE"
+                ) from None
+        keys = [("SECRET_KEY", self.secret_key)] + [("PREVIOUS_SECRET_KEYS", k) for k in self.previous_secret_keys]
+        for name, key in keys:
+            if len(key) < MIN_SECRET_KEY_LENGTH:
+                raise ValueError(f"{name}: a key must be a random value of {MIN_SECRET_KEY_LENGTH}+ characters")
+            if key_digest(key) in PUBLISHED_KEY_DIGESTS:
+                raise ValueError(f"{name}: this key was published in c3po's source code; generate a new one")
+        return self
+
+    @model_validator(mode="after")
+    def _servers_in_production(self) -> "Settings":
+        if self.environment == "production" and not (self.database_url and self.redis_url):
+            raise ValueError("DATABASE_URL and REDIS_URL are required in production")
         return self
 
     @model_validator(mode="after")
