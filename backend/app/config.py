@@ -190,6 +190,17 @@ class Settings(BaseSettings):
     outbox_lease_seconds: float = 60  # a claimed row is another worker's to take once this has passed
     worker_heartbeat_file: Path | None = None  # touched by each relay pass: the container's health check
 
+    # Retention (app/services/retention.py): days rows are kept once they have served; 0 = for ever.
+    # The worker purges daily at RETENTION_HOUR (UTC), RETENTION_BATCH_SIZE rows per transaction.
+    retention_sent_email_days: int = 30
+    retention_failed_email_days: int = 90
+    retention_action_token_days: int = 7
+    retention_reminder_days: int = 30
+    retention_audit_days: int = 365
+    retention_unverified_account_days: int = 30
+    retention_batch_size: int = 1000
+    retention_hour: int = Field(default=3, ge=0, le=23)
+
     sentry_dsn: str | None = None
 
     @classmethod
@@ -226,7 +237,21 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("web_concurrency", "outbox_lease_seconds", "graceful_timeout_seconds")
+    @field_validator(
+        "retention_sent_email_days",
+        "retention_failed_email_days",
+        "retention_action_token_days",
+        "retention_reminder_days",
+        "retention_audit_days",
+        "retention_unverified_account_days",
+    )
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (keep for ever) or more days")
+        return value
+
+    @field_validator("web_concurrency", "outbox_lease_seconds", "graceful_timeout_seconds", "retention_batch_size")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
