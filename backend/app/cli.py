@@ -186,6 +186,25 @@ def cmd_worker(_: Settings, __: argparse.Namespace) -> None:
     run_worker()
 
 
+def cmd_purge(settings: Settings, _: argparse.Namespace) -> None:
+    """Delete what is past its retention now (the worker does it daily; app/services/retention.py)."""
+    if not settings.database_url or not settings.redis_url:
+        raise CommandError("purge needs DATABASE_URL and REDIS_URL (the erasure of accounts ends their sessions)")
+    from app.database import dispose_engine
+    from app.redis import close_redis
+    from app.services.retention import purge_all
+
+    async def run() -> dict[str, int]:
+        try:
+            return await purge_all()
+        finally:
+            await close_redis()
+            await dispose_engine()
+
+    for name, count in asyncio.run(run()).items():
+        print(f"{count:>8} {name}")
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     """The API for production: `WEB_CONCURRENCY` processes, graceful stop (app/server.py)."""
     from app.server import serve
@@ -332,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("seed-demo", help="create the demo accounts (idempotent)").set_defaults(handler=cmd_seed_demo)
     commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(handler=cmd_openapi)
     commands.add_parser("migrate", help="apply every Alembic migration").set_defaults(handler=cmd_migrate)
+    commands.add_parser("purge", help="delete what is past its retention (the worker does it daily)").set_defaults(
+        handler=cmd_purge
+    )
     commands.add_parser("worker", help="run the arq worker (email outbox and reminders)").set_defaults(
         handler=cmd_worker
     )

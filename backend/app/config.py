@@ -34,6 +34,7 @@ SECRET_SETTINGS = (
     "mail_password",
     "sentry_dsn",
 )
+_MAY_BE_EMPTY = {"previous_secret_keys"}  # no key rotated out: an empty list
 # SHA-256 of every signing key that ever appeared in this repository (the old built-in default, the
 # tests', the benchmarks'): they are public, so they are refused as keys in every environment.
 # `tests/unit/test_signing_keys.py` holds the keys themselves and how they were found.
@@ -51,13 +52,13 @@ PUBLISHED_KEY_DIGESTS = frozenset(
 )
 
 
-def read_secret_file(path: str, variable: str) -> str:
+def read_secret_file(path: str, variable: str, *, may_be_empty: bool = False) -> str:
     """A secret's value from a file (surrounding whitespace and the final newline dropped)."""
     try:
         value = Path(path).read_text().strip()
     except OSError as exc:
         raise SettingsError(f"{variable}={path}: cannot read it ({exc.strerror or exc})") from None
-    if not value:
+    if not value and not may_be_empty:
         raise SettingsError(f"{variable}={path}: the file is empty")
     return value
 
@@ -82,7 +83,7 @@ class SecretFiles(PydanticBaseSettingsSource):
             variable = f"{name.upper()}_FILE"
             if any(s.env_vars.get(name) for s in self._sources):
                 raise SettingsError(f"both {name.upper()} and {variable} are set: keep one")
-            values[name] = read_secret_file(path, variable)
+            values[name] = read_secret_file(path, variable, may_be_empty=name in _MAY_BE_EMPTY)
         return values
 
 

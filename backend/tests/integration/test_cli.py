@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from loguru import logger
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.cli import main
 from app.models import User
@@ -136,6 +136,24 @@ class TestMigrate:
     async def test_is_a_no_op_on_an_up_to_date_database(self, service_urls, capsys):
         assert await run_cli("migrate") == 0
         assert "database schema is up to date" in capsys.readouterr().out
+
+
+class TestPurge:
+    async def test_deletes_what_is_past_its_retention_and_says_how_much(self, session, service_urls):
+        old = "now() - interval '400 days'"
+        await session.execute(
+            text(f"INSERT INTO audit_log (action, entity_type, entity_id, created_at) VALUES ('x', 'user', '1', {old})")
+        )
+        await session.execute(text("INSERT INTO audit_log (action, entity_type, entity_id) VALUES ('x', 'user', '2')"))
+        await session.commit()
+
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "purge"], cwd=BACKEND_DIR, capture_output=True, text=True, timeout=120
+        )
+
+        assert done.returncode == 0, done.stderr
+        assert "       1 audit entries" in done.stdout.splitlines()
+        assert await session.scalar(text("SELECT array_agg(entity_id) FROM audit_log")) == ["2"]
 
 
 def _message(subject: str, text: str, html: str) -> EmailMessage:

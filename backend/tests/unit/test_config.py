@@ -20,6 +20,12 @@ def test_production_with_a_real_secret():
     assert settings.is_production
 
 
+def test_retention_days_are_zero_or_more():
+    with pytest.raises(ValidationError, match="0 \\(keep for ever\\) or more days"):
+        Settings(retention_audit_days=-1)
+    assert Settings(retention_audit_days=0).retention_audit_days == 0
+
+
 @pytest.mark.parametrize("raw", ["https://a.example, https://b.example", '["https://a.example", "https://b.example"]'])
 def test_origins_from_csv_or_json(raw, monkeypatch):
     monkeypatch.setenv("CORS_ORIGINS", raw)

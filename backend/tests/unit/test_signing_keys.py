@@ -106,6 +106,11 @@ class TestSecretFiles:
         monkeypatch.setenv("PREVIOUS_SECRET_KEYS_FILE", str(tmp_path / "previous"))
         assert Settings(environment="production", **URLS).previous_secret_keys == [old, older]
 
+    def test_no_previous_keys_is_an_empty_file(self, tmp_path, monkeypatch):
+        (tmp_path / "previous").write_text("")
+        monkeypatch.setenv("PREVIOUS_SECRET_KEYS_FILE", str(tmp_path / "previous"))
+        assert Settings(environment="production", **URLS).previous_secret_keys == []
+
     def test_from_the_dotenv_file(self, tmp_path, monkeypatch):
         key = random_key()
         (tmp_path / "key").write_text(key)
