@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -154,6 +155,26 @@ def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
             raise CommandError(exc.detail) from None
     state = "verified" if user.is_verified else "unverified"
     print(f"created {user.role} {user.email} ({state}), id {user.id}")
+
+
+def cmd_erase_user(settings: Settings, args: argparse.Namespace) -> None:
+    """GDPR erasure by id, as `DELETE /users/me` does it (again, after restoring a backup)."""
+    from app.models import User
+    from app.services.accounts.erasure import erase
+
+    async def erase_all(session: AsyncSession) -> list[str]:
+        done = []
+        for user_id in args.ids:
+            user = await session.get(User, user_id, with_for_update=True)
+            if user is None:
+                raise CommandError(f"no account with id {user_id}")
+            await erase(session, user)
+            done.append(str(user_id))
+        return done
+
+    with _services(settings, need_redis=False) as urls:
+        for user_id in _in_transaction(urls.database, erase_all):
+            print(f"erased {user_id}")
 
 
 def cmd_seed_demo(settings: Settings, _: argparse.Namespace) -> None:
@@ -347,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--full-name", help="defaults to the part of the email before the @")
     create.add_argument("--unverified", action="store_true", help="leave the email address unverified")
     create.set_defaults(handler=cmd_create_user)
+
+    erase_user = commands.add_parser("erase-user", help="erase accounts by id (GDPR), as DELETE /users/me does")
+    erase_user.add_argument("ids", nargs="+", type=uuid.UUID, metavar="ID")
+    erase_user.set_defaults(handler=cmd_erase_user)
 
     commands.add_parser("seed-demo", help="create the demo accounts (idempotent)").set_defaults(handler=cmd_seed_demo)
     commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(handler=cmd_openapi)

@@ -19,6 +19,7 @@ from app.services.accounts.passwords import common_passwords
 from app.services.demo import DEMO_ACCOUNTS, DEMO_PASSWORD
 from app.utils.mailcatcher import MailCatcher, extract_links
 from app.utils.security import verify_password
+from tests.factories import create_user
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 PASSPHRASE = "a fine long passphrase"
@@ -136,6 +137,23 @@ class TestMigrate:
     async def test_is_a_no_op_on_an_up_to_date_database(self, service_urls, capsys):
         assert await run_cli("migrate") == 0
         assert "database schema is up to date" in capsys.readouterr().out
+
+
+class TestEraseUser:
+    async def test_erases_by_id_as_the_user_would(self, session, capsys):
+        user = await create_user(session, email="erase.me@example.com")
+
+        assert await run_cli("erase-user", str(user.id)) == 0
+
+        assert f"erased {user.id}" in capsys.readouterr().out
+        erased = (await users_by_email(session)).get(f"deleted-{user.id}@deleted.invalid")
+        assert erased is not None and erased.deleted_at is not None and erased.full_name == "Deleted user"
+
+    async def test_an_unknown_id_changes_nothing(self, session, capsys):
+        user = await create_user(session)
+        assert await run_cli("erase-user", str(user.id), "00000000-0000-0000-0000-000000000000") == 1
+        assert "no account with id 00000000-0000-0000-0000-000000000000" in capsys.readouterr().err
+        assert (await users_by_email(session))[user.email].deleted_at is None
 
 
 class TestPurge:
