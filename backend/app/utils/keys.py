@@ -8,9 +8,8 @@ checked with the key that made it for as long as that key is listed, and refused
 import hashlib
 import hmac
 from dataclasses import dataclass
-from functools import lru_cache
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,12 +43,16 @@ def signing_key(secret: str) -> SigningKey:
     return SigningKey(key_id(secret), secret.encode())
 
 
-@lru_cache(maxsize=8)
-def _keyring(current: str, previous: tuple[str, ...]) -> Keyring:
-    return Keyring(signing_key(current), tuple(signing_key(key) for key in previous if key != current))
+_current: tuple[Settings, Keyring] | None = None
 
 
 def keyring() -> Keyring:
-    """The keys of the current settings (the same object while they do not change)."""
+    """The keys of the current settings: the same object while the settings object is the same (it
+    serves as a cache key for verified tokens, so a change of keys forgets them)."""
+    global _current
     settings = get_settings()
-    return _keyring(settings.secret_key, tuple(settings.previous_secret_keys))
+    if _current is None or _current[0] is not settings:
+        current = signing_key(settings.secret_key)
+        previous = tuple(signing_key(key) for key in dict.fromkeys(settings.previous_secret_keys))
+        _current = settings, Keyring(current, tuple(key for key in previous if key.kid != current.kid))
+    return _current[1]
