@@ -93,6 +93,7 @@ class TestSecretFiles:
         (tmp_path / "mail").write_text("smtp password")
         (tmp_path / "db").write_text("postgresql://c3po:pw@db/c3po")
         monkeypatch.delenv("SECRET_KEY")
+        monkeypatch.delenv("DATABASE_URL", raising=False)  # set by the harness when an integration test ran first
         monkeypatch.setenv("SECRET_KEY_FILE", str(tmp_path / "secret_key"))
         monkeypatch.setenv("MAIL_PASSWORD_FILE", str(tmp_path / "mail"))
         monkeypatch.setenv("DATABASE_URL_FILE", str(tmp_path / "db"))
