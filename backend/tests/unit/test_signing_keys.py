@@ -13,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from app.config import PUBLISHED_KEY_DIGESTS, SECRET_SETTINGS, Settings, key_digest
+from app.config import Settings
+from app.secret_settings import PUBLISHED_KEY_DIGESTS, SECRET_SETTINGS, key_digest
 from app.utils.keys import Keyring, key_id, signing_key
 from app.utils.security import ACCESS_TOKEN_TYPE, _verified_claims
 
