@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from loguru import logger
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -155,6 +157,26 @@ def cmd_create_user(settings: Settings, args: argparse.Namespace) -> None:
     print(f"created {user.role} {user.email} ({state}), id {user.id}")
 
 
+def cmd_erase_user(settings: Settings, args: argparse.Namespace) -> None:
+    """GDPR erasure by id, as `DELETE /users/me` does it (again, after restoring a backup)."""
+    from app.models import User
+    from app.services.accounts.erasure import erase
+
+    async def erase_all(session: AsyncSession) -> list[str]:
+        done = []
+        for user_id in args.ids:
+            user = await session.get(User, user_id, with_for_update=True)
+            if user is None:
+                raise CommandError(f"no account with id {user_id}")
+            await erase(session, user)
+            done.append(str(user_id))
+        return done
+
+    with _services(settings, need_redis=False) as urls:
+        for user_id in _in_transaction(urls.database, erase_all):
+            print(f"erased {user_id}")
+
+
 def cmd_seed_demo(settings: Settings, _: argparse.Namespace) -> None:
     with _services(settings, need_redis=False) as urls:
         if urls.embedded_database:
@@ -183,6 +205,25 @@ def cmd_worker(_: Settings, __: argparse.Namespace) -> None:
     from app.services.messaging.worker import run_worker  # imported here: the other commands do not need arq
 
     run_worker()
+
+
+def cmd_purge(settings: Settings, _: argparse.Namespace) -> None:
+    """Delete what is past its retention now (the worker does it daily; app/services/retention.py)."""
+    if not settings.database_url or not settings.redis_url:
+        raise CommandError("purge needs DATABASE_URL and REDIS_URL (the erasure of accounts ends their sessions)")
+    from app.database import dispose_engine
+    from app.redis import close_redis
+    from app.services.retention import purge_all
+
+    async def run() -> dict[str, int]:
+        try:
+            return await purge_all()
+        finally:
+            await close_redis()
+            await dispose_engine()
+
+    for name, count in asyncio.run(run()).items():
+        print(f"{count:>8} {name}")
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -329,18 +370,40 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--unverified", action="store_true", help="leave the email address unverified")
     create.set_defaults(handler=cmd_create_user)
 
+    erase_user = commands.add_parser("erase-user", help="erase accounts by id (GDPR), as DELETE /users/me does")
+    erase_user.add_argument("ids", nargs="+", type=uuid.UUID, metavar="ID")
+    erase_user.set_defaults(handler=cmd_erase_user)
+
     commands.add_parser("seed-demo", help="create the demo accounts (idempotent)").set_defaults(handler=cmd_seed_demo)
     commands.add_parser("openapi", help="print the OpenAPI document as JSON").set_defaults(handler=cmd_openapi)
     commands.add_parser("migrate", help="apply every Alembic migration").set_defaults(handler=cmd_migrate)
+    commands.add_parser("purge", help="delete what is past its retention (the worker does it daily)").set_defaults(
+        handler=cmd_purge
+    )
     commands.add_parser("worker", help="run the arq worker (email outbox and reminders)").set_defaults(
         handler=cmd_worker
     )
     return parser
 
 
+def configuration_problem(exc: ValidationError | SettingsError) -> str:
+    """A settings error in one line, as an operator should read it (no traceback, no pydantic noise)."""
+    if isinstance(exc, SettingsError):
+        return str(exc)
+    problems = []
+    for error in exc.errors():
+        where, message = ".".join(map(str, error["loc"])).upper(), str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except (ValidationError, SettingsError) as exc:
+        print(f"error: {configuration_problem(exc)}", file=sys.stderr)
+        return 2
     setup_logging(settings)
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

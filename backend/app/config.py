@@ -1,13 +1,15 @@
 """One settings object for the whole backend, read from the environment (and `.env`)."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-DEFAULT_SECRET_KEY = "change-me-in-production-this-is-only-for-development"
+from app.secret_settings import MIN_SECRET_KEY_LENGTH, PUBLISHED_KEY_DIGESTS, SecretFiles, development_key, key_digest
+
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -15,7 +17,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     environment: Literal["development", "test", "production"] = "development"
-    secret_key: str = DEFAULT_SECRET_KEY
+    # Signs access tokens (and seals refresh successors). Unset: in development a key made once
+    # and kept under DATA_DIR; anywhere else start-up is refused. Rotation: the new key here, the
+    # old one in PREVIOUS_SECRET_KEYS (still verifies, never signs) until its tokens have expired.
+    secret_key: str = ""
+    previous_secret_keys: Annotated[list[str], NoDecode] = []
     log_level: str = "INFO"
     data_dir: Path = BACKEND_DIR / ".data"
 
@@ -88,12 +94,44 @@ class Settings(BaseSettings):
     outbox_lease_seconds: float = 60  # a claimed row is another worker's to take once this has passed
     worker_heartbeat_file: Path | None = None  # touched by each relay pass: the container's health check
 
+    # Retention (app/services/retention.py): days rows are kept once they have served; 0 = for ever.
+    # The worker purges daily at RETENTION_HOUR (UTC), RETENTION_BATCH_SIZE rows per transaction.
+    retention_sent_email_days: int = 30
+    retention_failed_email_days: int = 90
+    retention_action_token_days: int = 7
+    retention_reminder_days: int = 30
+    retention_audit_days: int = 365
+    retention_unverified_account_days: int = 30
+    retention_batch_size: int = 1000
+    retention_hour: int = Field(default=3, ge=0, le=23)
+
     sentry_dsn: str | None = None
 
     # The admin panel at /admin (app/admin): its signed session cookie lives this long, at most.
     admin_session_minutes: int = 30
     admin_require_totp: bool = False  # admins must have a TOTP second factor to open /admin
     totp_issuer: str = "c3po"  # the name authenticator apps show beside the account
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        env_sources = [s for s in (env_settings, dotenv_settings) if isinstance(s, EnvSettingsSource)]
+        files = SecretFiles(settings_cls, *env_sources)
+        return init_settings, files, env_settings, dotenv_settings, file_secret_settings
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        """Commas or whitespace between keys (a file may hold one per line)."""
+        if isinstance(value, str):
+            return [key for key in re.split(r"[\s,]+", value) if key]
+        return value
 
     @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
@@ -108,7 +146,21 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("web_concurrency", "outbox_lease_seconds", "graceful_timeout_seconds")
+    @field_validator(
+        "retention_sent_email_days",
+        "retention_failed_email_days",
+        "retention_action_token_days",
+        "retention_reminder_days",
+        "retention_audit_days",
+        "retention_unverified_account_days",
+    )
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 (keep for ever) or more days")
+        return value
+
+    @field_validator("web_concurrency", "outbox_lease_seconds", "graceful_timeout_seconds", "retention_batch_size")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:
@@ -116,12 +168,33 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _refuse_default_secret_in_production(self) -> "Settings":
-        if self.environment == "production":
-            if self.secret_key == DEFAULT_SECRET_KEY or len(self.secret_key) < 32:
-                raise ValueError("SECRET_KEY must be set to a random value of 32+ characters in production")
-            if not self.database_url or not self.redis_url:
-                raise ValueError("DATABASE_URL and REDIS_URL are required in production")
+    def _signing_keys(self) -> "Settings":
+        if not self.secret_key:
+            if self.environment != "development":
+                raise ValueError(
+                    f"SECRET_KEY is not set (ENVIRONMENT={self.environment}): set SECRET_KEY, or SECRET_KEY_FILE"
+                    f" naming a file that holds it, to a random value of {MIN_SECRET_KEY_LENGTH}+ characters"
+                    " (e.g. `openssl rand -hex 32`). Only development makes one of its own."
+                )
+            try:
+                self.secret_key = development_key(self.data_dir)
+            except OSError as exc:
+                raise ValueError(
+                    f"SECRET_KEY is not set and no development key can be kept in {self.data_dir}"
+                    f" ({exc.strerror or exc}): set SECRET_KEY or SECRET_KEY_FILE"
+                ) from None
+        keys = [("SECRET_KEY", self.secret_key)] + [("PREVIOUS_SECRET_KEYS", k) for k in self.previous_secret_keys]
+        for name, key in keys:
+            if len(key) < MIN_SECRET_KEY_LENGTH:
+                raise ValueError(f"{name}: a key must be a random value of {MIN_SECRET_KEY_LENGTH}+ characters")
+            if key_digest(key) in PUBLISHED_KEY_DIGESTS:
+                raise ValueError(f"{name}: this key was published in c3po's source code; generate a new one")
+        return self
+
+    @model_validator(mode="after")
+    def _servers_in_production(self) -> "Settings":
+        if self.environment == "production" and not (self.database_url and self.redis_url):
+            raise ValueError("DATABASE_URL and REDIS_URL are required in production")
         return self
 
     @model_validator(mode="after")

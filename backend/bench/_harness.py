@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -19,6 +20,9 @@ import httpx
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 PIDS: dict[str, int] = {}
+# No key ships with the code: a benchmark signs with one of its own, new each run, shared by the
+# processes it starts (they inherit the environment) and by what it signs in-process.
+os.environ["SECRET_KEY"] = BENCH_SECRET_KEY = secrets.token_urlsafe(32)
 
 
 def free_port() -> int:

@@ -31,7 +31,7 @@ from tests.pgserver import PostgresServer  # noqa: E402
 from tests.smtp import SmtpServer, free_port  # noqa: E402
 
 sys.path.insert(0, str(BACKEND_DIR / "bench"))
-from _harness import service_row, user_row  # noqa: E402
+from _harness import BENCH_SECRET_KEY, service_row, user_row  # noqa: E402
 
 PASSWORD = "a drill password that nobody uses"
 OPENS, CLOSES = wall(6), wall(22)
@@ -135,7 +135,7 @@ def deployment(**settings: str) -> Iterator[Stack]:
             **os.environ,
             "PYTHONUNBUFFERED": "1",
             "ENVIRONMENT": "test",
-            "SECRET_KEY": "drill-secret-" + "x" * 40,
+            "SECRET_KEY": BENCH_SECRET_KEY,
             "DATABASE_URL": database_url,
             "REDIS_URL": redis.url,
             "MAIL_SERVER": smtp.host,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 from _bench_app import BARE_PATH
-from _harness import api_server, bench_database
+from _harness import BENCH_SECRET_KEY, api_server, bench_database
 
 PASSWORD = "a bench password that nobody uses"
 EMAIL = "bench-me@example.com"
@@ -125,7 +125,7 @@ def main() -> None:
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
             "ENVIRONMENT": "production",
-            "SECRET_KEY": "bench-" + "x" * 40,
+            "SECRET_KEY": BENCH_SECRET_KEY,
             "LOG_LEVEL": args.log_level,
         }
         log_path = workdir / "api.log"

@@ -10,6 +10,7 @@ embedded servers are started once, by the controlling process, and shared by its
 
 import asyncio
 import os
+import secrets
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -21,6 +22,11 @@ import pytest
 from httpx import ASGITransport, AsyncClient
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
+# No key ships with the code: the tests sign with one of their own, new each run (each xdist worker has
+# its own; the processes a test starts inherit it). Set before anything reads the settings.
+TEST_SECRET_KEY = os.environ["SECRET_KEY"] = secrets.token_urlsafe(32)
+os.environ.pop("SECRET_KEY_FILE", None)
+os.environ.pop("PREVIOUS_SECRET_KEYS", None)
 
 
 def _with_database(url: str, name: str) -> str:
@@ -109,7 +115,7 @@ def service_urls() -> Iterator[dict[str, str]]:
         ENVIRONMENT="test",
         DATABASE_URL=test_db_url,
         REDIS_URL=redis_url,
-        SECRET_KEY="test-secret-key-" + "x" * 32,
+        SECRET_KEY=TEST_SECRET_KEY,
         LOG_LEVEL="WARNING",
     )
     from app.config import get_settings

@@ -86,6 +86,7 @@ class Reminder(Base):
     __table_args__ = (
         Index("uq_reminders_appointment_offset", "appointment_id", "offset_minutes", unique=True),
         Index("ix_reminders_due", "due_at", postgresql_where=text("sent_at IS NULL")),
+        Index("ix_reminders_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),  # retention
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -14,6 +14,9 @@ class Role(enum.StrEnum):
     admin = "admin"
 
 
+UNVERIFIED = "email_verified_at IS NULL AND deleted_at IS NULL"
+
+
 class User(UUIDPk, Timestamps, Base):
     __tablename__ = "users"
     __table_args__ = (
@@ -24,6 +27,8 @@ class User(UUIDPk, Timestamps, Base):
         Index("ix_users_created", "created_at", "id", postgresql_where=text("deleted_at IS NULL")),
         Index("ix_users_role_created", "role", "created_at", "id", postgresql_where=text("deleted_at IS NULL")),
         Index("ix_users_role_name", "role", "full_name", "id"),
+        # Retention: accounts never verified, oldest first (app/services/retention.py).
+        Index("ix_users_unverified", "created_at", postgresql_where=text(UNVERIFIED)),
     )
 
     email: Mapped[str] = mapped_column(String(320))  # stored lower-cased
@@ -55,6 +60,10 @@ class ActionToken(Base):
     """Single-use tokens mailed to a user; only a SHA-256 of the token is kept."""
 
     __tablename__ = "action_tokens"
+    __table_args__ = (  # retention: spent tokens, oldest first (app/services/retention.py)
+        Index("ix_action_tokens_used_at", "used_at", postgresql_where=text("used_at IS NOT NULL")),
+        Index("ix_action_tokens_expires_at", "expires_at"),
+    )
 
     token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)

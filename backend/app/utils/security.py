@@ -18,6 +18,7 @@ from pwdlib.hashers.bcrypt import BcryptHasher
 
 from app.config import get_settings
 from app.utils.gate import Gate
+from app.utils.keys import Keyring, keyring
 
 ALGORITHM = "HS256"
 ACCESS_TOKEN_TYPE = "access"
@@ -117,7 +118,8 @@ def create_access_token(
         "nbf": int(issued.timestamp()),
         "exp": int((issued + timedelta(seconds=lifetime)).timestamp()),
     }
-    return jwt.encode(claims, settings.secret_key, algorithm=ALGORITHM), lifetime
+    signer = keyring().current
+    return jwt.encode(claims, signer.secret, algorithm=ALGORITHM, headers={"kid": signer.kid}), lifetime
 
 
 def decode_access_token(token: str) -> AccessClaims:
@@ -128,17 +130,22 @@ def decode_access_token(token: str) -> AccessClaims:
     not a property of the token and stays with the caller (`auth.authenticate_access`).
     """
     settings = get_settings()
-    claims = _verified_claims(token, settings.secret_key, settings.jwt_audience, settings.jwt_issuer)
+    claims = _verified_claims(token, keyring(), settings.jwt_audience, settings.jwt_issuer)
     if time.time() >= claims.expires_at:
         raise jwt.ExpiredSignatureError("Signature has expired")
     return claims
 
 
 @lru_cache(maxsize=4096)  # invalid tokens raise, and exceptions are not cached
-def _verified_claims(token: str, secret_key: str, audience: str, issuer: str) -> AccessClaims:
+def _verified_claims(token: str, keys: Keyring, audience: str, issuer: str) -> AccessClaims:
+    # Verified by the key the header names (a rotated-out key verifies until it is dropped); a token
+    # naming no key of ours, or none at all, is refused.
+    key = keys.find(jwt.get_unverified_header(token).get("kid"))
+    if key is None:
+        raise jwt.InvalidTokenError("not signed by a key of ours")
     claims = jwt.decode(
         token,
-        secret_key,
+        key.secret,
         algorithms=[ALGORITHM],
         audience=audience,
         issuer=issuer,

@@ -103,9 +103,12 @@ def test_with_configured_servers(service_urls, tmp_path):
 
 
 def test_with_nothing_configured_starts_embedded_servers(tmp_path):
-    env = {name: value for name, value in os.environ.items() if name not in ("DATABASE_URL", "REDIS_URL")}
+    """A fresh clone: no servers, no environment, no key (dev makes one and keeps it in DATA_DIR)."""
+    unset = ("DATABASE_URL", "REDIS_URL", "ENVIRONMENT", "SECRET_KEY")
+    env = {name: value for name, value in os.environ.items() if name not in unset}
     with running_dev(tmp_path, env, embedded=True) as dev:
         runs_the_stack_and_stops_cleanly_on_ctrl_c(dev)
+    assert len((tmp_path / "secret_key").read_text().strip()) >= 32
 
 
 def runs_the_stack_and_stops_cleanly_on_ctrl_c(dev: DevServer) -> None:

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import secrets
 import time
 
 import pyotp
@@ -453,11 +454,32 @@ class TestTotpErasure:
         assert await session.scalar(select(TotpCredential.user_id)) is None
         assert await session.scalar(select(TotpRecoveryCode.id)) is None
 
-    async def test_a_secret_sealed_under_another_key_leaves_the_recovery_codes(self, client, session, monkeypatch):
+    async def test_a_secret_sealed_under_another_key_leaves_the_recovery_codes(self, client, session, deploy_keys):
         staff = await create_staff(session)
         _, recovery, following = await enable_totp(client, await _login_headers(client, staff.email))
-        monkeypatch.setattr(get_settings(), "secret_key", "another key of at least thirty-two characters!")
+        deploy_keys(secrets.token_urlsafe(32))  # the sealing key dropped at once
         login = {"username": staff.email, "password": PASSWORD}
         stale = await client.post("/api/v1/auth/login", data=login | {"totp_code": following})
         assert stale.status_code == 400 and stale.json()["code"] == "totp_invalid"
         assert (await client.post("/api/v1/auth/login", data=login | {"totp_code": recovery[0]})).status_code == 200
+
+    async def test_a_secret_opens_after_a_rotation_while_its_key_is_listed(self, client, session, deploy_keys):
+        staff = await create_staff(session)
+        _, _, following = await enable_totp(client, await _login_headers(client, staff.email))
+        deploy_keys(secrets.token_urlsafe(32), get_settings().secret_key)
+        login = {"username": staff.email, "password": PASSWORD, "totp_code": following}
+        assert (await client.post("/api/v1/auth/login", data=login)).status_code == 200
+
+
+@pytest.fixture
+def deploy_keys(monkeypatch):
+    """New keys as a deployment sets them: `deploy_keys(current, *previous)`, settings read again."""
+
+    def deploy(current: str, *previous: str) -> None:
+        monkeypatch.setenv("SECRET_KEY", current)
+        monkeypatch.setenv("PREVIOUS_SECRET_KEYS", ",".join(previous))
+        get_settings.cache_clear()
+
+    yield deploy
+    monkeypatch.undo()
+    get_settings.cache_clear()

@@ -16,6 +16,7 @@ from app.config import get_settings
 from app.models import ActionToken, Role, User
 from app.redis import get_redis
 from app.services.accounts import tokens
+from app.utils.keys import keyring
 from app.utils.security import token_digest
 from tests.assertions import assert_invalid_grant, assert_problem, assert_unauthorized
 from tests.factories import (
@@ -520,7 +521,9 @@ def _claims(user: User, **changes) -> dict:
 
 
 def _sign(claims: dict, algorithm: str = "HS256", key: str | None = None) -> str:
-    return jwt.encode(claims, key or get_settings().secret_key, algorithm=algorithm)
+    """Signed as the server signs (its current key, named in the header), or with another `key`."""
+    ours = keyring().current
+    return jwt.encode(claims, key or ours.secret, algorithm=algorithm, headers={"kid": ours.kid})
 
 
 REQUIRED_CLAIMS = ["sub", "exp", "iat", "nbf", "jti", "iss", "aud", "typ", "role", "sid"]

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from loguru import logger
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from app.cli import main
 from app.models import User
@@ -19,6 +19,7 @@ from app.services.accounts.passwords import common_passwords
 from app.services.demo import DEMO_ACCOUNTS, DEMO_PASSWORD
 from app.utils.mailcatcher import MailCatcher, extract_links
 from app.utils.security import verify_password
+from tests.factories import create_user
 
 BACKEND_DIR = Path(__file__).resolve().parents[2]
 PASSPHRASE = "a fine long passphrase"
@@ -136,6 +137,41 @@ class TestMigrate:
     async def test_is_a_no_op_on_an_up_to_date_database(self, service_urls, capsys):
         assert await run_cli("migrate") == 0
         assert "database schema is up to date" in capsys.readouterr().out
+
+
+class TestEraseUser:
+    async def test_erases_by_id_as_the_user_would(self, session, capsys):
+        user = await create_user(session, email="erase.me@example.com")
+
+        assert await run_cli("erase-user", str(user.id)) == 0
+
+        assert f"erased {user.id}" in capsys.readouterr().out
+        erased = (await users_by_email(session)).get(f"deleted-{user.id}@deleted.invalid")
+        assert erased is not None and erased.deleted_at is not None and erased.full_name == "Deleted user"
+
+    async def test_an_unknown_id_changes_nothing(self, session, capsys):
+        user = await create_user(session)
+        assert await run_cli("erase-user", str(user.id), "00000000-0000-0000-0000-000000000000") == 1
+        assert "no account with id 00000000-0000-0000-0000-000000000000" in capsys.readouterr().err
+        assert (await users_by_email(session))[user.email].deleted_at is None
+
+
+class TestPurge:
+    async def test_deletes_what_is_past_its_retention_and_says_how_much(self, session, service_urls):
+        old = "now() - interval '400 days'"
+        await session.execute(
+            text(f"INSERT INTO audit_log (action, entity_type, entity_id, created_at) VALUES ('x', 'user', '1', {old})")
+        )
+        await session.execute(text("INSERT INTO audit_log (action, entity_type, entity_id) VALUES ('x', 'user', '2')"))
+        await session.commit()
+
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "purge"], cwd=BACKEND_DIR, capture_output=True, text=True, timeout=120
+        )
+
+        assert done.returncode == 0, done.stderr
+        assert "       1 audit entries" in done.stdout.splitlines()
+        assert await session.scalar(text("SELECT array_agg(entity_id) FROM audit_log")) == ["2"]
 
 
 def _message(subject: str, text: str, html: str) -> EmailMessage:

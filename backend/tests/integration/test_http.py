@@ -2,6 +2,7 @@
 
 import json
 import re
+import secrets
 
 import pytest
 from httpx import ASGITransport, AsyncClient
@@ -186,7 +187,7 @@ class TestSecurityHeaders:
             assert len(asset.content) > 1000, url
 
     async def test_hsts_in_production(self, service_urls):
-        settings = Settings(environment="production", secret_key="p" * 48)
+        settings = Settings(environment="production", secret_key=secrets.token_urlsafe(32))
         try:
             production = create_app(settings)
             async with AsyncClient(transport=ASGITransport(app=production), base_url="https://api.example") as http:

@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from app.database import after_commit, unit_of_work
 from app.errors import IdempotencyKeyInProgress, IdempotencyKeyReused, NotFound, RateLimited
 from app.models import IdempotencyKey, User
+from app.services import retention
 from app.services.booking import idempotency
 from tests.factories import create_user, unique_email
 
@@ -276,17 +277,17 @@ class TestExpiry:
         await self.age(session, 25)
         await run_once(user_id, "fresh", counting({}, []))
 
-        assert await idempotency.purge_expired(batch=2) == 5
+        assert await retention.purge(retention.IDEMPOTENCY_KEYS, batch=2) == 5
 
         keys = await session.scalars(select(IdempotencyKey.key))
         assert list(keys) == ["fresh"]
-        assert await idempotency.purge_expired_keys({}) == 0
+        assert await retention.purge_expired_idempotency_keys({}) == 0
 
     async def test_after_the_purge_the_key_runs_afresh(self, app, session, user_id):
         calls: list[int] = []
         await run_once(user_id, "k", counting({"id": "a"}, calls))
         await self.age(session, 25)
-        await idempotency.purge_expired()
+        await retention.purge(retention.IDEMPOTENCY_KEYS)
 
         answer = await run_once(user_id, "k", counting({"id": "b"}, calls), print_="another request")
 
@@ -305,6 +306,6 @@ class TestExpiry:
     async def test_a_key_within_the_day_still_replays(self, app, session, user_id):
         await run_once(user_id, "k", counting({"id": "a"}, []))
         await self.age(session, 23.9)
-        await idempotency.purge_expired()
+        await retention.purge(retention.IDEMPOTENCY_KEYS)
 
         assert (await run_once(user_id, "k", counting({"id": "b"}, []))).body == {"id": "a"}

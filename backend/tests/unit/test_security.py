@@ -9,6 +9,7 @@ import pytest
 from pwdlib.hashers.bcrypt import BcryptHasher
 
 from app.config import get_settings
+from app.utils.keys import keyring
 from app.utils.security import (
     create_access_token,
     decode_access_token,
@@ -111,7 +112,7 @@ class TestAccessTokens:
         now = int(time.time())
         changes = {k: now + v if k in ("exp", "nbf") else v for k, v in changes.items()}
         claims = {**jwt.decode(token, options={"verify_signature": False}), **changes}
-        forged = jwt.encode(claims, get_settings().secret_key, algorithm="HS256")
+        forged = jwt.encode(claims, keyring().current.secret, algorithm="HS256", headers={"kid": keyring().current.kid})
         with pytest.raises(jwt.InvalidTokenError):
             decode_access_token(forged)
 
@@ -120,7 +121,7 @@ class TestAccessTokens:
         token, _ = create_access_token(uuid.uuid4(), "user", session_id="f")
         claims = jwt.decode(token, options={"verify_signature": False})
         with pytest.raises(jwt.InvalidTokenError):
-            decode_access_token(jwt.encode(claims, get_settings().secret_key, algorithm="HS512"))
+            decode_access_token(jwt.encode(claims, keyring().current.secret, algorithm="HS512"))
         header, payload, _ = token.split(".")
         unsigned = jwt.utils.base64url_encode(b'{"alg":"none","typ":"JWT"}').decode() + f".{payload}."
         with pytest.raises(jwt.InvalidTokenError):
@@ -145,7 +146,8 @@ class TestVerifiedTokensAreRemembered:
     def test_a_forged_token_is_refused_every_time(self):
         token, _ = create_access_token(uuid.uuid4(), "user", session_id="f" * 32)
         claims = jwt.decode(token, options={"verify_signature": False})
-        forged = jwt.encode(claims, "not our secret key, but just as long as ours", algorithm="HS256")
+        header = {"kid": keyring().current.kid}  # names our key, but signed with another
+        forged = jwt.encode(claims, "not our secret key, but just as long as ours", algorithm="HS256", headers=header)
         for _ in range(2):
             with pytest.raises(jwt.InvalidSignatureError):
                 decode_access_token(forged)

@@ -8,8 +8,8 @@ every email about them and every audit entry by or about them, their name, addre
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
 and the audit trail's shape (who did what, when). Future live appointments are cancelled first,
 with the usual emails to the other party, which leave anonymised too. A last sweep replaces the
-address (and a phone number) in every text and JSON column of every table; after the commit, the
-stored answers of the person's idempotent requests leave Redis.
+address (and a phone number) in every text and JSON column of every table, and the stored answers
+of the person's idempotent requests (`idempotency_keys`) are deleted.
 """
 
 import re

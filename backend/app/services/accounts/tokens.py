@@ -8,15 +8,14 @@ login's steps touch together sits in one slot):
   denied-jti:{F}:<jti>     -> "1" until the access token (of login F) would have expired
   user-families:<user>     -> set of family ids (for logout-all), read and written on its own
 
-`successor` is the next token's secret XOR-ed with a key derived (HMAC with SECRET_KEY) from the
-rotated token itself: only whoever presents that token can recover it, and no token is stored in a
-readable form. It lets a token presented again within REFRESH_REUSE_GRACE_SECONDS of its rotation
-(two tabs refreshing at once) answer the same successor instead of ending the login.
+`successor` is the next token's secret XOR-ed with a key derived (HMAC with the signing key) from the
+rotated token itself, behind the `kid` of that signing key: only whoever presents that token can
+recover it, and no token is stored in a readable form. It lets a token presented again within
+REFRESH_REUSE_GRACE_SECONDS of its rotation (two tabs refreshing at once) answer the same successor
+instead of ending the login; a seal made just before a key rotation is opened with the previous key.
 """
 
 import base64
-import hashlib
-import hmac
 import re
 import secrets
 import time
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from app.config import get_settings
 from app.errors import InvalidRefreshToken, TokenReused
 from app.redis import get_redis
+from app.utils.keys import SigningKey, keyring
 from app.utils.security import token_digest
 
 _SECRET_BYTES = 32
@@ -72,17 +72,21 @@ def _new_token(family: str) -> tuple[str, bytes]:
     return f"{family}.{base64.urlsafe_b64encode(secret).rstrip(b'=').decode()}", secret
 
 
-def _pad(presented: str) -> bytes:
-    key = get_settings().secret_key.encode()
-    return hmac.new(key, b"refresh-successor\x00" + presented.encode(), hashlib.sha256).digest()
+def _pad(key: SigningKey, presented: str) -> bytes:
+    return key.mac(b"refresh-successor", presented.encode())
 
 
 def _seal(presented: str, secret: bytes) -> str:
-    return bytes(a ^ b for a, b in zip(secret, _pad(presented), strict=True)).hex()
+    key = keyring().current
+    return f"{key.kid}:{bytes(a ^ b for a, b in zip(secret, _pad(key, presented), strict=True)).hex()}"
 
 
 def _unseal(presented: str, family: str, sealed: str) -> str:
-    secret = bytes(a ^ b for a, b in zip(bytes.fromhex(sealed), _pad(presented), strict=True))
+    kid, _, seal = sealed.rpartition(":")
+    key = keyring().find(kid) if kid else keyring().current  # a seal from before key ids: the key of then
+    if key is None:  # sealed by a key dropped since (rotated out longer ago than any grace window)
+        raise InvalidRefreshToken()
+    secret = bytes(a ^ b for a, b in zip(bytes.fromhex(seal), _pad(key, presented), strict=True))
     return f"{family}.{base64.urlsafe_b64encode(secret).rstrip(b'=').decode()}"
 
 

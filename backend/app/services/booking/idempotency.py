@@ -14,7 +14,8 @@ the commit, a lost answer or a Redis outage cannot make a retry book twice.
 3. Once the change has started, its answer is the answer (as at Stripe): a 4xx the service raised is
    stored and replayed, the savepoint having undone whatever the change did. Not stored: 5xx and
    unexpected errors (everything rolls back, the key is free again), 429, and the key's own errors.
-4. A key lives `TTL`; an older row counts as absent, and the worker deletes them in batches.
+4. A key lives `TTL`; an older row counts as absent, and the worker deletes them in batches
+   (`services.retention`).
 """
 
 import hashlib
@@ -25,18 +26,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from loguru import logger
-from sqlalchemy import delete, text
+from sqlalchemy import delete
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.database import driver_connection, raw_execute, raw_fetchrow, unit_of_work
+from app.database import driver_connection, raw_execute, raw_fetchrow
 from app.errors import AppError, IdempotencyKeyInProgress, IdempotencyKeyReused, RateLimited
 from app.models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
 
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 10.0
-PURGE_BATCH = 1000
 _LOCK_NOT_AVAILABLE = "55P03"
 _NOT_STORED = (IdempotencyKeyInProgress, IdempotencyKeyReused, RateLimited)
 
@@ -188,31 +187,6 @@ async def run(
         answer = Answer(exc.status, error_body(exc), headers=exc.headers)
     await finish(session, user_id, key, answer)
     return answer
-
-
-_PURGE = text(
-    "DELETE FROM idempotency_keys WHERE (user_id, key) IN (SELECT user_id, key FROM idempotency_keys"
-    " WHERE created_at < now() - make_interval(secs => :ttl) LIMIT :batch FOR UPDATE SKIP LOCKED)"
-)
-
-
-async def purge_expired(batch: int = PURGE_BATCH) -> int:
-    """Delete keys older than `TTL`, `batch` rows per transaction (no long locks); how many went."""
-    purged = 0
-    while True:
-        async with unit_of_work() as session:
-            result = await session.execute(_PURGE, {"ttl": TTL.total_seconds(), "batch": batch})
-        purged += result.rowcount
-        if result.rowcount < batch:
-            return purged
-
-
-async def purge_expired_keys(ctx: dict[str, Any]) -> int:
-    """The worker's cron job."""
-    purged = await purge_expired()
-    if purged:
-        logger.info("purged {} expired idempotency keys", purged)
-    return purged
 
 
 async def forget_user(session: AsyncSession, user_id: uuid.UUID) -> None:

@@ -1,5 +1,6 @@
 """The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
-runs the reminder cron (`app.services.messaging.reminders`) and purges expired idempotency keys.
+runs the reminder cron (`app.services.messaging.reminders`), purges expired idempotency keys every ten
+minutes and, daily, everything past its retention (`app.services.retention`).
 
 Two paths lead to `attempt_delivery`, which claims the row for `outbox_lease_seconds` in a short
 transaction (`claimed_by`, `claimed_until`), sends it with no transaction open, and records `sent_at`
@@ -39,13 +40,14 @@ from app.config import get_settings
 from app.database import dispose_engine, get_sessionmaker, set_role
 from app.logging import setup_logging
 from app.models import OutboxMessage
-from app.services.booking.idempotency import purge_expired_keys
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import DELIVER_JOB, job_id, queue_redis_settings, redacted
 from app.services.messaging.reminders import send_due_reminders
+from app.services.retention import purge_expired_idempotency_keys, purge_retained
 
 SUPERVISED = "supervised"  # ctx flag: the caller runs the relay and owns logging and the engine
 JOB_TIMEOUT_SECONDS = 60
+RETENTION_TIMEOUT_SECONDS = 3600  # a first run may meet a long backlog; it goes in short transactions
 JOB_CLOCK_SLACK = timedelta(seconds=0.25)  # arq defers by the worker's clock, the row is checked by the database's
 RELAY_BATCH = 100
 RESTART_MAX_DELAY_SECONDS = 5
@@ -305,7 +307,15 @@ class WorkerSettings:
     cron_jobs = [
         cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120),
         # Idempotency keys live 24 h; a sweep every ten minutes keeps the table small.
-        cron(purge_expired_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),
+        cron(purge_expired_idempotency_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),
+        cron(
+            purge_retained,
+            hour=get_settings().retention_hour,
+            minute=17,
+            second=45,
+            timeout=RETENTION_TIMEOUT_SECONDS,
+            keep_result=86400,
+        ),
     ]
     on_startup = startup
     on_shutdown = shutdown
