@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -26,10 +25,17 @@ from app.config import get_settings
 from app.errors import AppError, NotFound
 from app.models import Service
 from app.redis import get_redis
-from app.schemas.availability import render
+from app.schemas.availability import render, render_starts
 from app.services.scheduling import availability_cache as cache
 from app.services.scheduling.availability_changes import bump_versions, invalidate_after_commit
-from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
+from app.services.scheduling.availability_engine import (
+    ServiceRules,
+    Slot,
+    StaffCalendar,
+    free_slots,
+    staff_slots,
+    staff_starts,
+)
 from app.services.scheduling.availability_queries import load_calendars, offering_staff, service_and_staff
 from app.utils.time import from_timestamp, timestamp, utcnow
 
@@ -141,9 +147,10 @@ async def availability_text(
         await cache.write_days(computed, rules_key, tags)
         for member, computed_days in computed.items():
             found.setdefault(member, {}).update(computed_days)
-    slots = _assemble(found, days, rules, timestamp(earliest, ceil=True), timestamp(latest, ceil=True))
-    body = render(slots, start, end, zone)
-    await _cache_set(key, body, cache_lifetime(slots, rules, now))
+    starts = _assemble(found, days, timestamp(earliest, ceil=True), timestamp(latest, ceil=True))
+    body = render_starts(starts, rules.duration // _SECOND, start, end, zone)
+    first = min((member_starts[0] for member_starts in starts.values() if member_starts), default=None)
+    await _cache_set(key, body, _lifetime(first, rules, now))
     return body
 
 
@@ -166,7 +173,7 @@ async def _compute_days(
     whole_days = replace(rules, min_notice=timedelta(0), max_advance=high - low + timedelta(days=1))
     computed: dict[uuid.UUID, dict[date, list[int]]] = {}
     for calendar in calendars:
-        starts = [slot.start for slot in staff_slots(calendar, whole_days, low, high, low)]
+        starts = staff_starts(calendar, whole_days, low, high, low)
         computed[calendar.staff_id] = {
             day: starts[bisect.bisect_left(starts, lo) : bisect.bisect_left(starts, hi)]
             for day, (lo, hi) in bounds[calendar.staff_id].items()
@@ -175,21 +182,18 @@ async def _compute_days(
 
 
 def _assemble(
-    found: dict[uuid.UUID, dict[date, list[int]]],
-    days: dict[uuid.UUID, list[date]],
-    rules: ServiceRules,
-    earliest: int,
-    latest: int,
-) -> list[Slot]:
-    """The slots of every staff member in [earliest, latest), by time, then in staff order."""
-    duration = rules.duration // _SECOND
-    slots: list[Slot] = []
+    found: dict[uuid.UUID, dict[date, list[int]]], days: dict[uuid.UUID, list[date]], earliest: int, latest: int
+) -> dict[uuid.UUID, list[int]]:
+    """Each staff member's free starts in [earliest, latest), ascending (their days follow each other)."""
+    starts: dict[uuid.UUID, list[int]] = {}
     for member, dates in days.items():
+        member_starts: list[int] = []
         for day in dates:
-            slots += [Slot(s, s + duration, member) for s in found[member][day] if earliest <= s < latest]
-    if len(days) > 1:
-        slots.sort(key=itemgetter(0))  # stable: equal starts keep the staff order
-    return slots
+            member_starts += found[member][day]
+        starts[member] = member_starts[
+            bisect.bisect_left(member_starts, earliest) : bisect.bisect_left(member_starts, latest)
+        ]
+    return starts
 
 
 # --- booking checks ------------------------------------------------------------------------------
@@ -276,11 +280,15 @@ def _answer_key(
     return "availability-answer:" + hashlib.sha256(material.encode()).hexdigest()
 
 
-def cache_lifetime(slots: list[Slot], rules: ServiceRules, now: datetime) -> int:
+def cache_lifetime(slots: Sequence[Slot], rules: ServiceRules, now: datetime) -> int:
     """Seconds the answer stays right: until the earliest slot falls inside the minimum notice."""
-    if not slots:
+    return _lifetime(min((slot.start for slot in slots), default=None), rules, now)
+
+
+def _lifetime(first: int | None, rules: ServiceRules, now: datetime) -> int:
+    """`cache_lifetime` of an answer whose earliest start is `first` (None: no slots)."""
+    if first is None:
         return CACHE_SECONDS
-    first = min(slot.start for slot in slots)
     return min(CACHE_SECONDS, first - timestamp(now + rules.min_notice, ceil=True))
 
 

@@ -31,11 +31,13 @@ from redis.exceptions import RedisError
 
 from app.redis import get_redis
 from app.services.scheduling.availability_engine import ServiceRules
-from app.utils.time import local_bound_to_utc, timestamp
+from app.utils.time import fixed_offset, local_bound_to_utc, timestamp
 
 CACHE_SECONDS = 30
 HASH_SECONDS = 24 * 3600  # versions outlive every entry filed under them
 _DAY = timedelta(days=1)
+_SECOND = timedelta(seconds=1)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _SHORTEST_DAY = timedelta(hours=23)  # a local day is at least this long (a clock change takes an hour)
 Versions = dict[str, str]
 
@@ -57,10 +59,15 @@ def reach_days(rules: ServiceRules) -> int:
 
 def day_bounds(day: date, zone: ZoneInfo) -> tuple[int, int]:
     """[local midnight, next local midnight) of `day`, in epoch seconds."""
-    return (
-        timestamp(local_bound_to_utc(day, time(0), zone)),
-        timestamp(local_bound_to_utc(day + _DAY, time(0), zone)),
-    )
+    return local_midnight(day, zone), local_midnight(day + _DAY, zone)
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> int:
+    """The first instant of a local date, in epoch seconds (the end of the gap if the clocks skip midnight)."""
+    offset = fixed_offset(day, zone)
+    if offset is None:  # the clocks change that day: the general (slower) rule
+        return timestamp(local_bound_to_utc(day, time(0), zone))
+    return (day.toordinal() - _EPOCH_ORDINAL) * 86400 - offset // _SECOND
 
 
 def dates_between(first: date, last: date) -> list[date]:

@@ -173,10 +173,10 @@ def _free_starts(runs: list[tuple[int, int]], step: int, lows: list[int], highs:
     return free
 
 
-def staff_slots(
+def staff_starts(
     calendar: StaffCalendar, rules: ServiceRules, window_start: datetime, window_end: datetime, now: datetime
-) -> list[Slot]:
-    """Free slots of one staff member starting in [window_start, window_end), in time order."""
+) -> list[int]:
+    """The free starts (epoch seconds) of one staff member in [window_start, window_end), ascending."""
     # Starts are whole seconds: start >= x <=> start >= ceil(x), and start < y <=> start < ceil(y).
     earliest = timestamp(max(window_start, now + rules.min_notice), ceil=True)
     latest = timestamp(min(window_end, now + rules.max_advance), ceil=True)
@@ -189,8 +189,15 @@ def staff_slots(
         return []
     lows, highs = _forbidden(calendar, duration, rules.buffer_before // _SECOND, rules.buffer_after // _SECOND)
     starts = _free_starts(runs, step, lows, highs)
-    if overlapping:
-        starts = sorted(set(starts))
+    return sorted(set(starts)) if overlapping else starts
+
+
+def staff_slots(
+    calendar: StaffCalendar, rules: ServiceRules, window_start: datetime, window_end: datetime, now: datetime
+) -> list[Slot]:
+    """Free slots of one staff member starting in [window_start, window_end), in time order."""
+    starts = staff_starts(calendar, rules, window_start, window_end, now)
+    duration = rules.duration // _SECOND
     ends = map(add, starts, repeat(duration))
     # tuple.__new__ builds the named tuples in C: no Python frame per slot.
     return list(map(tuple.__new__, repeat(Slot), zip(starts, ends, repeat(calendar.staff_id))))
