@@ -36,7 +36,12 @@ from app.services.scheduling.availability_engine import (
     staff_slots,
     staff_starts,
 )
-from app.services.scheduling.availability_queries import load_calendars, offering_staff, service_and_staff
+from app.services.scheduling.availability_queries import (
+    ServiceTerms,
+    load_calendars,
+    offering_staff,
+    service_and_staff,
+)
 from app.utils.time import from_timestamp, timestamp, utcnow
 
 MAX_WINDOW = timedelta(days=62)
@@ -53,7 +58,7 @@ class InvalidWindow(AppError):
     status, code, title = 422, "invalid_window", "The time window is not valid"
 
 
-def rules_for(service: Service) -> ServiceRules:
+def rules_for(service: Service | ServiceTerms) -> ServiceRules:
     step = get_settings().slot_step_minutes
     return ServiceRules(
         duration=timedelta(minutes=service.duration_minutes),
@@ -107,7 +112,6 @@ async def find_slots(
 
 
 async def availability_text(
-    session: AsyncSession,
     service_id: uuid.UUID,
     start: datetime,
     end: datetime,
@@ -115,9 +119,12 @@ async def availability_text(
     staff_id: uuid.UUID | None = None,
     zone: ZoneInfo | None = None,
 ) -> str:
-    """The public answer as JSON text (see `app.schemas.availability.render`), cached by day."""
+    """The public answer as JSON text (see `app.schemas.availability.render`), cached by day.
+
+    Read outside any transaction, on the read pool: each query sees what was committed when it
+    began, which is all the cache's versions rely on (see `availability_cache`)."""
     validate_window(start, end)
-    service, staff = await service_and_staff(session, service_id, staff_id)
+    service, staff = await service_and_staff(None, service_id, staff_id)
     rules = rules_for(service)
     now = utcnow()
     earliest, latest = max(start, now + rules.min_notice), min(end, now + rules.max_advance)
@@ -130,7 +137,7 @@ async def availability_text(
     }
     versions = await cache.read_versions(around) if days else {}
     if versions is None:  # Redis is down: answer from the database alone
-        calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
+        calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
         return render(free_slots(calendars, rules, start, end, now), start, end, zone)
     firsts = {m: dates[0] for m, dates in around.items()}
     key = _answer_key(service.id, rules, staff, firsts, versions, start, end, zone)
@@ -143,7 +150,7 @@ async def availability_text(
     missing = {m: [d for d in dates if d not in found.get(m, {})] for m, dates in days.items()}
     missing = {m: dates for m, dates in missing.items() if dates}
     if missing:
-        computed = await _compute_days(session, {m: staff[m] for m in missing}, missing, rules)
+        computed = await _compute_days({m: staff[m] for m in missing}, missing, rules)
         await cache.write_days(computed, rules_key, tags)
         for member, computed_days in computed.items():
             found.setdefault(member, {}).update(computed_days)
@@ -163,13 +170,13 @@ def _local_days(earliest: datetime, latest: datetime, zone: ZoneInfo) -> list[da
 
 
 async def _compute_days(
-    session: AsyncSession, staff: dict[uuid.UUID, str], missing: dict[uuid.UUID, list[date]], rules: ServiceRules
+    staff: dict[uuid.UUID, str], missing: dict[uuid.UUID, list[date]], rules: ServiceRules
 ) -> dict[uuid.UUID, dict[date, list[int]]]:
     """Every free start of the missing days (whole days: notice and advance are applied later)."""
     bounds = {m: {d: cache.day_bounds(d, ZoneInfo(staff[m])) for d in dates} for m, dates in missing.items()}
     low = from_timestamp(min(b[0] for days in bounds.values() for b in days.values()))
     high = from_timestamp(max(b[1] for days in bounds.values() for b in days.values()))
-    calendars = await load_calendars(session, staff, low, high, margin=_margin(rules))
+    calendars = await load_calendars(None, staff, low, high, margin=_margin(rules))
     whole_days = replace(rules, min_notice=timedelta(0), max_advance=high - low + timedelta(days=1))
     computed: dict[uuid.UUID, dict[date, list[int]]] = {}
     for calendar in calendars:

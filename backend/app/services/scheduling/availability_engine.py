@@ -21,11 +21,11 @@ Instants are whole seconds since the epoch inside: integers are far cheaper than
 import bisect
 import itertools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from itertools import repeat
-from operator import add, itemgetter
+from operator import add, ge, itemgetter
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -56,6 +56,21 @@ class ServiceRules:
     step: timedelta | None = None  # None: step by the duration
 
 
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    """Ranges [start, end) in epoch seconds as two lists, the i-th start with the i-th end: what the
+    database sends, without a tuple per range. Iterates as (start, end) pairs."""
+
+    starts: list[int]
+    ends: list[int]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.starts, self.ends, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
 @dataclass
 class StaffCalendar:
     staff_id: uuid.UUID
@@ -63,8 +78,8 @@ class StaffCalendar:
     weekly: dict[int, list[Interval]]  # weekday (0 = Monday) -> intervals
     overrides: dict[date, list[Interval]] = field(default_factory=dict)  # replace that date's weekly hours
     # Live bookings' blocked ranges (buffers included) and time off: aware datetimes or epoch seconds.
-    busy: list[Range] | list[tuple[int, int]] = field(default_factory=list)
-    time_off: list[Range] | list[tuple[int, int]] = field(default_factory=list)
+    busy: Ranges | list[Range] | list[tuple[int, int]] = field(default_factory=list)
+    time_off: Ranges | list[Range] | list[tuple[int, int]] = field(default_factory=list)
 
 
 class Slot(NamedTuple):
@@ -83,26 +98,38 @@ class Slot(NamedTuple):
         return from_timestamp(self.end)
 
 
-def _seconds(ranges: Sequence[Range] | Sequence[tuple[int, int]]) -> Iterable[tuple[int, int]]:
-    if not ranges or isinstance(ranges[0][0], int):
-        return ranges  # type: ignore[return-value]
-    return [(timestamp(start), timestamp(end, ceil=True)) for start, end in ranges]  # type: ignore[arg-type]
+def _bounds(ranges: Ranges | Sequence[Range] | Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Starts and ends in epoch seconds (starts rounded down, ends up: a fraction never shrinks a range)."""
+    if isinstance(ranges, Ranges):
+        return ranges.starts, ranges.ends
+    if not ranges:
+        return [], []
+    if isinstance(ranges[0][0], int):
+        return [lo for lo, _ in ranges], [hi for _, hi in ranges]  # type: ignore[misc]
+    return [timestamp(lo) for lo, _ in ranges], [timestamp(hi, ceil=True) for _, hi in ranges]  # type: ignore[arg-type]
 
 
 def _forbidden(calendar: StaffCalendar, duration: int, before: int, after: int) -> tuple[list[int], list[int]]:
-    """The open intervals (lo, hi) of starts that would clash, merged, as sorted lows and highs."""
-    pairs = [(lo - duration - after, hi + before) for lo, hi in _seconds(calendar.busy)]
-    pairs += [(lo - duration, hi) for lo, hi in _seconds(calendar.time_off)]
-    pairs.sort()
-    lows: list[int] = []
-    highs: list[int] = []
-    for lo, hi in pairs:
-        if highs and lo < highs[-1]:  # open intervals that merely touch leave their common point free
-            highs[-1] = max(highs[-1], hi)
-        else:
-            lows.append(lo)
-            highs.append(hi)
-    return lows, highs
+    """The open intervals (lo, hi) of starts that would clash, merged, as sorted lows and highs.
+
+    A booking [b0, b1) forbids (b0 - duration - buffer_after, b1 + buffer_before), time off [t0, t1)
+    forbids (t0 - duration, t1). The lows and the highs are sorted *separately*: that pairs them
+    differently when intervals nest, but covers the same points (a point is covered exactly when
+    more lows than highs lie below it, whatever the pairing), and with both sorted the merge needs
+    no running maximum: consecutive intervals stay apart exactly where the next low is at or past
+    the previous high (open intervals that merely touch leave their common point free).
+    """
+    busy_lows, busy_highs = _bounds(calendar.busy)
+    off_lows, off_highs = _bounds(calendar.time_off)
+    lows = [*map(add, busy_lows, repeat(-duration - after)), *map(add, off_lows, repeat(-duration))]
+    highs = [*map(add, busy_highs, repeat(before)), *off_highs]
+    if not lows:
+        return [], []
+    lows.sort()
+    highs.sort()
+    following = lows[1:]
+    apart = list(map(ge, following, highs))  # apart[i]: interval i + 1 starts a new stretch
+    return [lows[0], *itertools.compress(following, apart)], [*itertools.compress(highs, apart), highs[-1]]
 
 
 def _hours(intervals: Iterable[Interval]) -> tuple[list[Interval], list[tuple[int, int]], bool]:
