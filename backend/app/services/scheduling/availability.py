@@ -128,13 +128,16 @@ async def availability_text(
     rules = rules_for(service)
     now = utcnow()
     earliest, latest = max(start, now + rules.min_notice), min(end, now + rules.max_advance)
-    zones = {member: ZoneInfo(name) for member, name in staff.items()}
-    days = {member: _local_days(earliest, latest, member_zone) for member, member_zone in zones.items()}
-    days = {member: dates for member, dates in days.items() if dates}
+    # Dates depend on the zone, not the person: staff members in one zone share them.
+    zone_days = {name: _local_days(earliest, latest, ZoneInfo(name)) for name in set(staff.values())}
     reach = cache.reach_days(rules)
-    around = {
-        m: cache.dates_between(d[0] - timedelta(days=reach), d[-1] + timedelta(days=reach)) for m, d in days.items()
+    zone_around = {
+        name: cache.dates_between(d[0] - timedelta(days=reach), d[-1] + timedelta(days=reach))
+        for name, d in zone_days.items()
+        if d
     }
+    days = {member: zone_days[name] for member, name in staff.items() if zone_days[name]}
+    around = {member: zone_around[staff[member]] for member in days}
     versions = await cache.read_versions(around) if days else {}
     if versions is None:  # Redis is down: answer from the database alone
         calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
@@ -173,17 +176,21 @@ async def _compute_days(
     staff: dict[uuid.UUID, str], missing: dict[uuid.UUID, list[date]], rules: ServiceRules
 ) -> dict[uuid.UUID, dict[date, list[int]]]:
     """Every free start of the missing days (whole days: notice and advance are applied later)."""
-    bounds = {m: {d: cache.day_bounds(d, ZoneInfo(staff[m])) for d in dates} for m, dates in missing.items()}
-    low = from_timestamp(min(b[0] for days in bounds.values() for b in days.values()))
-    high = from_timestamp(max(b[1] for days in bounds.values() for b in days.values()))
+    zone_dates: dict[str, set[date]] = {}
+    for member, dates in missing.items():
+        zone_dates.setdefault(staff[member], set()).update(dates)
+    bounds = {name: {d: cache.day_bounds(d, ZoneInfo(name)) for d in dates} for name, dates in zone_dates.items()}
+    low = from_timestamp(min(lo for days in bounds.values() for lo, _ in days.values()))
+    high = from_timestamp(max(hi for days in bounds.values() for _, hi in days.values()))
     calendars = await load_calendars(None, staff, low, high, margin=_margin(rules))
     whole_days = replace(rules, min_notice=timedelta(0), max_advance=high - low + timedelta(days=1))
     computed: dict[uuid.UUID, dict[date, list[int]]] = {}
     for calendar in calendars:
         starts = staff_starts(calendar, whole_days, low, high, low)
+        day_bounds = bounds[staff[calendar.staff_id]]
         computed[calendar.staff_id] = {
-            day: starts[bisect.bisect_left(starts, lo) : bisect.bisect_left(starts, hi)]
-            for day, (lo, hi) in bounds[calendar.staff_id].items()
+            day: starts[bisect.bisect_left(starts, day_bounds[day][0]) : bisect.bisect_left(starts, day_bounds[day][1])]
+            for day in missing[calendar.staff_id]
         }
     return computed
 

@@ -86,13 +86,26 @@ def touched_dates(ranges: Iterable[tuple[datetime, datetime]], zone: ZoneInfo) -
 # --- reading and writing -------------------------------------------------------------------------
 
 
+class _Fields(dict[date, str]):
+    """Hash field names by date, each built once (staff members of one zone share their dates)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, day: date) -> str:
+        name = self[day] = f"{self.prefix}{day}"
+        return name
+
+
 async def read_versions(wanted: Mapping[uuid.UUID, Sequence[date]]) -> dict[uuid.UUID, list[str]] | None:
     """Per staff member: the staff version, then these dates' versions ("0" if never bumped);
     None when Redis is down."""
+    fields = _Fields("d:")
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
             for staff_id, dates in wanted.items():
-                pipe.hmget(hash_key(staff_id), ["v", *(f"d:{d}" for d in dates)])
+                pipe.hmget(hash_key(staff_id), ["v", *map(fields.__getitem__, dates)])
             replies = await pipe.execute()
     except (RedisError, OSError):
         return None
@@ -113,8 +126,9 @@ async def read_days(
     """The cached free starts of these days that are still valid (tag matches, young enough)."""
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
+            fields = _Fields(f"s:{rules}:")
             for staff_id, dates in wanted.items():
-                pipe.hmget(hash_key(staff_id), [f"s:{rules}:{d}" for d in dates])
+                pipe.hmget(hash_key(staff_id), list(map(fields.__getitem__, dates)))
             replies = await pipe.execute()
     except (RedisError, OSError):
         return {}
@@ -137,7 +151,8 @@ async def write_days(
     """File each computed day under the tag read before its data was loaded; prune past days."""
     now = f"{clock.time():.3f}"
     today = datetime.now(UTC).date()
-    stale = [f"s:{rules}:{today - timedelta(days=n)}" for n in range(2, 10)]
+    fields = _Fields(f"s:{rules}:")
+    stale = [fields[today - timedelta(days=n)] for n in range(2, 10)]
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
             for staff_id, days in computed.items():
@@ -145,9 +160,9 @@ async def write_days(
                     continue
                 name = hash_key(staff_id)
                 pipe.hdel(name, *stale)
+                staff_tags = tags[staff_id]
                 entries = {
-                    f"s:{rules}:{day}": f"{tags[staff_id][day]}|{now}|{','.join(map(str, starts))}"
-                    for day, starts in days.items()
+                    fields[day]: f"{staff_tags[day]}|{now}|{','.join(map(str, starts))}" for day, starts in days.items()
                 }
                 pipe.hset(name, mapping=entries)
                 pipe.expire(name, HASH_SECONDS)
