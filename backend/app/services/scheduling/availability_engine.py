@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import repeat
 from operator import add, ge, itemgetter
 from typing import NamedTuple
@@ -143,6 +144,19 @@ def _clock_seconds(value: time) -> int:
     return value.hour * 3600 + value.minute * 60 + value.second
 
 
+@lru_cache(maxsize=64)
+def _local_days(earliest: int, latest: int, zone: ZoneInfo) -> tuple[tuple[date, int, int | None], ...]:
+    """The local dates around [earliest, latest) with their weekday and, on a day without a clock
+    change, their local midnight in epoch seconds (else None). Every staff member of one zone in a
+    request shares them."""
+    days = []
+    for day in local_dates(from_timestamp(earliest), from_timestamp(latest), zone):
+        offset = fixed_offset(day, zone)
+        midnight = None if offset is None else (day.toordinal() - _EPOCH_ORDINAL) * 86400 - offset // _SECOND
+        days.append((day, day.weekday(), midnight))
+    return tuple(days)
+
+
 def _runs(calendar: StaffCalendar, duration: int, step: int, earliest: int, latest: int) -> tuple[list, bool]:
     """(first, last) runs of grid starts inside working hours and [earliest, latest), ascending;
     and whether some day's intervals overlap (then runs may repeat starts)."""
@@ -150,15 +164,13 @@ def _runs(calendar: StaffCalendar, duration: int, step: int, earliest: int, late
     weekly = {weekday: _hours(intervals) for weekday, intervals in calendar.weekly.items()}
     runs: list[tuple[int, int]] = []
     overlapping = False
-    for day in local_dates(from_timestamp(earliest), from_timestamp(latest), zone):
+    for day, weekday, midnight in _local_days(earliest, latest, zone):
         override = calendar.overrides.get(day)
-        intervals, seconds, overlaps = weekly.get(day.weekday(), _NO_HOURS) if override is None else _hours(override)
+        intervals, seconds, overlaps = weekly.get(weekday, _NO_HOURS) if override is None else _hours(override)
         if not intervals:
             continue
         overlapping = overlapping or overlaps
-        offset = fixed_offset(day, zone)
-        if offset is not None:  # no clock change today: wall-clock steps are plain arithmetic
-            midnight = (day.toordinal() - _EPOCH_ORDINAL) * 86400 - offset // _SECOND
+        if midnight is not None:  # no clock change today: wall-clock steps are plain arithmetic
             for opens, closes in seconds:
                 first, last = midnight + opens, min(midnight + closes - duration, latest - 1)
                 if first < earliest:
