@@ -3,6 +3,7 @@
 import json
 import random
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -12,7 +13,14 @@ from pydantic import ValidationError
 from app.schemas.availability import Availability, AvailabilityQuery, UtcTexts, render, render_starts
 from app.services.scheduling.availability import CACHE_SECONDS, cache_lifetime
 from app.services.scheduling.availability_cache import local_midnight
-from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
+from app.services.scheduling.availability_engine import (
+    Ranges,
+    ServiceRules,
+    Slot,
+    StaffCalendar,
+    free_slots,
+    staff_slots,
+)
 from app.utils.time import fixed_offset, local_bound_to_utc, local_dates, local_to_utc, timestamp, wall_steps
 
 NEW_YORK, BERLIN = ZoneInfo("America/New_York"), ZoneInfo("Europe/Berlin")
@@ -627,6 +635,26 @@ class TestAgainstTheDefinition:
         engine = [(s.starts_at, s.ends_at) for s in staff_slots(cal, service, window_start, window_end, now)]
 
         assert engine == brute_force(cal, service, window_start, window_end, now)
+
+    @pytest.mark.parametrize("seed", range(0, 400, 4))
+    def test_ranges_as_two_arrays_in_any_order(self, seed):
+        """As the database sends them: starts and ends in epoch seconds, each array in its own order."""
+        generator = random.Random(seed)
+        cal, service, window_start, window_end, now = random_case(random.Random(seed))
+
+        def shuffled(ranges) -> Ranges:
+            starts = [timestamp(lo) for lo, _ in ranges]
+            ends = [timestamp(hi, ceil=True) for _, hi in ranges]
+            generator.shuffle(starts)
+            generator.shuffle(ends)
+            return Ranges(starts, ends)
+
+        arrays = replace(cal, busy=shuffled(cal.busy), time_off=shuffled(cal.time_off))
+
+        assert list(Ranges([1, 5], [3, 9])) == [(1, 3), (5, 9)]
+        assert staff_slots(arrays, service, window_start, window_end, now) == staff_slots(
+            cal, service, window_start, window_end, now
+        )
 
 
 class TestCacheLifetime:
