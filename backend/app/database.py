@@ -217,7 +217,7 @@ def _is_loss(exc: BaseException, connection: asyncpg.Connection | None) -> bool:
     )
 
 
-async def _fetch_row_once(sql: str, args: tuple[object, ...]) -> asyncpg.Record | None:
+async def _fetch_once(sql: str, args: tuple[object, ...], *, many: bool) -> Any:
     pool = connection = None
     try:
         pool = await _get_read_pool()  # connects: the server may be down
@@ -226,7 +226,7 @@ async def _fetch_row_once(sql: str, args: tuple[object, ...]) -> asyncpg.Record 
         except TimeoutError as exc:  # every read connection busy: the same answer as the engine's pool
             raise PoolTimeout("the read pool has no free connection") from exc
         try:
-            return await connection.fetchrow(sql, *args)
+            return await (connection.fetch(sql, *args) if many else connection.fetchrow(sql, *args))
         except Exception as exc:
             if _is_loss(exc, connection):
                 connection.terminate()  # never handed out again
@@ -249,9 +249,19 @@ async def fetch_row(sql: str, *args: object) -> asyncpg.Record | None:
     (the server restarted) is replaced and the read tried once more; errors leave as `DBAPIError`,
     so the problem handlers answer them like any other database error.
     """
+    return await _fetch(sql, args, many=False)
+
+
+async def fetch_rows(sql: str, *args: object) -> list[asyncpg.Record]:
+    """Every row of one read-only statement, the way `fetch_row` reads one (for the public
+    availability reads: no BEGIN/COMMIT, no ORM, each statement its own READ COMMITTED snapshot)."""
+    return await _fetch(sql, args, many=True)
+
+
+async def _fetch(sql: str, args: tuple[object, ...], *, many: bool) -> Any:
     for attempt in (1, 2):
         try:
-            return await _fetch_row_once(sql, args)
+            return await _fetch_once(sql, args, many=many)
         except _ConnectionLost as lost:
             if attempt == 2:
                 raise DBAPIError(sql, args, lost.__cause__, connection_invalidated=True) from lost.__cause__

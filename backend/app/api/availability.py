@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from app.api.deps import DbSession, RateLimitIP
+from app.api.deps import RateLimitIP
 from app.api.problems import problem_responses
 from app.config import get_settings
 from app.errors import NotFound, RateLimited
@@ -29,7 +29,7 @@ async def throttled(client_ip: RateLimitIP) -> None:
     responses=problem_responses(NotFound, InvalidWindow, WindowTooLarge, RateLimited),
     dependencies=[Depends(throttled)],
 )
-async def find_slots(query: Annotated[AvailabilityQuery, Query()], session: DbSession) -> Response:
+async def find_slots(query: Annotated[AvailabilityQuery, Query()]) -> Response:
     """Free start times of an active service in `[start, end)` (at most 62 days), for one staff
     member or everyone offering it, by time (then staff id). Times are UTC with `Z`; the answer
     also echoes the window as understood.
@@ -47,6 +47,6 @@ async def find_slots(query: Annotated[AvailabilityQuery, Query()], session: DbSe
     `Retry-After`) beyond `AVAILABILITY_REQUESTS_PER_IP` requests per client IP (default 120 a minute).
     """
     body = await availability.availability_text(
-        session, query.service_id, query.start_at, query.end_at, staff_id=query.staff_id, zone=query.zone
+        query.service_id, query.start_at, query.end_at, staff_id=query.staff_id, zone=query.zone
     )
     return Response(body, media_type="application/json")

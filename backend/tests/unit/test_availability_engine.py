@@ -1,17 +1,27 @@
 """The slot engine and its time helpers, without servers: DST, buffers, notice, overrides, rendering."""
 
 import json
+import random
 import uuid
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
 
-from app.schemas.availability import Availability, AvailabilityQuery, render
+from app.schemas.availability import Availability, AvailabilityQuery, UtcTexts, render, render_starts
 from app.services.scheduling.availability import CACHE_SECONDS, cache_lifetime
-from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
-from app.utils.time import fixed_offset, local_bound_to_utc, local_dates, local_to_utc, wall_steps
+from app.services.scheduling.availability_cache import local_midnight
+from app.services.scheduling.availability_engine import (
+    Ranges,
+    ServiceRules,
+    Slot,
+    StaffCalendar,
+    free_slots,
+    staff_slots,
+)
+from app.utils.time import fixed_offset, local_bound_to_utc, local_dates, local_to_utc, timestamp, wall_steps
 
 NEW_YORK, BERLIN = ZoneInfo("America/New_York"), ZoneInfo("Europe/Berlin")
 LORD_HOWE, KOLKATA, AUCKLAND = ZoneInfo("Australia/Lord_Howe"), ZoneInfo("Asia/Kolkata"), ZoneInfo("Pacific/Auckland")
@@ -103,6 +113,14 @@ class TestTimeHelpers:
     def test_local_dates_cover_the_window_with_a_day_either_side(self):
         days = local_dates(utc("2026-03-08T00:00"), utc("2026-03-09T00:00"), AUCKLAND)
         assert days == [date(2026, 3, 7), date(2026, 3, 8), date(2026, 3, 9), date(2026, 3, 10)]
+
+    @pytest.mark.parametrize(
+        "zone", [NEW_YORK, LORD_HOWE, KOLKATA, AUCKLAND, "America/Havana", "America/Santiago", "Asia/Beirut"]
+    )
+    def test_local_midnight_is_the_first_instant_of_the_date(self, zone):
+        zone = ZoneInfo(zone) if isinstance(zone, str) else zone  # Havana and Beirut change at midnight
+        for day in (date(2026, 1, 1) + timedelta(days=n) for n in range(366)):
+            assert local_midnight(day, zone) == timestamp(local_bound_to_utc(day, time(0), zone)), day
 
     def test_wall_steps(self):
         assert wall_steps(hm("09:00"), hm("11:00"), timedelta(minutes=45)) == (hm("09:00"), hm("09:45"), hm("10:30"))
@@ -485,6 +503,27 @@ class TestRendering:
     def test_empty(self):
         assert json.loads(render([], *self.WINDOW, None))["slots"] == []
 
+    @pytest.mark.parametrize("zone", [None, NEW_YORK])
+    @pytest.mark.parametrize("staff", [[ALICE], [BOB, ALICE, uuid.UUID(int=3)]])
+    def test_starts_render_like_their_slots_merged_by_time_then_staff_order(self, zone, staff):
+        generator = random.Random(len(staff))
+        grid = range(int(utc("2026-03-07T00:00").timestamp()), int(utc("2026-03-10T00:00").timestamp()), 1800)
+        starts = {member: sorted(generator.sample(grid, 60)) for member in staff}
+        slots = sorted(
+            (Slot(start, start + 3600, member) for member in staff for start in starts[member]), key=lambda s: s.start
+        )
+
+        assert render_starts(starts, 3600, *self.WINDOW, zone) == render(slots, *self.WINDOW, zone)
+        assert render_starts(dict.fromkeys(staff, []), 3600, *self.WINDOW, zone) == render([], *self.WINDOW, zone)
+
+    def test_utc_texts_are_iso_8601_with_z(self):
+        texts = UtcTexts()
+        instants = [0, 59, 86399, 86400, int(utc("2028-02-29T23:59:59").timestamp()), -1, -86401]
+        instants += random.Random(1).sample(range(-(10**9), 4 * 10**9), 500)
+
+        for seconds in instants:
+            assert texts[seconds] == datetime.fromtimestamp(seconds, UTC).isoformat()[:19] + "Z"
+
 
 class TestQuery:
     SERVICE = str(uuid.uuid4())
@@ -596,6 +635,26 @@ class TestAgainstTheDefinition:
         engine = [(s.starts_at, s.ends_at) for s in staff_slots(cal, service, window_start, window_end, now)]
 
         assert engine == brute_force(cal, service, window_start, window_end, now)
+
+    @pytest.mark.parametrize("seed", range(0, 400, 4))
+    def test_ranges_as_two_arrays_in_any_order(self, seed):
+        """As the database sends them: starts and ends in epoch seconds, each array in its own order."""
+        generator = random.Random(seed)
+        cal, service, window_start, window_end, now = random_case(random.Random(seed))
+
+        def shuffled(ranges) -> Ranges:
+            starts = [timestamp(lo) for lo, _ in ranges]
+            ends = [timestamp(hi, ceil=True) for _, hi in ranges]
+            generator.shuffle(starts)
+            generator.shuffle(ends)
+            return Ranges(starts, ends)
+
+        arrays = replace(cal, busy=shuffled(cal.busy), time_off=shuffled(cal.time_off))
+
+        assert list(Ranges([1, 5], [3, 9])) == [(1, 3), (5, 9)]
+        assert staff_slots(arrays, service, window_start, window_end, now) == staff_slots(
+            cal, service, window_start, window_end, now
+        )
 
 
 class TestCacheLifetime:

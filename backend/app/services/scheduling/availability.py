@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
-from operator import itemgetter
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -26,11 +25,23 @@ from app.config import get_settings
 from app.errors import AppError, NotFound
 from app.models import Service
 from app.redis import get_redis
-from app.schemas.availability import render
+from app.schemas.availability import render, render_starts
 from app.services.scheduling import availability_cache as cache
 from app.services.scheduling.availability_changes import bump_versions, invalidate_after_commit
-from app.services.scheduling.availability_engine import ServiceRules, Slot, StaffCalendar, free_slots, staff_slots
-from app.services.scheduling.availability_queries import load_calendars, offering_staff, service_and_staff
+from app.services.scheduling.availability_engine import (
+    ServiceRules,
+    Slot,
+    StaffCalendar,
+    free_slots,
+    staff_slots,
+    staff_starts,
+)
+from app.services.scheduling.availability_queries import (
+    ServiceTerms,
+    load_calendars,
+    offering_staff,
+    service_and_staff,
+)
 from app.utils.time import from_timestamp, timestamp, utcnow
 
 MAX_WINDOW = timedelta(days=62)
@@ -47,7 +58,7 @@ class InvalidWindow(AppError):
     status, code, title = 422, "invalid_window", "The time window is not valid"
 
 
-def rules_for(service: Service) -> ServiceRules:
+def rules_for(service: Service | ServiceTerms) -> ServiceRules:
     step = get_settings().slot_step_minutes
     return ServiceRules(
         duration=timedelta(minutes=service.duration_minutes),
@@ -101,7 +112,6 @@ async def find_slots(
 
 
 async def availability_text(
-    session: AsyncSession,
     service_id: uuid.UUID,
     start: datetime,
     end: datetime,
@@ -109,22 +119,28 @@ async def availability_text(
     staff_id: uuid.UUID | None = None,
     zone: ZoneInfo | None = None,
 ) -> str:
-    """The public answer as JSON text (see `app.schemas.availability.render`), cached by day."""
+    """The public answer as JSON text (see `app.schemas.availability.render`), cached by day.
+
+    Read outside any transaction, on the read pool: each query sees what was committed when it
+    began, which is all the cache's versions rely on (see `availability_cache`)."""
     validate_window(start, end)
-    service, staff = await service_and_staff(session, service_id, staff_id)
+    service, staff = await service_and_staff(None, service_id, staff_id)
     rules = rules_for(service)
     now = utcnow()
     earliest, latest = max(start, now + rules.min_notice), min(end, now + rules.max_advance)
-    zones = {member: ZoneInfo(name) for member, name in staff.items()}
-    days = {member: _local_days(earliest, latest, member_zone) for member, member_zone in zones.items()}
-    days = {member: dates for member, dates in days.items() if dates}
+    # Dates depend on the zone, not the person: staff members in one zone share them.
+    zone_days = {name: _local_days(earliest, latest, ZoneInfo(name)) for name in set(staff.values())}
     reach = cache.reach_days(rules)
-    around = {
-        m: cache.dates_between(d[0] - timedelta(days=reach), d[-1] + timedelta(days=reach)) for m, d in days.items()
+    zone_around = {
+        name: cache.dates_between(d[0] - timedelta(days=reach), d[-1] + timedelta(days=reach))
+        for name, d in zone_days.items()
+        if d
     }
+    days = {member: zone_days[name] for member, name in staff.items() if zone_days[name]}
+    around = {member: zone_around[staff[member]] for member in days}
     versions = await cache.read_versions(around) if days else {}
     if versions is None:  # Redis is down: answer from the database alone
-        calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
+        calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
         return render(free_slots(calendars, rules, start, end, now), start, end, zone)
     firsts = {m: dates[0] for m, dates in around.items()}
     key = _answer_key(service.id, rules, staff, firsts, versions, start, end, zone)
@@ -137,13 +153,14 @@ async def availability_text(
     missing = {m: [d for d in dates if d not in found.get(m, {})] for m, dates in days.items()}
     missing = {m: dates for m, dates in missing.items() if dates}
     if missing:
-        computed = await _compute_days(session, {m: staff[m] for m in missing}, missing, rules)
+        computed = await _compute_days({m: staff[m] for m in missing}, missing, rules)
         await cache.write_days(computed, rules_key, tags)
         for member, computed_days in computed.items():
             found.setdefault(member, {}).update(computed_days)
-    slots = _assemble(found, days, rules, timestamp(earliest, ceil=True), timestamp(latest, ceil=True))
-    body = render(slots, start, end, zone)
-    await _cache_set(key, body, cache_lifetime(slots, rules, now))
+    starts = _assemble(found, days, timestamp(earliest, ceil=True), timestamp(latest, ceil=True))
+    body = render_starts(starts, rules.duration // _SECOND, start, end, zone)
+    first = min((member_starts[0] for member_starts in starts.values() if member_starts), default=None)
+    await _cache_set(key, body, _lifetime(first, rules, now))
     return body
 
 
@@ -156,40 +173,41 @@ def _local_days(earliest: datetime, latest: datetime, zone: ZoneInfo) -> list[da
 
 
 async def _compute_days(
-    session: AsyncSession, staff: dict[uuid.UUID, str], missing: dict[uuid.UUID, list[date]], rules: ServiceRules
+    staff: dict[uuid.UUID, str], missing: dict[uuid.UUID, list[date]], rules: ServiceRules
 ) -> dict[uuid.UUID, dict[date, list[int]]]:
     """Every free start of the missing days (whole days: notice and advance are applied later)."""
-    bounds = {m: {d: cache.day_bounds(d, ZoneInfo(staff[m])) for d in dates} for m, dates in missing.items()}
-    low = from_timestamp(min(b[0] for days in bounds.values() for b in days.values()))
-    high = from_timestamp(max(b[1] for days in bounds.values() for b in days.values()))
-    calendars = await load_calendars(session, staff, low, high, margin=_margin(rules))
+    zone_dates: dict[str, set[date]] = {}
+    for member, dates in missing.items():
+        zone_dates.setdefault(staff[member], set()).update(dates)
+    bounds = {name: {d: cache.day_bounds(d, ZoneInfo(name)) for d in dates} for name, dates in zone_dates.items()}
+    low = from_timestamp(min(lo for days in bounds.values() for lo, _ in days.values()))
+    high = from_timestamp(max(hi for days in bounds.values() for _, hi in days.values()))
+    calendars = await load_calendars(None, staff, low, high, margin=_margin(rules))
     whole_days = replace(rules, min_notice=timedelta(0), max_advance=high - low + timedelta(days=1))
     computed: dict[uuid.UUID, dict[date, list[int]]] = {}
     for calendar in calendars:
-        starts = [slot.start for slot in staff_slots(calendar, whole_days, low, high, low)]
+        starts = staff_starts(calendar, whole_days, low, high, low)
+        day_bounds = bounds[staff[calendar.staff_id]]
         computed[calendar.staff_id] = {
-            day: starts[bisect.bisect_left(starts, lo) : bisect.bisect_left(starts, hi)]
-            for day, (lo, hi) in bounds[calendar.staff_id].items()
+            day: starts[bisect.bisect_left(starts, day_bounds[day][0]) : bisect.bisect_left(starts, day_bounds[day][1])]
+            for day in missing[calendar.staff_id]
         }
     return computed
 
 
 def _assemble(
-    found: dict[uuid.UUID, dict[date, list[int]]],
-    days: dict[uuid.UUID, list[date]],
-    rules: ServiceRules,
-    earliest: int,
-    latest: int,
-) -> list[Slot]:
-    """The slots of every staff member in [earliest, latest), by time, then in staff order."""
-    duration = rules.duration // _SECOND
-    slots: list[Slot] = []
+    found: dict[uuid.UUID, dict[date, list[int]]], days: dict[uuid.UUID, list[date]], earliest: int, latest: int
+) -> dict[uuid.UUID, list[int]]:
+    """Each staff member's free starts in [earliest, latest), ascending (their days follow each other)."""
+    starts: dict[uuid.UUID, list[int]] = {}
     for member, dates in days.items():
+        member_starts: list[int] = []
         for day in dates:
-            slots += [Slot(s, s + duration, member) for s in found[member][day] if earliest <= s < latest]
-    if len(days) > 1:
-        slots.sort(key=itemgetter(0))  # stable: equal starts keep the staff order
-    return slots
+            member_starts += found[member][day]
+        starts[member] = member_starts[
+            bisect.bisect_left(member_starts, earliest) : bisect.bisect_left(member_starts, latest)
+        ]
+    return starts
 
 
 # --- booking checks ------------------------------------------------------------------------------
@@ -277,11 +295,15 @@ def _answer_key(
     return "availability-answer:" + hashlib.sha256(material.encode()).hexdigest()
 
 
-def cache_lifetime(slots: list[Slot], rules: ServiceRules, now: datetime) -> int:
+def cache_lifetime(slots: Sequence[Slot], rules: ServiceRules, now: datetime) -> int:
     """Seconds the answer stays right: until the earliest slot falls inside the minimum notice."""
-    if not slots:
+    return _lifetime(min((slot.start for slot in slots), default=None), rules, now)
+
+
+def _lifetime(first: int | None, rules: ServiceRules, now: datetime) -> int:
+    """`cache_lifetime` of an answer whose earliest start is `first` (None: no slots)."""
+    if first is None:
         return CACHE_SECONDS
-    first = min(slot.start for slot in slots)
     return min(CACHE_SECONDS, first - timestamp(now + rules.min_notice, ceil=True))
 
 

@@ -33,11 +33,13 @@ from redis.exceptions import RedisError
 
 from app.redis import get_redis
 from app.services.scheduling.availability_engine import ServiceRules
-from app.utils.time import local_bound_to_utc, timestamp
+from app.utils.time import fixed_offset, local_bound_to_utc, timestamp
 
 CACHE_SECONDS = 30
 HASH_SECONDS = 24 * 3600  # versions outlive every entry filed under them
 _DAY = timedelta(days=1)
+_SECOND = timedelta(seconds=1)
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _SHORTEST_DAY = timedelta(hours=23)  # a local day is at least this long (a clock change takes an hour)
 Versions = dict[str, str]
 
@@ -59,10 +61,15 @@ def reach_days(rules: ServiceRules) -> int:
 
 def day_bounds(day: date, zone: ZoneInfo) -> tuple[int, int]:
     """[local midnight, next local midnight) of `day`, in epoch seconds."""
-    return (
-        timestamp(local_bound_to_utc(day, time(0), zone)),
-        timestamp(local_bound_to_utc(day + _DAY, time(0), zone)),
-    )
+    return local_midnight(day, zone), local_midnight(day + _DAY, zone)
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> int:
+    """The first instant of a local date, in epoch seconds (the end of the gap if the clocks skip midnight)."""
+    offset = fixed_offset(day, zone)
+    if offset is None:  # the clocks change that day: the general (slower) rule
+        return timestamp(local_bound_to_utc(day, time(0), zone))
+    return (day.toordinal() - _EPOCH_ORDINAL) * 86400 - offset // _SECOND
 
 
 def dates_between(first: date, last: date) -> list[date]:
@@ -81,13 +88,26 @@ def touched_dates(ranges: Iterable[tuple[datetime, datetime]], zone: ZoneInfo) -
 # --- reading and writing -------------------------------------------------------------------------
 
 
+class _Fields(dict[date, str]):
+    """Hash field names by date, each built once (staff members of one zone share their dates)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, day: date) -> str:
+        name = self[day] = f"{self.prefix}{day}"
+        return name
+
+
 async def read_versions(wanted: Mapping[uuid.UUID, Sequence[date]]) -> dict[uuid.UUID, list[str]] | None:
     """Per staff member: the staff version, then these dates' versions ("0" if never bumped);
     None when Redis is down."""
+    fields = _Fields("d:")
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
             for staff_id, dates in wanted.items():
-                pipe.hmget(hash_key(staff_id), ["v", *(f"d:{d}" for d in dates)])
+                pipe.hmget(hash_key(staff_id), ["v", *map(fields.__getitem__, dates)])
             replies = await pipe.execute()
     except (RedisError, OSError):
         return None
@@ -108,8 +128,9 @@ async def read_days(
     """The cached free starts of these days that are still valid (tag matches, young enough)."""
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
+            fields = _Fields(f"s:{rules}:")
             for staff_id, dates in wanted.items():
-                pipe.hmget(hash_key(staff_id), [f"s:{rules}:{d}" for d in dates])
+                pipe.hmget(hash_key(staff_id), list(map(fields.__getitem__, dates)))
             replies = await pipe.execute()
     except (RedisError, OSError):
         return {}
@@ -132,7 +153,8 @@ async def write_days(
     """File each computed day under the tag read before its data was loaded; prune past days."""
     now = f"{clock.time():.3f}"
     today = datetime.now(UTC).date()
-    stale = [f"s:{rules}:{today - timedelta(days=n)}" for n in range(2, 10)]
+    fields = _Fields(f"s:{rules}:")
+    stale = [fields[today - timedelta(days=n)] for n in range(2, 10)]
     try:
         async with get_redis().pipeline(transaction=False) as pipe:
             for staff_id, days in computed.items():
@@ -140,9 +162,9 @@ async def write_days(
                     continue
                 name = hash_key(staff_id)
                 pipe.hdel(name, *stale)
+                staff_tags = tags[staff_id]
                 entries = {
-                    f"s:{rules}:{day}": f"{tags[staff_id][day]}|{now}|{','.join(map(str, starts))}"
-                    for day, starts in days.items()
+                    fields[day]: f"{staff_tags[day]}|{now}|{','.join(map(str, starts))}" for day, starts in days.items()
                 }
                 pipe.hset(name, mapping=entries)
                 pipe.expire(name, HASH_SECONDS)

@@ -21,11 +21,12 @@ Instants are whole seconds since the epoch inside: integers are far cheaper than
 import bisect
 import itertools
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import repeat
-from operator import add, itemgetter
+from operator import add, ge, itemgetter
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -56,6 +57,21 @@ class ServiceRules:
     step: timedelta | None = None  # None: step by the duration
 
 
+@dataclass(frozen=True, slots=True)
+class Ranges:
+    """Ranges [start, end) in epoch seconds as two lists, the i-th start with the i-th end: what the
+    database sends, without a tuple per range. Iterates as (start, end) pairs."""
+
+    starts: list[int]
+    ends: list[int]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return zip(self.starts, self.ends, strict=True)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
 @dataclass
 class StaffCalendar:
     staff_id: uuid.UUID
@@ -63,8 +79,8 @@ class StaffCalendar:
     weekly: dict[int, list[Interval]]  # weekday (0 = Monday) -> intervals
     overrides: dict[date, list[Interval]] = field(default_factory=dict)  # replace that date's weekly hours
     # Live bookings' blocked ranges (buffers included) and time off: aware datetimes or epoch seconds.
-    busy: list[Range] | list[tuple[int, int]] = field(default_factory=list)
-    time_off: list[Range] | list[tuple[int, int]] = field(default_factory=list)
+    busy: Ranges | list[Range] | list[tuple[int, int]] = field(default_factory=list)
+    time_off: Ranges | list[Range] | list[tuple[int, int]] = field(default_factory=list)
 
 
 class Slot(NamedTuple):
@@ -83,26 +99,38 @@ class Slot(NamedTuple):
         return from_timestamp(self.end)
 
 
-def _seconds(ranges: Sequence[Range] | Sequence[tuple[int, int]]) -> Iterable[tuple[int, int]]:
-    if not ranges or isinstance(ranges[0][0], int):
-        return ranges  # type: ignore[return-value]
-    return [(timestamp(start), timestamp(end, ceil=True)) for start, end in ranges]  # type: ignore[arg-type]
+def _bounds(ranges: Ranges | Sequence[Range] | Sequence[tuple[int, int]]) -> tuple[list[int], list[int]]:
+    """Starts and ends in epoch seconds (starts rounded down, ends up: a fraction never shrinks a range)."""
+    if isinstance(ranges, Ranges):
+        return ranges.starts, ranges.ends
+    if not ranges:
+        return [], []
+    if isinstance(ranges[0][0], int):
+        return [lo for lo, _ in ranges], [hi for _, hi in ranges]  # type: ignore[misc]
+    return [timestamp(lo) for lo, _ in ranges], [timestamp(hi, ceil=True) for _, hi in ranges]  # type: ignore[arg-type]
 
 
 def _forbidden(calendar: StaffCalendar, duration: int, before: int, after: int) -> tuple[list[int], list[int]]:
-    """The open intervals (lo, hi) of starts that would clash, merged, as sorted lows and highs."""
-    pairs = [(lo - duration - after, hi + before) for lo, hi in _seconds(calendar.busy)]
-    pairs += [(lo - duration, hi) for lo, hi in _seconds(calendar.time_off)]
-    pairs.sort()
-    lows: list[int] = []
-    highs: list[int] = []
-    for lo, hi in pairs:
-        if highs and lo < highs[-1]:  # open intervals that merely touch leave their common point free
-            highs[-1] = max(highs[-1], hi)
-        else:
-            lows.append(lo)
-            highs.append(hi)
-    return lows, highs
+    """The open intervals (lo, hi) of starts that would clash, merged, as sorted lows and highs.
+
+    A booking [b0, b1) forbids (b0 - duration - buffer_after, b1 + buffer_before), time off [t0, t1)
+    forbids (t0 - duration, t1). The lows and the highs are sorted *separately*: that pairs them
+    differently when intervals nest, but covers the same points (a point is covered exactly when
+    more lows than highs lie below it, whatever the pairing), and with both sorted the merge needs
+    no running maximum: consecutive intervals stay apart exactly where the next low is at or past
+    the previous high (open intervals that merely touch leave their common point free).
+    """
+    busy_lows, busy_highs = _bounds(calendar.busy)
+    off_lows, off_highs = _bounds(calendar.time_off)
+    lows = [*map(add, busy_lows, repeat(-duration - after)), *map(add, off_lows, repeat(-duration))]
+    highs = [*map(add, busy_highs, repeat(before)), *off_highs]
+    if not lows:
+        return [], []
+    lows.sort()
+    highs.sort()
+    following = lows[1:]
+    apart = list(map(ge, following, highs))  # apart[i]: interval i + 1 starts a new stretch
+    return [lows[0], *itertools.compress(following, apart)], [*itertools.compress(highs, apart), highs[-1]]
 
 
 def _hours(intervals: Iterable[Interval]) -> tuple[list[Interval], list[tuple[int, int]], bool]:
@@ -116,6 +144,19 @@ def _clock_seconds(value: time) -> int:
     return value.hour * 3600 + value.minute * 60 + value.second
 
 
+@lru_cache(maxsize=64)
+def _local_days(earliest: int, latest: int, zone: ZoneInfo) -> tuple[tuple[date, int, int | None], ...]:
+    """The local dates around [earliest, latest) with their weekday and, on a day without a clock
+    change, their local midnight in epoch seconds (else None). Every staff member of one zone in a
+    request shares them."""
+    days = []
+    for day in local_dates(from_timestamp(earliest), from_timestamp(latest), zone):
+        offset = fixed_offset(day, zone)
+        midnight = None if offset is None else (day.toordinal() - _EPOCH_ORDINAL) * 86400 - offset // _SECOND
+        days.append((day, day.weekday(), midnight))
+    return tuple(days)
+
+
 def _runs(calendar: StaffCalendar, duration: int, step: int, earliest: int, latest: int) -> tuple[list, bool]:
     """(first, last) runs of grid starts inside working hours and [earliest, latest), ascending;
     and whether some day's intervals overlap (then runs may repeat starts)."""
@@ -123,15 +164,13 @@ def _runs(calendar: StaffCalendar, duration: int, step: int, earliest: int, late
     weekly = {weekday: _hours(intervals) for weekday, intervals in calendar.weekly.items()}
     runs: list[tuple[int, int]] = []
     overlapping = False
-    for day in local_dates(from_timestamp(earliest), from_timestamp(latest), zone):
+    for day, weekday, midnight in _local_days(earliest, latest, zone):
         override = calendar.overrides.get(day)
-        intervals, seconds, overlaps = weekly.get(day.weekday(), _NO_HOURS) if override is None else _hours(override)
+        intervals, seconds, overlaps = weekly.get(weekday, _NO_HOURS) if override is None else _hours(override)
         if not intervals:
             continue
         overlapping = overlapping or overlaps
-        offset = fixed_offset(day, zone)
-        if offset is not None:  # no clock change today: wall-clock steps are plain arithmetic
-            midnight = (day.toordinal() - _EPOCH_ORDINAL) * 86400 - offset // _SECOND
+        if midnight is not None:  # no clock change today: wall-clock steps are plain arithmetic
             for opens, closes in seconds:
                 first, last = midnight + opens, min(midnight + closes - duration, latest - 1)
                 if first < earliest:
@@ -173,10 +212,10 @@ def _free_starts(runs: list[tuple[int, int]], step: int, lows: list[int], highs:
     return free
 
 
-def staff_slots(
+def staff_starts(
     calendar: StaffCalendar, rules: ServiceRules, window_start: datetime, window_end: datetime, now: datetime
-) -> list[Slot]:
-    """Free slots of one staff member starting in [window_start, window_end), in time order."""
+) -> list[int]:
+    """The free starts (epoch seconds) of one staff member in [window_start, window_end), ascending."""
     # Starts are whole seconds: start >= x <=> start >= ceil(x), and start < y <=> start < ceil(y).
     earliest = timestamp(max(window_start, now + rules.min_notice), ceil=True)
     latest = timestamp(min(window_end, now + rules.max_advance), ceil=True)
@@ -189,8 +228,15 @@ def staff_slots(
         return []
     lows, highs = _forbidden(calendar, duration, rules.buffer_before // _SECOND, rules.buffer_after // _SECOND)
     starts = _free_starts(runs, step, lows, highs)
-    if overlapping:
-        starts = sorted(set(starts))
+    return sorted(set(starts)) if overlapping else starts
+
+
+def staff_slots(
+    calendar: StaffCalendar, rules: ServiceRules, window_start: datetime, window_end: datetime, now: datetime
+) -> list[Slot]:
+    """Free slots of one staff member starting in [window_start, window_end), in time order."""
+    starts = staff_starts(calendar, rules, window_start, window_end, now)
+    duration = rules.duration // _SECOND
     ends = map(add, starts, repeat(duration))
     # tuple.__new__ builds the named tuples in C: no Python frame per slot.
     return list(map(tuple.__new__, repeat(Slot), zip(starts, ends, repeat(calendar.staff_id))))

@@ -1,14 +1,18 @@
 """The reads behind availability: who offers a service, and each staff member's calendar.
 
-Statements are built once with bound parameters (SQLAlchemy then reuses their compiled form), and
-the busy time arrives pre-merged from PostgreSQL as arrays of epoch seconds: a month of thousands of
-bookings is one row per staff member, with no datetime objects to build in Python.
+Each statement is built once, with bound parameters. In a session (the booking checks, under the
+calendar lock) it runs like any other; for the public answer (`session=None`) its SQL, compiled
+once for asyncpg, runs on the read pool (`database.fetch_rows`): no BEGIN/COMMIT round trips, no
+ORM rows. Busy time arrives pre-merged from PostgreSQL as arrays of epoch seconds: a month of
+thousands of bookings is one row per staff member, with no datetime objects to build in Python.
 """
 
+import json
 import uuid
 from collections import defaultdict
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import date, datetime, time, timedelta
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
@@ -16,20 +20,27 @@ from sqlalchemy import (
     Date,
     DateTime,
     Integer,
+    Text,
     Time,
+    Uuid,
+    all_,
     and_,
+    any_,
     bindparam,
     cast,
     func,
-    literal,
+    literal_column,
     null,
     select,
     text,
     union_all,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import Executable
 
+from app.database import fetch_rows
 from app.errors import NotFound
 from app.models import (
     Appointment,
@@ -43,10 +54,28 @@ from app.models import (
     live_status_sql,
 )
 from app.models import service_staff as offers
-from app.services.scheduling.availability_engine import StaffCalendar
+from app.services.scheduling.availability_engine import Ranges, StaffCalendar
 
-_IDS = bindparam("ids", expanding=True)
+_IDS = any_(bindparam("ids", type_=ARRAY(Uuid)))
 _LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_=DateTime(timezone=True))
+_HALF_OPEN = literal_column("'[)'")
+
+
+class _Statement:
+    """A statement for a session, and its SQL compiled once for asyncpg (`$1, $2, ...`) with its
+    parameters' names in that order (and the values of those the statement fixes itself)."""
+
+    def __init__(self, statement: Executable) -> None:
+        compiled = statement.compile(dialect=asyncpg_dialect())
+        self.statement, self.sql, self.fixed = statement, compiled.string, compiled.params
+        self.names = tuple(compiled.positiontup or ())
+
+    async def rows(self, session: AsyncSession | None, params: Mapping[str, Any]) -> Sequence[Sequence[Any]]:
+        """In the session, or (None) on the read pool, outside any transaction."""
+        if session is None:
+            values = {**self.fixed, **params}
+            return await fetch_rows(self.sql, *(values[name] for name in self.names))
+        return (await session.execute(self.statement, params)).all()
 
 
 def staff_zone(user=User):
@@ -65,41 +94,47 @@ _ACTIVE_STAFF = active_staff()
 _LIVE = text(live_status_sql("appointments.status"))
 
 
-_NO_TIME, _NO_DATE, _NO_JSON = cast(null(), Time), cast(null(), Date), cast(null(), JSONB)
+_NO_TIME, _NO_DATE, _NO_JSON = cast(null(), Time), cast(null(), Date), cast(null(), Text)
 _NO_SECONDS = cast(null(), ARRAY(BigInteger))
+
+
+def _epoch(value, rounding):
+    """Epoch seconds, rounded by `rounding` (floor, ceil), as a bigint. `date_part` is a float8 (exact
+    here: every instant the API takes lies in 1900-2200, |seconds| < 2**33, where a float8 still
+    tells a microsecond from the whole second); `extract` would be numeric, several times slower."""
+    return cast(rounding(func.date_part(literal_column("'epoch'"), value)), BigInteger)
 
 
 def _merged_ranges(kind: str, staff_column, ranges, *conditions):
     """(staff_id, kind, ..., starts, ends): each staff member's ranges merged by `range_agg`, as two
-    sorted arrays of epoch seconds (starts rounded down, ends up, so sub-second parts never shrink them)."""
+    arrays of epoch seconds (starts rounded down, ends up, so sub-second parts never shrink them).
+    The arrays are not sorted here (sorting them costs PostgreSQL more than Python): see `_ranges`."""
     merged = (
         select(staff_column.label("staff_id"), func.unnest(func.range_agg(ranges)).label("r"))
         .where(*conditions)
         .group_by(staff_column)
         .subquery()
     )
-    lower = cast(func.floor(func.extract("epoch", func.lower(merged.c.r))), BigInteger)
-    upper = cast(func.ceil(func.extract("epoch", func.upper(merged.c.r))), BigInteger)
     return select(
         merged.c.staff_id,
-        literal(kind),
+        literal_column(f"'{kind}'"),
         cast(null(), Integer),
         _NO_TIME,
         _NO_TIME,
         _NO_DATE,
         _NO_JSON,
-        func.array_agg(aggregate_order_by(lower, merged.c.r)),
-        func.array_agg(aggregate_order_by(upper, merged.c.r)),
+        func.array_agg(_epoch(func.lower(merged.c.r), func.floor)),
+        func.array_agg(_epoch(func.upper(merged.c.r), func.ceil)),
     ).group_by(merged.c.staff_id)
 
 
-_BLOCKED = func.tstzrange(Appointment.blocked_from, Appointment.blocked_until, "[)")
+_BLOCKED = func.tstzrange(Appointment.blocked_from, Appointment.blocked_until, _HALF_OPEN)
 # A whole calendar in one round trip: weekly hours, date overrides, merged time off and bookings,
-# as rows of one shape (staff_id, kind, weekday, opens, closes, date, intervals, starts, ends).
+# as rows of one shape (staff_id, kind, weekday, opens, closes, date, intervals as JSON text, starts, ends).
 _CALENDARS = union_all(
     select(
         WeeklyInterval.staff_id,
-        literal("weekly"),
+        literal_column("'weekly'"),
         WeeklyInterval.weekday,
         WeeklyInterval.start_time,
         WeeklyInterval.end_time,
@@ -107,23 +142,26 @@ _CALENDARS = union_all(
         _NO_JSON,
         _NO_SECONDS,
         _NO_SECONDS,
-    ).where(WeeklyInterval.staff_id.in_(_IDS)),
+    ).where(WeeklyInterval.staff_id == _IDS),
     select(
         DateOverride.staff_id,
-        literal("override"),
+        literal_column("'override'"),
         cast(null(), Integer),
         _NO_TIME,
         _NO_TIME,
         DateOverride.date,
-        cast(DateOverride.intervals, JSONB),
+        cast(DateOverride.intervals, Text),
         _NO_SECONDS,
         _NO_SECONDS,
-    ).where(DateOverride.staff_id.in_(_IDS), DateOverride.date.between(bindparam("first_day"), bindparam("last_day"))),
+    ).where(
+        DateOverride.staff_id == _IDS,
+        DateOverride.date.between(bindparam("first_day", type_=Date), bindparam("last_day", type_=Date)),
+    ),
     _merged_ranges(
         "time_off",
         TimeOff.staff_id,
-        func.tstzrange(TimeOff.starts_at, TimeOff.ends_at, "[)"),
-        TimeOff.staff_id.in_(_IDS),
+        func.tstzrange(TimeOff.starts_at, TimeOff.ends_at, _HALF_OPEN),
+        TimeOff.staff_id == _IDS,
         TimeOff.starts_at < _HI,
         TimeOff.ends_at > _LO,
     ),
@@ -131,13 +169,15 @@ _CALENDARS = union_all(
         "busy",
         Appointment.staff_id,
         _BLOCKED,
-        Appointment.staff_id.in_(_IDS),
+        Appointment.staff_id == _IDS,
         _LIVE,
-        _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, "[)")),
-        Appointment.id.not_in(bindparam("excluded", expanding=True)),
+        _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
+        Appointment.id != all_(bindparam("excluded", type_=ARRAY(Uuid))),
     ),
 )
-ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id.in_(_IDS))
+_CALENDARS_STATEMENT = _Statement(_CALENDARS)
+ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id == _IDS)
+_ZONES_STATEMENT = _Statement(ZONES)
 
 
 async def offering_staff(
@@ -156,41 +196,71 @@ async def offering_staff(
     return {member: zone for member, zone in await session.execute(query)}
 
 
+class ServiceTerms(NamedTuple):
+    """What availability needs of a service (named like `Service`'s columns)."""
+
+    id: uuid.UUID
+    is_active: bool
+    duration_minutes: int
+    buffer_before_minutes: int
+    buffer_after_minutes: int
+    min_notice_minutes: int
+    max_advance_days: int
+
+
+def _service_and_staff(one_member: bool) -> _Statement:
+    member = [User.id == bindparam("staff_id", type_=Uuid)] if one_member else []
+    offering = and_(User.id == offers.c.staff_id, *_ACTIVE_STAFF, *member)
+    return _Statement(
+        select(*(getattr(Service, name) for name in ServiceTerms._fields), User.id, _ZONE)
+        .outerjoin(offers, offers.c.service_id == Service.id)
+        .outerjoin(User, offering)
+        .outerjoin(StaffProfile, StaffProfile.user_id == User.id)
+        .where(Service.id == bindparam("service_id", type_=Uuid))
+        .order_by(User.id)
+    )
+
+
+_SERVICE_AND_STAFF = {False: _service_and_staff(False), True: _service_and_staff(True)}
+
+
 async def service_and_staff(
-    session: AsyncSession, service_id: uuid.UUID, staff_id: uuid.UUID | None = None
-) -> tuple[Service, dict[uuid.UUID, str]]:
-    """An active service and `offering_staff` in one round trip: 404 for an unknown or inactive
-    service, or for a `staff_id` who does not offer it."""
-    offering = and_(User.id == offers.c.staff_id, *_ACTIVE_STAFF, *([User.id == staff_id] if staff_id else []))
-    rows = (
-        await session.execute(
-            select(Service, User.id, _ZONE)
-            .outerjoin(offers, offers.c.service_id == Service.id)
-            .outerjoin(User, offering)
-            .outerjoin(StaffProfile, StaffProfile.user_id == User.id)
-            .where(Service.id == service_id)
-            .order_by(User.id)
-        )
-    ).all()
-    if not rows or not rows[0][0].is_active:
+    session: AsyncSession | None, service_id: uuid.UUID, staff_id: uuid.UUID | None = None
+) -> tuple[ServiceTerms, dict[uuid.UUID, str]]:
+    """An active service and `offering_staff` in one round trip (`session` None: on the read pool):
+    404 for an unknown or inactive service, or for a `staff_id` who does not offer it."""
+    statement = _SERVICE_AND_STAFF[staff_id is not None]
+    rows = await statement.rows(session, {"service_id": service_id, "staff_id": staff_id})
+    terms = ServiceTerms(*rows[0][: len(ServiceTerms._fields)]) if rows else None
+    if terms is None or not terms.is_active:
         raise NotFound("No such service")
-    staff = {member: zone for _, member, zone in rows if member is not None}
+    staff = {member: zone for *_, member, zone in rows if member is not None}
     if staff_id is not None and not staff:
         raise NotFound("This staff member does not offer this service")
-    return rows[0][0], staff
+    return terms, staff
 
 
-async def staff_zones(session: AsyncSession, staff_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
+async def staff_zones(session: AsyncSession | None, staff_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, str]:
     """Each staff member's IANA zone (their profile's, else their account's)."""
-    return {member: zone for member, zone in await session.execute(ZONES, {"ids": list(staff_ids)})}
+    return {member: zone for member, zone in await _ZONES_STATEMENT.rows(session, {"ids": list(staff_ids)})}
 
 
-def _intervals(raw: list[dict[str, str]]) -> list[tuple[time, time]]:
-    return [(time.fromisoformat(item["start"]), time.fromisoformat(item["end"])) for item in raw]
+def _ranges(starts: list[int], ends: list[int]) -> Ranges:
+    """Disjoint ranges, sorted: the i-th smallest start belongs with the i-th smallest end."""
+    starts.sort()
+    ends.sort()
+    return Ranges(starts, ends)
+
+
+def _intervals(raw: str | list) -> list[tuple[time, time]]:
+    """An override's intervals: JSON text (the read pool's raw rows) or already decoded (the
+    session's connection decodes JSON)."""
+    items = json.loads(raw) if isinstance(raw, str) else raw
+    return [(time.fromisoformat(item["start"]), time.fromisoformat(item["end"])) for item in items]
 
 
 async def load_calendars(
-    session: AsyncSession,
+    session: AsyncSession | None,
     staff: Mapping[uuid.UUID, str] | Collection[uuid.UUID],
     start: datetime,
     end: datetime,
@@ -200,7 +270,8 @@ async def load_calendars(
     exclude_appointment: uuid.UUID | None = None,
 ) -> list[StaffCalendar]:
     """Hours, overrides, time off and live bookings of these staff around [start, end), in one
-    query. `staff` maps ids to IANA zones (as `offering_staff` answers), or is just ids.
+    query (in the session, or with None on the read pool). `staff` maps ids to IANA zones (as
+    `offering_staff` answers), or is just ids.
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
@@ -224,8 +295,8 @@ async def load_calendars(
         "hi": end + margin,
         "excluded": excluded,
     }
-    for member, kind, weekday, opens, closes, day, intervals, lowers, uppers in await session.execute(
-        _CALENDARS, params
+    for member, kind, weekday, opens, closes, day, intervals, lowers, uppers in await _CALENDARS_STATEMENT.rows(
+        session, params
     ):
         calendar = calendars[member]
         if kind == "weekly":
@@ -233,7 +304,7 @@ async def load_calendars(
         elif kind == "override":
             calendar.overrides[day] = _intervals(intervals)
         else:
-            setattr(calendar, kind, list(zip(lowers, uppers, strict=True)))
+            setattr(calendar, kind, _ranges(lowers, uppers))
     for calendar in calendars.values():
         for intervals in calendar.weekly.values():
             intervals.sort()
@@ -291,6 +362,6 @@ def calendar_from_row(staff_id: uuid.UUID, zone: str, row: Mapping) -> StaffCale
         calendar.weekly[weekday].append((opens, closes))
     for day, intervals in (row["overrides"] or {}).items():
         calendar.overrides[date.fromisoformat(day)] = _intervals(intervals)
-    calendar.time_off = list(zip(row["time_off_lo"] or (), row["time_off_hi"] or (), strict=True))
-    calendar.busy = list(zip(row["busy_lo"] or (), row["busy_hi"] or (), strict=True))
+    calendar.time_off = _ranges(list(row["time_off_lo"] or ()), list(row["time_off_hi"] or ()))
+    calendar.busy = _ranges(list(row["busy_lo"] or ()), list(row["busy_hi"] or ()))
     return calendar
