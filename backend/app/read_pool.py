@@ -49,4 +49,7 @@ class ReadPool:
         self._closed = True
         idle, self._idle = self._idle, []
         for connection in idle:
-            await connection.close(timeout=2)
+            try:
+                await connection.close(timeout=2)
+            except Exception:  # the server is gone or slow: drop the connection without its goodbye
+                connection.terminate()
