@@ -15,6 +15,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from app.config import Settings, get_settings
+from app.errors import ServerBusy
+from app.read_pool import ReadPool
 
 AFTER_COMMIT_SECONDS = 2.0
 _engine: AsyncEngine | None = None
@@ -173,33 +175,22 @@ async def _run_after_commit(actions: list[Callable[[], Awaitable[None]]]) -> Non
 # `max_connections` like the engine's pool (see backend/README.md).
 READ_POOL_SIZE = 10
 READ_POOL_APPLICATION_NAME = "c3po-read"  # how its connections show in pg_stat_activity
-_read_pool: asyncpg.Pool | None = None
+_read_pool: ReadPool | None = None
 _LOST = (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
-async def _no_reset(_: asyncpg.Connection) -> None:
-    """Connections of the read pool only ever run single statements outside a transaction: nothing to reset."""
-
-
-async def _get_read_pool() -> asyncpg.Pool:
+def _get_read_pool() -> ReadPool:
     global _read_pool
     if _read_pool is None:
         settings = get_settings()
         url = make_url(to_async_url(settings.database_url or "")).set(drivername="postgresql")
-        pool = asyncpg.create_pool(
+        _read_pool = ReadPool(
             url.render_as_string(hide_password=False),
-            min_size=1,
-            max_size=READ_POOL_SIZE,
-            timeout=5,
-            reset=_no_reset,
+            size=READ_POOL_SIZE,
+            timeout=settings.db_pool_timeout_seconds,
             # The same timeouts as the engine's connections; its own name.
             server_settings=server_settings(settings) | {"application_name": READ_POOL_APPLICATION_NAME},
         )
-        created = await pool
-        if _read_pool is None:
-            _read_pool = created
-        else:  # another request created one meanwhile
-            await created.close()
     return _read_pool
 
 
@@ -218,26 +209,26 @@ def _is_loss(exc: BaseException, connection: asyncpg.Connection | None) -> bool:
 
 
 async def _fetch_once(sql: str, args: tuple[object, ...], *, many: bool) -> Any:
-    pool = connection = None
+    pool, connection = _get_read_pool(), None
     try:
-        pool = await _get_read_pool()  # connects: the server may be down
         try:
-            connection = await pool.acquire(timeout=get_settings().db_pool_timeout_seconds)
-        except TimeoutError as exc:  # every read connection busy: the same answer as the engine's pool
+            connection = await pool.acquire()  # may connect: the server may be down
+        except ServerBusy as exc:  # every read connection busy: the same answer as the engine's pool
             raise PoolTimeout("the read pool has no free connection") from exc
+        reusable = False
         try:
-            return await (connection.fetch(sql, *args) if many else connection.fetchrow(sql, *args))
-        except Exception as exc:
-            if _is_loss(exc, connection):
-                connection.terminate()  # never handed out again
+            result = await (connection.fetch(sql, *args) if many else connection.fetchrow(sql, *args))
+            reusable = True
+            return result
+        except asyncpg.PostgresError as exc:
+            reusable = not _is_loss(exc, connection)  # a failed statement leaves the connection usable
             raise
         finally:
-            await pool.release(connection)
+            pool.release(connection, reusable=reusable)  # else closed: never handed out again
     except Exception as exc:
         if not _is_loss(exc, connection):
             raise
-        if pool is not None:
-            pool.expire_connections()  # the others predate the loss too: reconnect them on next use
+        pool.expire()  # the others predate the loss too: reconnect them on next use
         raise _ConnectionLost from exc
 
 

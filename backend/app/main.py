@@ -4,7 +4,7 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.utils import generate_unique_id
@@ -74,11 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_problem_handlers(app)
     install_db_timeout_handlers(app)
 
-    api = APIRouter(prefix=API_PREFIX)
-    for module in (auth, users, services, staff, availability, appointments, series, audit):
-        api.include_router(module.router)
-    api.include_router(ws.router)
-    app.include_router(api)
+    # Each router straight into the app, not through a parent `/api/v1` router: FastAPI matches an
+    # included router's routes again at every level of nesting, on every request.
+    for module in (auth, users, services, staff, availability, appointments, series, audit, ws):
+        app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     install_admin(app, settings)
     install_openapi(app)

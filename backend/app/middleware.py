@@ -1,19 +1,18 @@
 """Pure ASGI middleware: request id, security headers, last-resort 500s, body size limit (no body buffering)."""
 
+import random
 import re
 import time
-import uuid
 from http import HTTPStatus
 
 from loguru import logger
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import INTERNAL_DETAIL, problem_response
 from app.errors import InternalError
-from app.logging import request_id_var
+from app.logging import access_line, request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -40,18 +39,19 @@ QUIET_PATHS = ("/health", "/metrics")
 class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
-        self.hsts = hsts
+        extra = (_HSTS,) if hsts else ()
+        self._api_defaults = (*_SECURITY_HEADERS, _API_CSP, *extra)
+        self._docs_defaults = (*_SECURITY_HEADERS, _DOCS_CSP, *extra)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = next((value for name, value in scope["headers"] if name == b"x-request-id"), b"").decode("latin-1")
-        request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = _request_id(scope["headers"])
         token = request_id_var.set(request_id)
-        defaults = (*_SECURITY_HEADERS, _DOCS_CSP if scope["path"].startswith(DOCS_PATHS) else _API_CSP)
-        if self.hsts:
-            defaults = (*defaults, _HSTS)
+        raw_id = request_id.encode("latin-1")
+        path = scope["path"]
+        defaults = self._docs_defaults if path.startswith(DOCS_PATHS) else self._api_defaults
         started = time.perf_counter()
         status = 500
         response_started = False
@@ -63,7 +63,7 @@ class RequestContextMiddleware:
                 # Raw headers in one pass: a route's own value wins, ours fill in (the request id is always ours).
                 headers = [item for item in message.get("headers", ()) if item[0].lower() != b"x-request-id"]
                 present = {name.lower() for name, _ in headers}
-                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                headers.append((b"x-request-id", raw_id))
                 headers.extend(item for item in defaults if item[0] not in present)
                 message["headers"] = headers
             await send(message)
@@ -78,10 +78,21 @@ class RequestContextMiddleware:
                 raise
             await _internal_error()(scope, receive, send_with_headers)
         finally:
-            if scope["type"] == "http" and not scope["path"].startswith(QUIET_PATHS):
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                logger.info("{} {} {} {:.1f}ms", scope["method"], scope["path"], status, elapsed_ms)
+            if scope["type"] == "http" and not path.startswith(QUIET_PATHS):
+                access_line(scope["method"], path, status, (time.perf_counter() - started) * 1000)
             request_id_var.reset(token)
+
+
+def _request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's `X-Request-ID` when it is a sensible one, else a new random one (32 hex digits)."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            incoming = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(incoming):
+                return incoming
+            break
+    # Not a secret, only unique: the PRNG, not a uuid4 (an os.urandom system call and an object per request).
+    return f"{random.getrandbits(128):032x}"
 
 
 def _internal_error() -> JSONResponse:
@@ -111,7 +122,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), b"")
         if declared.isdigit() and int(declared) > self.max_bytes:
             response = problem_response(413, "payload_too_large", HTTPStatus(413).phrase, _too_large(self.max_bytes))
             await response(scope, receive, send)

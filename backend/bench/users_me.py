@@ -1,6 +1,6 @@
 """`GET /api/v1/users/me` throughput and latency on one uvicorn process, beside a bare route in the same process.
 
-    uv run python bench/users_me.py [--connections 64] [--seconds 8] [--rounds 2] [--log-level INFO]
+    uv run python bench/users_me.py [--connections 64] [--seconds 8] [--rounds 2] [--log-level INFO] [--profile FILE]
 
 The server is the real app (production settings: JSON access log at INFO to a file, metrics on) in
 one uvicorn process pinned to CPU 0 with `taskset`; the client is `wrk` (`apt-get install -y wrk`)
@@ -9,8 +9,9 @@ pinned to CPU 1, one thread, keep-alive connections. Each round measures the bar
 `/users/me` with one signed-in user's access token, so both see the same machine load. Any non-2xx
 answer or socket error fails the run. Beside req/s it prints the server's CPU time per request (from
 /proc): on a shared machine the server gets only part of its core, and req per CPU-second is the figure
-that load does not move much. Uses BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else
-embedded servers; always a throwaway database.
+that load does not move much. `--profile FILE` records the server with py-spy (a dev dependency)
+during the last round's /users/me run and writes collapsed stacks (`--format raw`). Uses
+BENCH_DATABASE_URL/BENCH_REDIS_URL (or TEST_*), else embedded servers; always a throwaway database.
 """
 
 import argparse
@@ -18,9 +19,11 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -96,6 +99,18 @@ def wrk(
     return report
 
 
+def start_profiler(pid: int, path: str) -> subprocess.Popen:
+    command = ["py-spy", "record", "--pid", str(pid), "--format", "raw", "-o", path, "--nonblocking", "--rate", "250"]
+    spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)  # attached before the run starts
+    return spy
+
+
+def stop_profiler(spy: subprocess.Popen) -> None:
+    spy.send_signal(signal.SIGINT)
+    spy.wait(30)
+
+
 def line(name: str, result: dict[str, float], connections: int) -> str:
     return (
         f"{name:<24} {result['requests']:>7} requests  {result['rps']:8.1f} req/s  p50 {result['p50']:6.2f} ms  "
@@ -113,6 +128,7 @@ def main() -> None:
     parser.add_argument(
         "--log-level", default="INFO", help="the API's LOG_LEVEL (INFO writes an access line per request)"
     )
+    parser.add_argument("--profile", help="write py-spy's collapsed stacks of the last /users/me run here")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install -y wrk)")
@@ -142,7 +158,10 @@ def main() -> None:
             for round_no in range(1, args.rounds + 1):
                 run = {"connections": args.connections, "seconds": args.seconds, "script": script, "pid": pid}
                 bare = wrk(base + BARE_PATH, headers={}, **run)
+                spy = start_profiler(pid, args.profile) if args.profile and round_no == args.rounds else None
                 me = wrk(base + ME, headers=headers, **run)
+                if spy is not None:
+                    stop_profiler(spy)
                 print(f"round {round_no}", flush=True)
                 print("  " + line("bare route (baseline)", bare, args.connections))
                 print("  " + line(f"GET {ME}", me, args.connections))

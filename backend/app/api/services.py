@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, status
 
-from app.api.deps import AdminUser, DbSession, Limit, Offset, get_access_claims, oauth2_scheme
+from app.api.deps import AdminUser, DbSession, Limit, Offset, claims_of, oauth2_scheme
 from app.api.problem_docs import documented
 from app.api.problems import problem_responses
 from app.errors import Forbidden, InvalidToken, NotFound, ServiceHasBookings, Unauthorized
@@ -34,7 +34,7 @@ async def get_optional_user(session: DbSession, token: Annotated[str | None, Dep
     """The caller when a Bearer token is sent (a bad one is still 401); None for anonymous callers."""
     if not token:
         return None
-    return await auth.authenticate_access(session, await get_access_claims(token))
+    return await auth.authenticate_access(session, claims_of(token))
 
 
 OptionalUser = Annotated[User | None, Depends(get_optional_user)]

@@ -2,10 +2,14 @@
 
 import asyncio
 import hashlib
+import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -34,7 +38,11 @@ _DUMMY_HASH = password_hash.hash("timing-equaliser-" + secrets.token_hex(8))
 # Hashing is deliberately slow (tens of ms) and argon2 releases the GIL: run it in a thread, so the
 # event loop keeps serving other requests. A bounded number at once (and a bounded queue): a flood
 # of sign-ins then gets 503 `server_busy` instead of taking every core from the other endpoints.
+# The hashing threads run at the lowest CPU priority (nice 19): when a core is contended, the event
+# loop (every other request) gets it first, and a sign-in flood waits instead of slowing the rest.
+HASHING_NICENESS = 19
 _hashing: Gate | None = None
+_hashers: ThreadPoolExecutor | None = None
 
 
 def hashing_gate() -> Gate:
@@ -52,13 +60,32 @@ def hashing_gate() -> Gate:
 
 def reset_hashing_gate() -> None:
     """Read the settings again on next use (tests that change them)."""
-    global _hashing
-    _hashing = None
+    global _hashing, _hashers
+    if _hashers is not None:
+        _hashers.shutdown(wait=False)
+    _hashing = _hashers = None
+
+
+def _lower_priority() -> None:
+    """Linux gives each thread its own nice value; raising one's own needs no privilege."""
+    with suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
+
+
+def _hashing_threads() -> ThreadPoolExecutor:
+    global _hashers
+    if _hashers is None:
+        _hashers = ThreadPoolExecutor(
+            max(1, get_settings().password_hash_concurrency),
+            thread_name_prefix="password-hashing",
+            initializer=_lower_priority,
+        )
+    return _hashers
 
 
 async def _hash_in_thread[T](work: Callable[..., T], *args: str) -> T:
     async with hashing_gate().held():
-        return await asyncio.to_thread(work, *args)
+        return await asyncio.get_running_loop().run_in_executor(_hashing_threads(), work, *args)
 
 
 async def hash_password(password: str) -> str:

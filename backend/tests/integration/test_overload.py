@@ -6,6 +6,8 @@ Each wait is guarded by `asyncio.wait_for`: without the bound under test the req
 """
 
 import asyncio
+import os
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +19,14 @@ from app.database import dispose_engine
 from app.main import create_app
 from app.redis import close_redis
 from app.services.rate_limit import reset_limiter
-from app.utils.security import hashing_gate, reset_hashing_gate
+from app.utils.security import (
+    HASHING_NICENESS,
+    _hash_in_thread,
+    hashing_gate,
+    password_hash,
+    reset_hashing_gate,
+    verify_password,
+)
 from tests.assertions import assert_problem
 from tests.contract import PROBLEM, check_problem
 from tests.e2e.conftest import RedisServer
@@ -179,6 +188,17 @@ class TestPasswordHashing:
             gate.release()
 
             assert (await answered(client.post("/api/v1/auth/login", data=form))).status_code == 200
+
+    async def test_hashing_runs_at_the_lowest_cpu_priority_off_the_event_loop(self, service_urls):
+        def where() -> tuple[int, int]:
+            return threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        async with app_with(PASSWORD_HASH_CONCURRENCY="2"):
+            thread, niceness = await answered(_hash_in_thread(where))
+            assert await answered(verify_password(PASSWORD, password_hash.hash(PASSWORD))) == (True, None)
+        assert thread != threading.get_native_id()  # not the loop's thread
+        assert niceness == HASHING_NICENESS == 19  # a contended core goes to the event loop first
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < niceness  # the loop's own is untouched
 
 
 class TestRedisOutage:

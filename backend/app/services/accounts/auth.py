@@ -1,5 +1,6 @@
 """Accounts and sessions: registration, verification, login, refresh, logout, password reset."""
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
@@ -7,7 +8,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, NoScriptError
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -72,12 +73,20 @@ async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
 # --- access ------------------------------------------------------------------------------------
 
 
+# Whether the token is on the deny-list, and its login's state: one command, one round trip (a pipeline of
+# two costs the API half as much again). Both keys carry the login's hash tag: one Redis Cluster slot.
+_SESSION_STATE = "return {redis.call('EXISTS', KEYS[1]), redis.call('HMGET', KEYS[2], 'reaffirmed', 'revoked')}"
+_SESSION_STATE_SHA = hashlib.sha1(_SESSION_STATE.encode()).hexdigest()
+
+
 async def _live_session(claims: AccessClaims) -> float:
     """401 unless the token and its login are live in Redis; when the login was last reaffirmed (0 if never)."""
-    async with get_redis().pipeline(transaction=False) as pipe:
-        pipe.exists(tokens.denied_key(claims.session_id, claims.jti))
-        pipe.hmget(tokens.family_key(claims.session_id), ["reaffirmed", "revoked"])
-        denied, (reaffirmed, family_revoked) = await pipe.execute()
+    redis = get_redis()
+    keys = (tokens.denied_key(claims.session_id, claims.jti), tokens.family_key(claims.session_id))
+    try:
+        denied, (reaffirmed, family_revoked) = await redis.evalsha(_SESSION_STATE_SHA, len(keys), *keys)
+    except NoScriptError:  # a Redis that has not run it yet (or restarted): EVAL runs it and keeps it
+        denied, (reaffirmed, family_revoked) = await redis.eval(_SESSION_STATE, len(keys), *keys)
     if denied:
         raise InvalidToken("This token has been revoked")
     if family_revoked:  # its login ended: logout, or a refresh token of that login was replayed
