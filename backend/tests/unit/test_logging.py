@@ -2,6 +2,7 @@
 
 import io
 import json
+import secrets
 import sys
 
 from loguru import logger
@@ -83,7 +84,9 @@ class TestAccessLines:
 
     def test_production_writes_them_through_the_batched_sink_at_info_only(self, monkeypatch):
         monkeypatch.setattr(sys, "stderr", stderr := io.StringIO())
-        settings = Settings(environment="production", secret_key="p" * 48, database_url="x", redis_url="y")
+        settings = Settings(
+            environment="production", secret_key=secrets.token_urlsafe(32), database_url="x", redis_url="y"
+        )
         try:
             setup_logging(settings.model_copy(update={"log_level": "INFO"}))
             access_line("GET", "/api/v1/users/me", 200, 1.25)
