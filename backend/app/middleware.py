@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.problems import INTERNAL_DETAIL, problem_response
 from app.errors import InternalError
 from app.logging import request_id_var
+from app.utils.redact import redact_path
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -80,7 +81,8 @@ class RequestContextMiddleware:
         finally:
             if scope["type"] == "http" and not scope["path"].startswith(QUIET_PATHS):
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                logger.info("{} {} {} {:.1f}ms", scope["method"], scope["path"], status, elapsed_ms)
+                # The path only, never the query string; a token in the path is masked.
+                logger.info("{} {} {} {:.1f}ms", scope["method"], redact_path(scope["path"]), status, elapsed_ms)
             request_id_var.reset(token)
 
 
