@@ -86,7 +86,6 @@ class Settings(BaseSettings):
     outbox_backoff_seconds: float = 2  # retry after 2 s, 4 s, 8 s, ... up to the maximum
     outbox_backoff_max_seconds: float = 300
     outbox_lease_seconds: float = 60  # a claimed row is another worker's to take once this has passed
-    worker_heartbeat_file: Path | None = None  # touched by each relay pass
     # The worker's own HTTP port: /metrics and /health (on HOST); unset: none (backend/README.md, "Metrics").
     worker_metrics_port: int | None = None
 

@@ -2,6 +2,8 @@
 while the relay makes progress, `/metrics` behind the same token rule as the API's."""
 
 import asyncio
+import subprocess
+import sys
 import time
 from datetime import timedelta
 
@@ -171,3 +173,23 @@ class TestProbe:
         await writer.drain()
         assert await asyncio.wait_for(reader.read(), 10) == b""  # no answer, connection closed
         writer.close()
+
+
+class TestComposeHealthCheck:
+    async def test_the_compose_command_passes_while_healthy_and_fails_when_stale(self, probe_url):
+        from ruamel.yaml import YAML
+
+        from tests.unit.test_deploy_files import COMPOSE
+
+        worker = YAML(typ="safe").load(COMPOSE.read_text())["services"]["worker"]
+        kind, program, flag, code = worker["healthcheck"]["test"]
+        assert (kind, program, flag) == ("CMD", "python", "-c")
+        port = worker["environment"]["WORKER_METRICS_PORT"]
+        command = [sys.executable, flag, code.replace(f":{port}/", f":{probe_url.rsplit(':', 1)[1]}/")]
+
+        healthy = await asyncio.to_thread(subprocess.run, command, capture_output=True)
+        probe.HEARTBEAT.last = time.monotonic() - probe.stale_after(get_settings()) - 1
+        stale = await asyncio.to_thread(subprocess.run, command, capture_output=True)
+
+        assert healthy.returncode == 0, healthy.stderr
+        assert stale.returncode != 0 and b"503" in stale.stderr

@@ -283,9 +283,6 @@ async def relay_forever(stop: asyncio.Event) -> None:
             RELAY_PASSES.labels("failed").inc()
             logger.opt(exception=True).warning("outbox relay pass failed; next in {}s", interval)
         HEARTBEAT.beat()  # alive, even while Postgres is away
-        if settings.worker_heartbeat_file is not None:
-            with suppress(OSError):
-                settings.worker_heartbeat_file.touch()
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
 
