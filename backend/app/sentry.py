@@ -3,8 +3,8 @@
 No default PII (no IP addresses, cookies or request bodies). Sentry's own scrubber removes values
 under secret-looking keys (extended with ours: `new_password`, `refresh_token`, ...), and
 `scrub_event` then masks what the remaining strings may carry (messages, exception values,
-breadcrumbs, the request's URL): tokens and passwords as the log redaction does (`app.utils.redact`), and email
-addresses, which are personal data.
+breadcrumbs, the request's URL): tokens and passwords as the log redaction does
+(`app.utils.redact`), and email addresses, which are personal data.
 """
 
 import re
