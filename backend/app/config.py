@@ -92,7 +92,8 @@ class Settings(BaseSettings):
     outbox_backoff_seconds: float = 2  # retry after 2 s, 4 s, 8 s, ... up to the maximum
     outbox_backoff_max_seconds: float = 300
     outbox_lease_seconds: float = 60  # a claimed row is another worker's to take once this has passed
-    worker_heartbeat_file: Path | None = None  # touched by each relay pass: the container's health check
+    # The worker's own HTTP port: /metrics and /health (on HOST); unset: none (backend/README.md, "Metrics").
+    worker_metrics_port: int | None = None
 
     # Retention (app/services/retention.py): days rows are kept once they have served; 0 = for ever.
     # The worker purges daily at RETENTION_HOUR (UTC), RETENTION_BATCH_SIZE rows per transaction.
@@ -105,6 +106,8 @@ class Settings(BaseSettings):
     retention_batch_size: int = 1000
     retention_hour: int = Field(default=3, ge=0, le=23)
 
+    # Bearer token for /metrics (API and worker). Unset: open outside production, closed (404) in production.
+    metrics_token: str | None = None
     sentry_dsn: str | None = None
 
     # The admin panel at /admin (app/admin): its signed session cookie lives this long, at most.
@@ -144,6 +147,18 @@ class Settings(BaseSettings):
 
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("metrics_token", "sentry_dsn", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _long_enough(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:
+            raise ValueError("METRICS_TOKEN must be at least 16 characters (a random string)")
         return value
 
     @field_validator(

@@ -17,6 +17,7 @@ from typing import TextIO
 from loguru import logger
 
 from app.config import Settings
+from app.utils.redact import redact_text
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
 
@@ -152,14 +153,15 @@ def access_line(method: str, path: str, status: int, elapsed_ms: float) -> None:
 
 
 class _InterceptHandler(logging.Handler):
-    """Route stdlib logging (uvicorn, arq, sqlalchemy) through loguru."""
+    """Route stdlib logging (uvicorn, arq, sqlalchemy) through loguru, with secrets masked: uvicorn
+    logs a WebSocket's path with its query string (`?token=<access token>`)."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+        logger.opt(depth=6, exception=record.exc_info).log(level, redact_text(record.getMessage()))
 
 
 def setup_logging(settings: Settings) -> None:

@@ -9,10 +9,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from fastapi.utils import generate_unique_id
 from fastapi_offline import FastAPIOffline
-from prometheus_fastapi_instrumentator import Instrumentator
 
 from app.admin import install_admin
-from app.api import API_PREFIX, appointments, audit, auth, availability, health, series, services, staff, users, ws
+from app.api import (
+    API_PREFIX,
+    appointments,
+    audit,
+    auth,
+    availability,
+    health,
+    metrics,
+    series,
+    services,
+    staff,
+    users,
+    ws,
+)
 from app.api.admission import AdmissionLimit
 from app.api.db_timeouts import install_db_timeout_handlers
 from app.api.deps import require_body_media_type
@@ -21,9 +33,10 @@ from app.api.problems import install_problem_handlers
 from app.config import Settings, get_settings
 from app.database import dispose_engine
 from app.logging import setup_logging
-from app.metrics import MetricsMiddleware
+from app.metrics import API_PROCESSES, MetricsMiddleware
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from app.redis import close_redis
+from app.sentry import init_sentry
 from app.services.messaging.events import close_hub
 from app.services.messaging.outbox import close_arq_pool
 from app.services.rate_limit import reset_limiter
@@ -37,18 +50,12 @@ def _operation_id(route: APIRoute) -> str:
     raise RuntimeError(f"{route.methods} {route.path} ({route.name}) has no explicit operation_id")
 
 
-def _init_sentry(settings: Settings) -> None:
-    if settings.sentry_dsn:
-        import sentry_sdk
-
-        sentry_sdk.init(dsn=settings.sentry_dsn, environment=settings.environment, send_default_pii=False)
-
-
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # Everything built so far (modules, routes, models) lives as long as the process: keep it out of
     # the collector's scans, which otherwise walk it again and again under request load.
     gc.freeze()
+    API_PROCESSES.set(1)
     yield
     await close_hub()
     await close_arq_pool()
@@ -60,7 +67,7 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     setup_logging(settings)
-    _init_sentry(settings)
+    init_sentry(settings)
     # FastAPIOffline: /docs and /redoc with Swagger UI and ReDoc served from the app, no CDN.
     app = FastAPIOffline(
         title="c3po booking API",
@@ -79,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (auth, users, services, staff, availability, appointments, series, audit, ws):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     install_admin(app, settings)
     install_openapi(app)
 
@@ -86,8 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware)  # inside RequestContextMiddleware: its 500s are counted too
     app.add_middleware(RequestContextMiddleware, hsts=settings.is_production)
-    # The instrumentator only serves /metrics; MetricsMiddleware records the series it would have.
-    Instrumentator().expose(app, include_in_schema=False, should_gzip=True)
     app.add_middleware(AdmissionLimit, settings=settings)  # before the stack: a refusal costs next to nothing
     # Outermost, so every answer a browser may read carries CORS headers: the admission limit's 503s
     # and the last-resort 500s too (a cross-origin answer without them reaches the page as a network error).

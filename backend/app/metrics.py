@@ -1,22 +1,56 @@
-"""Prometheus request metrics from one light ASGI middleware (prometheus_client directly).
+"""Prometheus metrics: every series the API and the worker export, defined here once, and the
+rendering of `/metrics` (backend/README.md, "Metrics", lists them with their labels).
 
-The same series as prometheus-fastapi-instrumentator's defaults, so dashboards keep working:
-`http_requests_total{method,status,handler}` (status grouped: `2xx`), `http_request_size_bytes{handler}` and
-`http_response_size_bytes{handler}` (from Content-Length), `http_request_duration_seconds{method,handler}`
-and `http_request_duration_highr_seconds`. `handler` is the route template (`/api/v1/users/{user_id}`),
-`none` for a path no route matched. The instrumentator found the template by matching every route again
-per request; the router has already matched, so the matched route (`scope["route"]`) is looked up in a
-table of templates built once.
+Request series, from one light ASGI middleware: the same as prometheus-fastapi-instrumentator's
+defaults, so dashboards keep working: `http_requests_total{method,status,handler}` (status grouped:
+`2xx`), `http_request_size_bytes{handler}` and `http_response_size_bytes{handler}` (from
+Content-Length), `http_request_duration_seconds{method,handler}` and
+`http_request_duration_highr_seconds`. `handler` is the route template (`/api/v1/users/{user_id}`),
+`none` for a path no route matched; the router has already matched, so the matched route
+(`scope["route"]`) is looked up in a table of templates built once.
+
+Business series are counted where the event happens, in the services (nothing more per request):
+transitions once their transaction has committed, refusals when they are raised. The worker's series
+live in a registry of their own (`WORKER_REGISTRY`), served on the worker's port, never by the API.
+
+`python -m app serve` runs several processes in prometheus_client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, set up by `app.server`): each process writes its values to mmapped
+files there, and a scrape, whichever process answers it, adds them all up.
 """
 
+import gzip
+import hmac
+import os
 import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
 
-from prometheus_client import Counter, Histogram, Summary
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.config import Settings
+
+MULTIPROCESS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 QUIET_HANDLERS = ("/metrics", "/health")  # not measured (scrapes and probes)
 _HIGHR_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 7.5, 10, 30, 60)
+
+# --- the API's series -------------------------------------------------------------------------------
 
 REQUESTS = Counter(
     "http_requests_total", "Total number of requests by method, status and handler.", ("method", "status", "handler")
@@ -28,6 +62,64 @@ LATENCY = Histogram(
 )
 LATENCY_HIGHR = Histogram(
     "http_request_duration_highr_seconds", "Latency with many buckets and no labels.", buckets=_HIGHR_BUCKETS
+)
+APPOINTMENT_TRANSITIONS = Counter(
+    "c3po_appointment_transitions_total",
+    "Committed appointment status changes; `from` is `new` for a booking (one per appointment of a series).",
+    ("from", "to"),
+)
+BOOKING_REFUSALS = Counter(
+    "c3po_booking_refusals_total", "Bookings refused by the booking service, by problem `code`.", ("code",)
+)
+RATE_LIMIT_REFUSALS = Counter(
+    "c3po_rate_limit_refusals_total", "Requests refused 429 rate_limited, by limit (`register:ip`, ...).", ("limit",)
+)
+API_PROCESSES = Gauge(
+    "c3po_api_processes",
+    "API processes serving (each sets 1; summed over live processes).",
+    multiprocess_mode="livesum",
+)
+
+# --- the worker's series (its own port) ---------------------------------------------------------------
+
+WORKER_REGISTRY = CollectorRegistry(auto_describe=True)
+for _collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+    WORKER_REGISTRY.register(_collector)
+EMAILS_SENT = Counter(
+    "c3po_emails_sent_total", "Emails handed to the mail server, by template.", ("template",), registry=WORKER_REGISTRY
+)
+EMAIL_FAILURES = Counter(
+    "c3po_email_failures_total",
+    "Failed delivery attempts (each retry counts), by template.",
+    ("template",),
+    registry=WORKER_REGISTRY,
+)
+EMAILS_GIVEN_UP = Counter(
+    "c3po_emails_given_up_total",
+    "Emails given up after OUTBOX_MAX_ATTEMPTS failed attempts, by template.",
+    ("template",),
+    registry=WORKER_REGISTRY,
+)
+EMAIL_SEND_SECONDS = Histogram(
+    "c3po_email_send_seconds",
+    "Time to render and send one email (successful attempts).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=WORKER_REGISTRY,
+)
+REMINDER_DELAY = Histogram(
+    "c3po_reminder_delay_seconds",
+    "From a reminder's due time to its email being queued (the cron runs every minute).",
+    buckets=(1, 5, 15, 30, 60, 120, 300, 900, 3600),
+    registry=WORKER_REGISTRY,
+)
+RELAY_PASSES = Counter(
+    "c3po_worker_relay_passes_total", "Passes of the outbox relay, by outcome.", ("outcome",), registry=WORKER_REGISTRY
+)
+LAST_RELAY = Gauge(
+    "c3po_worker_last_relay_timestamp_seconds", "When the outbox relay last made progress.", registry=WORKER_REGISTRY
+)
+QUEUE_RESTARTS = Counter(
+    "c3po_worker_queue_restarts_total", "Times arq was started again after Redis dropped it.", registry=WORKER_REGISTRY
 )
 
 type _Series = tuple[Counter, Summary, Summary, Histogram]
@@ -107,3 +199,112 @@ class MetricsMiddleware:
             out_size.observe(response_size)
             latency.observe(elapsed)
             LATENCY_HIGHR.observe(elapsed)
+
+
+# --- what the database says at scrape time --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Work the worker still owes, measured by the API at scrape time (bounded: `backlog.COUNT_LIMIT`)."""
+
+    outbox_pending: int
+    outbox_oldest_seconds: float
+    reminders_due: int
+    reminder_lag_seconds: float
+
+
+class _Gauges:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def backlog_collector(backlog: Backlog | None) -> Collector:
+    """The scrape-time gauges; with no figures (the database did not answer in time) only `c3po_backlog_up 0`."""
+    families = [
+        GaugeMetricFamily("c3po_backlog_up", "1 if this scrape measured the backlog.", value=int(bool(backlog)))
+    ]
+    if backlog is not None:
+        families += [
+            GaugeMetricFamily(
+                "c3po_outbox_backlog", "Emails neither sent nor given up yet.", value=backlog.outbox_pending
+            ),
+            GaugeMetricFamily(
+                "c3po_outbox_oldest_age_seconds",
+                "Age of the oldest email neither sent nor given up (0 when none).",
+                value=backlog.outbox_oldest_seconds,
+            ),
+            GaugeMetricFamily(
+                "c3po_reminders_due", "Reminders due but not yet queued as emails.", value=backlog.reminders_due
+            ),
+            GaugeMetricFamily(
+                "c3po_reminder_lag_seconds",
+                "How long the oldest due reminder has waited to be queued (0 when none).",
+                value=backlog.reminder_lag_seconds,
+            ),
+        ]
+    return _Gauges(families)
+
+
+# --- /metrics ------------------------------------------------------------------------------------------
+
+
+class Access(Enum):
+    ALLOWED = "allowed"
+    DENIED = "denied"  # 401: a token is set and this is not it
+    CLOSED = "closed"  # 404: production without METRICS_TOKEN
+
+
+def scrape_access(settings: Settings, authorization: str | None) -> Access:
+    token = settings.metrics_token
+    if token is None:
+        return Access.CLOSED if settings.is_production else Access.ALLOWED
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), token.encode()):
+        return Access.ALLOWED
+    return Access.DENIED
+
+
+class _Union:
+    def __init__(self, sources: Iterable[Collector]) -> None:
+        self.sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self.sources:
+            yield from source.collect()
+
+
+class _ApiFiles:
+    """Every `serve` process's values, from their files, without the worker's series (defined in every
+    process, so their unlabelled ones have zeros in the API's files too)."""
+
+    def __init__(self, path: str) -> None:
+        self.files = MultiProcessCollector(None, path)
+
+    def collect(self) -> Iterator[Metric]:
+        return (family for family in self.files.collect() if family.name not in _WORKER_FAMILIES)
+
+
+_WORKER_FAMILIES = frozenset(family.name for family in WORKER_REGISTRY.collect())
+
+
+def api_collector() -> Collector:
+    """This process's series, or with `serve`'s processes, every process's (read from their files)."""
+    path = os.environ.get(MULTIPROCESS_DIR_ENV)
+    return _ApiFiles(path) if path else REGISTRY
+
+
+def render(
+    sources: Iterable[Collector], *, accept: str | None, accept_encoding: str | None
+) -> tuple[bytes, dict[str, str]]:
+    """The exposition (text format, or OpenMetrics when asked for), gzipped when the scraper accepts it."""
+    encoder, content_type = choose_encoder(accept or "")
+    body = encoder(_Union(sources))  # type: ignore[arg-type]
+    headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
+    if "gzip" in (accept_encoding or ""):
+        body = gzip.compress(body, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return body, headers

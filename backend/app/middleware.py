@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.problems import INTERNAL_DETAIL, problem_response
 from app.errors import InternalError
 from app.logging import access_line, request_id_var
+from app.utils.redact import redact_path
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -79,7 +80,8 @@ class RequestContextMiddleware:
             await _internal_error()(scope, receive, send_with_headers)
         finally:
             if scope["type"] == "http" and not path.startswith(QUIET_PATHS):
-                access_line(scope["method"], path, status, (time.perf_counter() - started) * 1000)
+                # The path only, never the query string; a token in the path is masked.
+                access_line(scope["method"], redact_path(path), status, (time.perf_counter() - started) * 1000)
             request_id_var.reset(token)
 
 

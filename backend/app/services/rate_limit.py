@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 
 from app.config import get_settings
 from app.errors import RateLimited
+from app.metrics import RATE_LIMIT_REFUSALS
 
 _limiter: MovingWindowRateLimiter | None = None
 _storage: RedisStorage | None = None
@@ -63,18 +64,29 @@ async def _retry_after(item: RateLimitItem, *key: str) -> int:
     return max(1, int(stats.reset_time - time.time()) + 1)
 
 
+def refused(name: str, retry_after: int, detail: str | None = None) -> RateLimited:
+    """The 429 to raise, counted in `c3po_rate_limit_refusals_total` under `name` (never an address)."""
+    RATE_LIMIT_REFUSALS.labels(name).inc()
+    return RateLimited(retry_after, detail)
+
+
+def _name(key: tuple[str, ...]) -> str:
+    """A limit's key without its subject: `("register", "ip", <ip>)` -> `register:ip`."""
+    return ":".join(key[:-1]) or key[0]
+
+
 async def ensure_allowed(limit: str, *key: str) -> None:
     """Raise 429 if the window is already full, without counting this request."""
-    item, key = parse(limit), _opaque(key)
-    if not await _fail_open(_get_limiter().test(item, *key)):
-        raise RateLimited(await _retry_after(item, *key))
+    item, opaque = parse(limit), _opaque(key)
+    if not await _fail_open(_get_limiter().test(item, *opaque)):
+        raise refused(_name(key), await _retry_after(item, *opaque))
 
 
 async def hit(limit: str, *key: str) -> None:
     """Count one request; raise 429 when the window was already full."""
-    item, key = parse(limit), _opaque(key)
-    if not await _fail_open(_get_limiter().hit(item, *key)):
-        raise RateLimited(await _retry_after(item, *key))
+    item, opaque = parse(limit), _opaque(key)
+    if not await _fail_open(_get_limiter().hit(item, *opaque)):
+        raise refused(_name(key), await _retry_after(item, *opaque))
 
 
 async def record(limit: str, *key: str) -> None:

@@ -66,7 +66,8 @@ def test_compose_runs_the_api_and_the_worker_with_health_checks_and_time_to_drai
     assert "command" not in api  # the image's: python -m app serve
     assert worker["command"] == ["python", "-m", "app", "worker"]
     assert not worker["healthcheck"].get("disable")
-    assert worker["environment"]["WORKER_HEARTBEAT_FILE"] in " ".join(worker["healthcheck"]["test"])
+    probe = f"http://127.0.0.1:{worker['environment']['WORKER_METRICS_PORT']}/health"
+    assert probe in " ".join(worker["healthcheck"]["test"])  # the worker's own /health (its probe port)
     for service in (api, worker):
         assert service["environment"]["DATABASE_URL"]  # the shared settings reached both
     grace = float(api["environment"]["GRACEFUL_TIMEOUT_SECONDS"])

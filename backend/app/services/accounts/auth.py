@@ -23,7 +23,6 @@ from app.errors import (
     InvalidCredentials,
     InvalidRefreshToken,
     InvalidToken,
-    RateLimited,
     TokenReused,
     TotpInvalid,
     TotpRequired,
@@ -159,7 +158,7 @@ async def password_attempt(email: str) -> AsyncIterator[Callable[[], Awaitable[N
     limit = get_settings().login_failures_per_email
     lock = get_redis().lock(f"password-attempt:{email}", timeout=10, sleep=0.02, blocking_timeout=5)
     if not await lock.acquire():
-        raise RateLimited(1, "Another sign-in to this account is in progress; try again")
+        raise rate_limit.refused("login-in-progress", 1, "Another sign-in to this account is in progress; try again")
     try:
         await rate_limit.ensure_allowed(limit, "login-fail", email)
         yield partial(rate_limit.record, limit, "login-fail", email)

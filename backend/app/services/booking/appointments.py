@@ -17,7 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
+from app.database import after_commit
 from app.errors import InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
+from app.metrics import APPOINTMENT_TRANSITIONS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, StaffProfile, User, service_staff
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
@@ -30,6 +32,7 @@ from app.services.scheduling.calendar_lock import lock_calendars
 from app.utils.time import utcnow
 
 EXCLUSION_VIOLATION = "23P01"
+NEW = "new"  # the `from` of a booking in c3po_appointment_transitions_total
 
 
 class Party(Protocol):
@@ -275,12 +278,27 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
         )
         await reminders.schedule(session, appointment, new=True)
         _publish(session, appointment, "appointment.created")
+        _count_transition(session, NEW, appointment.status)
     availability.invalidate_after_commit(session, appointments[0].staff_id)
     await notifications.booked(session, appointments)
     return appointments
 
 
 # --- changes ------------------------------------------------------------------------------------
+
+
+def _count_transition(session: AsyncSession, before: str, after: str) -> None:
+    """`c3po_appointment_transitions_total`, once the change has committed (never for a rolled-back one)."""
+    counter = APPOINTMENT_TRANSITIONS.labels(_status(before), _status(after))
+
+    async def count() -> None:
+        counter.inc()
+
+    after_commit(session, count)
+
+
+def _status(value: Any) -> str:
+    return str(getattr(value, "value", value))
 
 
 def _publish(session: AsyncSession, appointment: Appointment, event_type: str) -> None:
@@ -323,3 +341,5 @@ async def record_change(
     )
     availability.invalidate_after_commit(session, appointment.staff_id)
     _publish(session, appointment, event_type)
+    if before.get("status") != _status(appointment.status):
+        _count_transition(session, before["status"], appointment.status)

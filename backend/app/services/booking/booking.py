@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import (
+    AppError,
     AppointmentChanged,
     AppointmentNotStarted,
     EmailNotVerified,
@@ -23,6 +24,7 @@ from app.errors import (
     SlotNotOffered,
     SlotUnavailable,
 )
+from app.metrics import BOOKING_REFUSALS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
 from app.services import audit
@@ -52,6 +54,14 @@ async def _client_for(session: AsyncSession, actor: User, client_id: uuid.UUID |
 
 async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     """Book one appointment, or a whole recurring series (answering its first occurrence)."""
+    try:
+        return await _create(session, actor, data)
+    except AppError as refused:
+        BOOKING_REFUSALS.labels(refused.code).inc()
+        raise
+
+
+async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
     # Locked first: everything below (the caller, the service, its providers, hours, time off) is read fresh.

@@ -18,7 +18,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
-from app.database import unit_of_work
+from app.database import after_commit, unit_of_work
+from app.metrics import REMINDER_DELAY
 from app.models import LIVE_STATUSES, Appointment, Reminder, Service, User
 from app.services.messaging.notifications import format_when
 from app.services.messaging.outbox import queue_email
@@ -157,6 +158,12 @@ async def _handle(session: AsyncSession, reminder: Reminder, now: datetime) -> b
         context=await _context(session, appointment, client),
     )
     reminder.sent_at = now
+    delay = max((now - reminder.due_at).total_seconds(), 0.0)
+
+    async def observe() -> None:  # c3po_reminder_delay_seconds, once the email is really queued
+        REMINDER_DELAY.observe(delay)
+
+    after_commit(session, observe)
     return True
 
 

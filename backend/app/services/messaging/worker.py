@@ -15,6 +15,10 @@ out and the row is taken over, with the same Message-ID (a receiver can spot the
 `arq app.services.messaging.worker.WorkerSettings` runs the worker bare; `run_worker()` (`python -m app
 worker`) runs it under `supervise`, which keeps the relay going on its own and starts arq again
 whenever Redis drops it (arq's poll loop stops on the first Redis error).
+
+Either way the worker reports to Sentry when `SENTRY_DSN` is set (sentry-sdk's arq integration, the
+API's scrubbing: `app.sentry`), counts what it does (`app.metrics`, the worker's registry) and, with
+`WORKER_METRICS_PORT`, serves `/health` and `/metrics` (`probe.py`).
 """
 
 import asyncio
@@ -28,9 +32,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from arq import worker as arq_worker
 from arq.connections import ArqRedis, RedisSettings
-from arq.cron import cron
-from arq.worker import Worker, create_worker, func
+from arq.cron import CronJob, cron
+from arq.worker import Function, Worker, func
 from loguru import logger
 from sqlalchemy import case, or_, select, update
 from sqlalchemy import func as sql
@@ -39,9 +44,12 @@ from sqlalchemy.exc import DBAPIError
 from app.config import get_settings
 from app.database import dispose_engine, get_sessionmaker, set_role
 from app.logging import setup_logging
+from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMAILS_SENT, QUEUE_RESTARTS, RELAY_PASSES
 from app.models import OutboxMessage
+from app.sentry import init_sentry
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import DELIVER_JOB, job_id, queue_redis_settings, redacted
+from app.services.messaging.probe import HEARTBEAT, start_probe
 from app.services.messaging.reminders import send_due_reminders
 from app.services.retention import purge_expired_idempotency_keys, purge_retained
 
@@ -77,6 +85,11 @@ class Claim:
     attempts: int
     token: str
 
+    @property
+    def template(self) -> str:
+        """The label of its email counters: the template's name (a fixed set)."""
+        return str(self.payload.get("template") or self.kind)
+
 
 def backoff(attempts: int) -> timedelta:
     """2 s, 4 s, 8 s, ... capped (settings `outbox_backoff_seconds`, `outbox_backoff_max_seconds`)."""
@@ -108,6 +121,7 @@ async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelt
     except Exception as error:
         cut_off = TimeoutError(f"cut off after {budget:.1f}s, {LEASE_USE:.0%} of the claim (OUTBOX_LEASE_SECONDS)")
         return await _record_failure(claim, cut_off if cutoff.expired() else error)
+    EMAIL_SEND_SECONDS.observe(loop.time() - started)
     return await _record_sent(claim, until=started + get_settings().outbox_lease_seconds)
 
 
@@ -180,6 +194,7 @@ async def _record_sent(claim: Claim, *, until: float) -> Attempt:
             logger.warning("outbox {} was sent but could not be marked yet; trying again", claim.id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+    EMAILS_SENT.labels(claim.template).inc()
     logger.info("outbox {} ({}) sent", claim.id, claim.kind)
     return Attempt(claim.id, sent=True, attempts=claim.attempts, retry_at=None)
 
@@ -206,6 +221,7 @@ async def _mark_sent(claim: Claim) -> None:
 async def _record_failure(claim: Claim, exc: Exception) -> Attempt | None:
     """Count the failed attempt and schedule the next (or give up); only while the claim is still ours."""
     error = f"{type(exc).__name__}: {exc}"[:2000]
+    EMAIL_FAILURES.labels(claim.template).inc()
     async with get_sessionmaker()() as session, session.begin():
         row = await session.scalar(
             select(OutboxMessage)
@@ -221,6 +237,7 @@ async def _record_failure(claim: Claim, exc: Exception) -> Attempt | None:
         row.claimed_by = row.claimed_until = None
         if row.attempts >= get_settings().outbox_max_attempts:
             row.failed_at = now
+            EMAILS_GIVEN_UP.labels(claim.template).inc()
             logger.error("outbox {} given up after {} attempts: {}", row.id, row.attempts, error)
             return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=None)
         row.next_attempt_at = retry_at = now + backoff(row.attempts)
@@ -249,6 +266,7 @@ async def relay_once(stop: asyncio.Event | None = None) -> int:
     overdue = timedelta(seconds=get_settings().outbox_relay_seconds)
     attempted = 0
     while attempted < RELAY_BATCH and not (stop and stop.is_set()):
+        HEARTBEAT.beat()  # each attempt is bounded by its lease: progress, even through a slow mail server
         if await attempt_delivery(due_within=-overdue) is None:
             break
         attempted += 1
@@ -262,11 +280,11 @@ async def relay_forever(stop: asyncio.Event) -> None:
         try:
             if attempted := await relay_once(stop):
                 logger.info("relay attempted {} overdue outbox rows", attempted)
+            RELAY_PASSES.labels("ok").inc()
         except Exception:  # Postgres away: keep trying, the rows wait
+            RELAY_PASSES.labels("failed").inc()
             logger.opt(exception=True).warning("outbox relay pass failed; next in {}s", interval)
-        if settings.worker_heartbeat_file is not None:  # alive, even while Postgres is away
-            with suppress(OSError):
-                settings.worker_heartbeat_file.touch()
+        HEARTBEAT.beat()  # alive, even while Postgres is away
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)
 
@@ -281,10 +299,15 @@ async def _finish_relay(task: asyncio.Task[None], stop: asyncio.Event) -> None:
 
 
 async def startup(ctx: dict[str, Any]) -> None:
+    """Bare arq (`arq ...WorkerSettings`): what `run_worker` does around `supervise`. Sentry starts
+    here, after arq built its worker, so it sees job failures through the logs rather than as arq jobs."""
     if ctx.get(SUPERVISED):
         return
-    setup_logging(get_settings())
+    settings = get_settings()
+    setup_logging(settings)
+    init_sentry(settings, integrations=_sentry_integrations())
     set_role("worker")
+    ctx["probe"] = await start_probe(settings)
     ctx["relay_stop"] = stop = asyncio.Event()
     ctx["relay"] = asyncio.create_task(relay_forever(stop))
 
@@ -294,6 +317,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         return
     if "relay" in ctx:
         await _finish_relay(ctx.pop("relay"), ctx.pop("relay_stop"))
+    if probe := ctx.pop("probe", None):
+        probe.close()
     await dispose_engine()
 
 
@@ -301,10 +326,13 @@ def redis_settings() -> RedisSettings:
     return queue_redis_settings()  # one Redis, never a cluster: arq's MULTI spans its keys
 
 
-class WorkerSettings:
-    functions = [func(deliver_outbox, name=DELIVER_JOB, max_tries=3)]  # tries again only if cancelled
+def _functions() -> list[Function]:
+    return [func(deliver_outbox, name=DELIVER_JOB, max_tries=3)]  # tries again only if cancelled
+
+
+def _cron_jobs() -> list[CronJob]:
     # Every minute and at start (catch-up); the id per minute keeps two workers from both running it.
-    cron_jobs = [
+    return [
         cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120),
         # Idempotency keys live 24 h; a sweep every ten minutes keeps the table small.
         cron(purge_expired_idempotency_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),
@@ -317,6 +345,17 @@ class WorkerSettings:
             keep_result=86400,
         ),
     ]
+
+
+def _sentry_integrations() -> list[Any]:
+    from sentry_sdk.integrations.arq import ArqIntegration
+
+    return [ArqIntegration()]
+
+
+class WorkerSettings:
+    functions = _functions()
+    cron_jobs = _cron_jobs()
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = redis_settings()
@@ -333,8 +372,11 @@ async def supervise(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     try:
         while not stop.is_set():
-            worker = create_worker(
-                WorkerSettings,
+            # Sentry's arq integration wraps the jobs of the settings it is given, in place, each time
+            # (`arq.worker.create_worker`, looked up now, is its patched version): fresh ones each time.
+            fresh = dict(vars(WorkerSettings), functions=_functions(), cron_jobs=_cron_jobs())
+            worker = arq_worker.create_worker(
+                fresh,
                 ctx={SUPERVISED: True},
                 redis_settings=replace(redis_settings(), conn_retries=0),  # we retry, with backoff
                 handle_signals=False,
@@ -346,6 +388,7 @@ async def supervise(stop: asyncio.Event) -> None:
                 break
             failures = 1 if loop.time() - started > 60 else failures + 1
             delay = min(2 ** (failures - 1), RESTART_MAX_DELAY_SECONDS)
+            QUEUE_RESTARTS.inc()
             logger.warning("arq worker stopped ({}); starting it again in {}s", error, delay)
             with suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
@@ -394,9 +437,12 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    probe = await start_probe(get_settings())
     try:
         await supervise(stop)
     finally:
+        if probe is not None:
+            probe.close()
         await dispose_engine()
 
 
@@ -407,6 +453,7 @@ def run_worker() -> None:
     set_role("worker")
     if not settings.database_url or not settings.redis_url:
         raise SystemExit("the worker needs DATABASE_URL and REDIS_URL")
+    init_sentry(settings, integrations=_sentry_integrations())
     logger.info("outbox worker starting (relay every {}s)", settings.outbox_relay_seconds)
     asyncio.run(_serve())
 
