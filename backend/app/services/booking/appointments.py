@@ -278,7 +278,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
         )
         await reminders.schedule(session, appointment, new=True)
         _publish(session, appointment, "appointment.created")
-        _count_transition(session, NEW, appointment.status)
+        count_transition(session, NEW, appointment.status)
     availability.invalidate_after_commit(session, appointments[0].staff_id)
     await notifications.booked(session, appointments)
     return appointments
@@ -287,7 +287,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
 # --- changes ------------------------------------------------------------------------------------
 
 
-def _count_transition(session: AsyncSession, before: str, after: str) -> None:
+def count_transition(session: AsyncSession, before: str, after: str) -> None:
     """`c3po_appointment_transitions_total`, once the change has committed (never for a rolled-back one)."""
     counter = APPOINTMENT_TRANSITIONS.labels(_status(before), _status(after))
 
@@ -342,4 +342,4 @@ async def record_change(
     availability.invalidate_after_commit(session, appointment.staff_id)
     _publish(session, appointment, event_type)
     if before.get("status") != _status(appointment.status):
-        _count_transition(session, before["status"], appointment.status)
+        count_transition(session, before["status"], appointment.status)

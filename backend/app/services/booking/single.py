@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.database import after_commit, driver_connection, raw_execute, raw_fetchrow
 from app.errors import AppError, EmailNotVerified, Forbidden, InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
+from app.metrics import BOOKING_REFUSALS
 from app.models import Appointment, Role, Service, User, service_staff
 from app.redis import get_pubsub_redis, get_redis
 from app.schemas.appointment import to_json
@@ -138,6 +139,7 @@ async def book(
     try:
         return await _book(session, actor, data, key, None if locked else lock)
     except AppError as exc:
+        BOOKING_REFUSALS.labels(exc.code).inc()  # as `booking.create` counts them (a replay returned above)
         if key is None or not idempotency.storable(exc):
             raise
         answer = Answer(exc.status, error_body(exc), headers=exc.headers)  # nothing was written: nothing to undo
@@ -254,6 +256,7 @@ async def _insert(
     assert row is not None
     if not row["booked"]:
         raise SlotUnavailable(conflicts=[iso_z(appointment.starts_at)])
+    appointments.count_transition(session, appointments.NEW, appointment.status)
     message = events.encode("appointment.created", body)
     dates = cache.touched_dates([(appointment.blocked_from, appointment.blocked_until)], ZoneInfo(zone))
     after_commit(
