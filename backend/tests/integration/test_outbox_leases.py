@@ -5,7 +5,9 @@ import asyncio
 from datetime import timedelta
 
 import asyncpg
+import pytest
 from sqlalchemy import func, update
+from sqlalchemy.exc import DBAPIError
 
 from app.database import dispose_engine
 from app.models import OutboxMessage
@@ -117,6 +119,42 @@ class TestMarkingSent:
         row = await load(session, outbox_id)
         assert row.sent_at is not None and row.claimed_by is None and row.attempts == 0
         assert len(smtp.messages) == 1
+
+    async def test_a_send_whose_mark_never_landed_is_recorded_not_repeated_by_whoever_takes_over(
+        self,
+        service_urls,
+        session,
+        smtp,  # noqa: F811
+    ):
+        """Postgres away for longer than the claim (the fault drill's stop): the sender gives up
+        recording its 250, the claim runs out, the row is taken over once Postgres is back. The
+        note the sender left in Redis makes the taker record it sent instead of sending again."""
+        [outbox_id] = await queue()
+        await dispose_engine()
+        conn = await asyncpg.connect(service_urls["database_url"])
+        try:
+            with settings_env(DB_LOCK_TIMEOUT_SECONDS="0.2", OUTBOX_LEASE_SECONDS="2"):
+                smtp.hold()
+                sending = asyncio.create_task(attempt_delivery(outbox_id))
+                await held(smtp)
+                lock = conn.transaction()
+                await lock.start()  # every mark times out on this lock until the claim has run out
+                await conn.execute("SELECT 1 FROM outbox WHERE id = $1 FOR UPDATE", outbox_id)
+                smtp.release()
+                with pytest.raises(DBAPIError):
+                    await asyncio.wait_for(sending, 10)
+                await lock.rollback()
+                await asyncio.sleep(2.1)  # the claim has run out: the row is anyone's
+                taken = await attempt_delivery(outbox_id)  # as the job's retry or the relay would
+                assert taken is not None and taken.sent
+        finally:
+            await conn.close()
+            await dispose_engine()
+
+        assert smtp.count_by_message_id() and set(smtp.count_by_message_id().values()) == {1}
+        row = await load(session, outbox_id)
+        assert row.sent_at is not None and row.claimed_by is None
+        assert await attempt_delivery(outbox_id) is None
 
 
 class TestClaims:

@@ -5,7 +5,10 @@ minutes and, daily, everything past its retention (`app.services.retention`).
 Two paths lead to `attempt_delivery`, which claims the row for `outbox_lease_seconds` in a short
 transaction (`claimed_by`, `claimed_until`), sends it with no transaction open, and records `sent_at`
 in another, so a retried job or a second worker finds nothing to do; a claim whose worker died runs
-out and the row is taken over, with the same Message-ID (a receiver can spot the repeat):
+out and the row is taken over. A send is noted in Redis (`outbox-sent:<id>`, a day) before it is
+recorded, so a row taken over after its message went out (Postgres away past the claim, the worker
+killed after the 250) is recorded sent, not sent again; only a send whose note was lost too (Redis
+away, or a kill between the 250 and the note) is repeated, with the same Message-ID:
 
 - the arq job `deliver_outbox`, queued after the commit that wrote the row (job id = outbox id
   and attempt); after a failed attempt it queues the next one at the row's `next_attempt_at`;
@@ -46,6 +49,7 @@ from app.database import dispose_engine, get_sessionmaker, set_role
 from app.logging import setup_logging
 from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMAILS_SENT, QUEUE_RESTARTS, RELAY_PASSES
 from app.models import OutboxMessage
+from app.redis import get_redis
 from app.sentry import init_sentry
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import DELIVER_JOB, job_id, queue_redis_settings, redacted
@@ -60,6 +64,7 @@ JOB_CLOCK_SLACK = timedelta(seconds=0.25)  # arq defers by the worker's clock, t
 RELAY_BATCH = 100
 RESTART_MAX_DELAY_SECONDS = 5
 MARK_RETRY_SECONDS = 0.2  # first pause before recording a sent message again (Postgres away)
+SENT_NOTE_SECONDS = 86_400  # how long Redis remembers a send that PostgreSQL may not have recorded
 LEASE_USE = 0.8  # an attempt sends within this share of its lease; the rest is for recording the outcome
 
 Handler = Callable[[int, datetime, Mapping[str, Any]], Awaitable[None]]
@@ -84,6 +89,7 @@ class Claim:
     payload: dict[str, Any]
     attempts: int
     token: str
+    taken_over: bool = False  # an earlier attempt's claim ran out: it may have sent the message
 
     @property
     def template(self) -> str:
@@ -113,6 +119,9 @@ async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelt
     claim = await _claim(outbox_id, due_within)
     if claim is None:
         return None
+    if claim.taken_over and await _sent_before(claim):
+        logger.warning("outbox {}: the attempt before this one sent it; recorded as sent, not sent again", claim.id)
+        return await _record_sent(claim, until=started + get_settings().outbox_lease_seconds)
     budget = get_settings().outbox_lease_seconds * LEASE_USE - (loop.time() - started)
     cutoff = asyncio.timeout(budget)
     try:
@@ -122,7 +131,31 @@ async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelt
         cut_off = TimeoutError(f"cut off after {budget:.1f}s, {LEASE_USE:.0%} of the claim (OUTBOX_LEASE_SECONDS)")
         return await _record_failure(claim, cut_off if cutoff.expired() else error)
     EMAIL_SEND_SECONDS.observe(loop.time() - started)
+    await _note_sent(claim)
     return await _record_sent(claim, until=started + get_settings().outbox_lease_seconds)
+
+
+def _sent_key(outbox_id: int) -> str:
+    return f"outbox-sent:{outbox_id}"
+
+
+async def _note_sent(claim: Claim) -> None:
+    """Note in Redis that the message is out, before recording it in PostgreSQL: should that record
+    never land (Postgres away for longer than the claim, the worker killed), whoever takes the row
+    over records it sent instead of sending it a second time. Redis away: the record in PostgreSQL,
+    tried until the claim runs out, is the only guard (as before)."""
+    try:
+        await get_redis().set(_sent_key(claim.id), claim.token, ex=SENT_NOTE_SECONDS)
+    except Exception:
+        logger.opt(exception=True).warning("outbox {}: could not note the send in Redis", claim.id)
+
+
+async def _sent_before(claim: Claim) -> bool:
+    try:
+        return bool(await get_redis().exists(_sent_key(claim.id)))
+    except Exception:  # unknown: send (at least once beats never)
+        logger.opt(exception=True).warning("outbox {}: could not read Redis for an earlier send", claim.id)
+        return False
 
 
 async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
@@ -172,7 +205,7 @@ async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
         return None
     if row.previous is not None:
         logger.warning("outbox {}: the claim of {} ran out; trying again", row.id, row.previous)
-    return Claim(row.id, row.kind, row.created_at, row.payload, row.attempts, token)
+    return Claim(row.id, row.kind, row.created_at, row.payload, row.attempts, token, row.previous is not None)
 
 
 async def _record_sent(claim: Claim, *, until: float) -> Attempt:
