@@ -22,12 +22,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -186,14 +187,25 @@ def compose_environment(service: str, compose: dict, local_hosts: dict[str, str]
     return env
 
 
+def service_uid() -> int:
+    """Who the replayed processes run as: `nobody` when the tests run as root (CI here), else the
+    tests' own user, unprivileged already (a newcomer's machine, where no sudo may be asked for)."""
+    return pwd.getpwnam("nobody").pw_uid if os.geteuid() == 0 else os.geteuid()
+
+
 def as_service_user(command: list[str], env: dict[str, str]) -> list[str]:
-    """`command` as `nobody`, with exactly `env`: through setpriv as root, through `sudo -n` otherwise
-    (a CI runner's user; sudo would drop LD_LIBRARY_PATH and PATH, so `env` sets them after it)."""
+    """`command` as the service user (`env` is passed by the caller): through setpriv as root."""
+    if os.geteuid() != 0:
+        return command
     nobody = pwd.getpwnam("nobody")
-    setpriv = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--"]
-    if os.geteuid() == 0:
-        return [*setpriv, *command]
-    return ["sudo", "-n", "env", "-i", *(f"{name}={value}" for name, value in env.items()), *setpriv, *command]
+    return ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--", *command]
+
+
+def _read_only(tree: Path, *, writable: bool = False) -> None:
+    """The code as the image has it for its user: not writable (for a non-root owner, by its modes)."""
+    for path in [tree, *tree.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o200 if writable else path.stat().st_mode & ~0o222)
 
 
 @dataclass
@@ -220,6 +232,55 @@ def _with_database(url: str, name: str) -> str:
     return urlunsplit(urlsplit(url)._replace(path="/" + name))
 
 
+class SocketBridge:
+    """127.0.0.1:<port> forwarded to a Unix socket. Embedded PostgreSQL (a machine without servers)
+    listens only on a socket in the test's private directory, which the service user may not enter;
+    the replayed processes reach it over TCP instead, as a container reaches `postgres:5432`."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.socket_path, self.port = socket_path, free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "SocketBridge":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(asyncio.start_server(self._serve, HOST, self.port), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_unix_connection(self.socket_path)
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+
+def _over_tcp(url: str, stack: list) -> str:
+    """The URL as the service user can reach it: a Unix-socket URL (`?host=/dir`) through a bridge."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    directory = (query.pop("host", [""]) or [""])[0]
+    if not directory.startswith("/"):
+        return url
+    bridge = SocketBridge(f"{directory}/.s.PGSQL.{parts.port or 5432}").__enter__()
+    stack.append(bridge)
+    user = parts.username or "postgres"
+    netloc = f"{user}{':' + parts.password if parts.password else ''}@{HOST}:{bridge.port}"
+    return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query, doseq=True)))
+
+
 @pytest.fixture(scope="module")
 def image() -> Iterator[Image]:
     root = Path(tempfile.mkdtemp(prefix="c3po-image-"))
@@ -231,10 +292,14 @@ def image() -> Iterator[Image]:
         tmp = built.path("/tmp")
         tmp.mkdir()
         tmp.chmod(0o1777)
+        if os.geteuid() != 0:
+            _read_only(built.path("/app/app"))
         print("replayed build:", {step: f"{seconds:.1f} s" for step, seconds in built.timings.items()})
         yield built
     finally:
         started = time.monotonic()
+        if os.geteuid() != 0 and (root / "app" / "app").exists():
+            _read_only(root / "app" / "app", writable=True)
         shutil.rmtree(root, ignore_errors=True)
         print(f"removed the folder in {time.monotonic() - started:.1f} s")
 
@@ -247,8 +312,9 @@ def running(image, service_urls) -> Iterator[Running]:
     asyncio.run(_execute(admin_url, f'CREATE DATABASE "{database}"'))
     smtp = SmtpServer().start()
     port = free_port()
+    bridges: list[SocketBridge] = []
     local_hosts = {
-        "DATABASE_URL": _with_database(admin_url, database),
+        "DATABASE_URL": _with_database(_over_tcp(admin_url, bridges), database),
         "REDIS_URL": service_urls["redis_url"],
         "MAIL_SERVER": smtp.host,
     }
@@ -288,6 +354,8 @@ def running(image, service_urls) -> Iterator[Running]:
             print(f"--- {name} (exit {process.returncode})\n{state.log(name)}")
         image.timings["stopped"] = time.monotonic() - stopping
         smtp.stop()
+        for bridge in bridges:
+            bridge.__exit__()
         asyncio.run(_execute(admin_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
         image.timings["torn down"] = time.monotonic() - stopping
         print("replay timings:", {step: f"{seconds:.1f} s" for step, seconds in image.timings.items()})
@@ -379,6 +447,6 @@ def test_zone_data_comes_from_the_tzdata_package(running):
 
 def test_the_processes_run_as_a_user_who_cannot_change_the_code(running):
     for service, process in running.processes.items():
-        assert Path(f"/proc/{process.pid}").stat().st_uid == pwd.getpwnam("nobody").pw_uid, service
+        assert Path(f"/proc/{process.pid}").stat().st_uid == service_uid() != 0, service
     result = running.run("backend", ["python", "-c", "open('app/__init__.py', 'a')"])
     assert result.returncode != 0 and "PermissionError" in result.stderr
