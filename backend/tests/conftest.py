@@ -218,3 +218,19 @@ async def session(app):
 
     async with get_sessionmaker()() as db:
         yield db
+
+
+@pytest.fixture
+def deploy_keys(monkeypatch):
+    """Deploy new signing keys as an operator would: `deploy_keys(current, *previous)` sets
+    `SECRET_KEY` and `PREVIOUS_SECRET_KEYS`, and the settings are read again at once."""
+    from app.config import get_settings
+
+    def deploy(current: str, *previous: str) -> None:
+        monkeypatch.setenv("SECRET_KEY", current)
+        monkeypatch.setenv("PREVIOUS_SECRET_KEYS", ",".join(previous))
+        get_settings.cache_clear()
+
+    yield deploy
+    monkeypatch.undo()
+    get_settings.cache_clear()

@@ -469,17 +469,3 @@ class TestTotpErasure:
         deploy_keys(secrets.token_urlsafe(32), get_settings().secret_key)
         login = {"username": staff.email, "password": PASSWORD, "totp_code": following}
         assert (await client.post("/api/v1/auth/login", data=login)).status_code == 200
-
-
-@pytest.fixture
-def deploy_keys(monkeypatch):
-    """New keys as a deployment sets them: `deploy_keys(current, *previous)`, settings read again."""
-
-    def deploy(current: str, *previous: str) -> None:
-        monkeypatch.setenv("SECRET_KEY", current)
-        monkeypatch.setenv("PREVIOUS_SECRET_KEYS", ",".join(previous))
-        get_settings.cache_clear()
-
-    yield deploy
-    monkeypatch.undo()
-    get_settings.cache_clear()

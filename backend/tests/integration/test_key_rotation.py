@@ -17,20 +17,6 @@ from tests.unit.test_signing_keys import PUBLISHED_KEYS
 ME = "/api/v1/users/me"
 
 
-@pytest.fixture
-def configure(monkeypatch):
-    """Deploy new keys: `configure(current, *previous)` (the settings are read again at once)."""
-
-    def deploy(current: str, *previous: str) -> None:
-        monkeypatch.setenv("SECRET_KEY", current)
-        monkeypatch.setenv("PREVIOUS_SECRET_KEYS", ",".join(previous))
-        get_settings.cache_clear()
-
-    yield deploy
-    monkeypatch.undo()
-    get_settings.cache_clear()
-
-
 def claims_of(user) -> dict:
     now = time.time()
     settings = get_settings()
@@ -65,14 +51,14 @@ class TestPublishedKeys:
 
 
 class TestRotation:
-    async def test_a_rotation_keeps_sessions_alive(self, client, session, configure):
+    async def test_a_rotation_keeps_sessions_alive(self, client, session, deploy_keys):
         old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        configure(old)
+        deploy_keys(old)
         user = await create_user(session)
         before = await start_session(user)
         assert jwt.get_unverified_header(before.access_token)["kid"] == key_id(old)
 
-        configure(new, old)  # the new key signs, the old one still verifies
+        deploy_keys(new, old)  # the new key signs, the old one still verifies
 
         assert (await client.get(ME, headers=bearer(before.access_token))).status_code == 200
         refreshed = await refresh(client, before.refresh_token)
@@ -81,23 +67,23 @@ class TestRotation:
         assert jwt.get_unverified_header(after["access_token"])["kid"] == key_id(new)
         assert (await client.get(ME, headers=bearer(after["access_token"]))).status_code == 200
 
-        configure(new)  # the old key dropped once its tokens have expired
+        deploy_keys(new)  # the old key dropped once its tokens have expired
 
         assert_unauthorized(await client.get(ME, headers=bearer(before.access_token)))
         assert (await client.get(ME, headers=bearer(after["access_token"]))).status_code == 200
         assert (await refresh(client, after["refresh_token"])).status_code == 200  # opaque: no key in it
 
-    async def test_a_refresh_replayed_across_the_rotation_still_gets_its_successor(self, client, session, configure):
+    async def test_a_refresh_replayed_across_the_rotation_still_gets_its_successor(self, client, session, deploy_keys):
         """The grace window's sealed successor was sealed with the previous key: opened with it."""
         old, new = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-        configure(old)
+        deploy_keys(old)
         first = await start_session(await create_user(session))
         rotated = (await refresh(client, first.refresh_token)).json()
 
-        configure(new, old)
+        deploy_keys(new, old)
         replayed = await refresh(client, first.refresh_token)
         assert replayed.status_code == 200, replayed.text
         assert replayed.json()["refresh_token"] == rotated["refresh_token"]
 
-        configure(new)  # sealed by a key no longer listed: refused, never a wrong successor
+        deploy_keys(new)  # sealed by a key no longer listed: refused, never a wrong successor
         assert_invalid_grant(await refresh(client, first.refresh_token), "invalid_refresh_token")
