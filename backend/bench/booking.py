@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
-from _harness import PIDS, api_server, bench_database, service_row, user_row
+from _harness import PIDS, api_server, bench_database, cpu_seconds, service_row, user_row
 
 PASSWORD = "a bench password that nobody uses"
 OPENS, CLOSES = wall(8), wall(20)
@@ -212,9 +212,9 @@ async def booking(
         command = ["py-spy", "record", "--pid", str(PIDS[base]), "--format", "raw", "-o", profile, "--nonblocking"]
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await asyncio.sleep(1)
-    cpu = _cpu_seconds(PIDS[base])
+    cpu = cpu_seconds(PIDS[base])
     elapsed, latencies = await drive(len(tokens), slots[warmup:], call)
-    cpu = _cpu_seconds(PIDS[base]) - cpu
+    cpu = cpu_seconds(PIDS[base]) - cpu
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
@@ -229,13 +229,6 @@ async def booking(
         f"{'':<54} API process CPU {cpu * 1000 / len(latencies):.2f} ms per booking "
         f"(at most {len(latencies) / cpu:.0f} bookings/s on one free core)"
     )
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux): a figure the machine's noise barely moves."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:

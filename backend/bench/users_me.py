@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 from _bench_app import BARE_PATH
-from _harness import BENCH_SECRET_KEY, api_server, bench_database
+from _harness import BENCH_SECRET_KEY, api_server, bench_database, cpu_seconds
 
 PASSWORD = "a bench password that nobody uses"
 EMAIL = "bench-me@example.com"
@@ -61,12 +61,6 @@ def sign_in(base: str) -> str:
     response = httpx.post(base + "/api/v1/auth/login", data={"username": EMAIL, "password": PASSWORD}, timeout=30)
     response.raise_for_status()
     return response.json()["access_token"]
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the server process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(

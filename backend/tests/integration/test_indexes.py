@@ -79,8 +79,8 @@ async def world(session) -> dict[str, Any]:
     return {**people, "service_id": service_id, "series_id": series_id}
 
 
-async def page_statement(call: Callable[[], Awaitable[Any]]) -> tuple[str, Any]:
-    """The page query (the one with a LIMIT) the service runs, with its parameters, as sent."""
+async def sent_statements(call: Callable[[], Awaitable[Any]]) -> list[tuple[str, Any]]:
+    """Every statement `call` sends through the engine, with its parameters, as sent."""
     sent: list[tuple[str, Any]] = []
 
     def capture(_connection, _cursor, statement, parameters, _context, _executemany) -> None:
@@ -92,6 +92,12 @@ async def page_statement(call: Callable[[], Awaitable[Any]]) -> tuple[str, Any]:
         await call()
     finally:
         event.remove(engine, "before_cursor_execute", capture)
+    return sent
+
+
+async def page_statement(call: Callable[[], Awaitable[Any]]) -> tuple[str, Any]:
+    """The page query (the one with a LIMIT) the service runs, with its parameters, as sent."""
+    sent = await sent_statements(call)
     pages = [(statement, parameters) for statement, parameters in sent if " LIMIT " in statement]
     assert pages, sent
     return pages[0]

@@ -6,14 +6,14 @@ import json
 import uuid
 
 import pytest
-from sqlalchemy import event, func, select, text
+from sqlalchemy import func, select, text
 
 from app.database import get_engine
 from app.models import OutboxMessage, Role, User
 from app.services import retention
 from app.services.retention import PURGES
 from tests.factories import create_user
-from tests.integration.test_indexes import indexes, plan_nodes
+from tests.integration.test_indexes import indexes, plan_nodes, sent_statements
 
 BATCH = 10
 PAST, KEPT = 25, 4  # 25 past retention: two full batches and a short one
@@ -209,19 +209,9 @@ class TestUnverifiedAccounts:
         assert (await retention.purge_all(account_batch=2))["unverified accounts"] == 0
 
 
-async def sent_statements(call) -> list[tuple[str, object]]:
-    sent: list[tuple[str, object]] = []
-
-    def capture(_connection, _cursor, statement, parameters, _context, _executemany) -> None:
-        sent.append((statement, parameters))
-
-    engine = get_engine().sync_engine
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        await call()
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    return [(s, p) for s, p in sent if "SKIP LOCKED" in s]
+async def batch_statements(call) -> list[tuple[str, object]]:
+    """The batch statements (`SKIP LOCKED`) a purge sends."""
+    return [(s, p) for s, p in await sent_statements(call) if "SKIP LOCKED" in s]
 
 
 EXPECTED_INDEX = {
@@ -258,8 +248,8 @@ class TestIndexes:
 
         plans = {}
         for name in ROWS:
-            plans[name] = await sent_statements(lambda name=name: retention.purge_batch(by_name(name), BATCH))
-        plans["unverified accounts"] = await sent_statements(lambda: retention.erase_unverified_batch(1))
+            plans[name] = await batch_statements(lambda name=name: retention.purge_batch(by_name(name), BATCH))
+        plans["unverified accounts"] = await batch_statements(lambda: retention.erase_unverified_batch(1))
 
         connection = await session.connection()
         for name, statements in plans.items():
