@@ -1,5 +1,6 @@
 """One settings object for the whole backend, read from the environment (and `.env`)."""
 
+import ipaddress
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -9,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from app.secret_settings import MIN_SECRET_KEY_LENGTH, PUBLISHED_KEY_DIGESTS, SecretFiles, development_key, key_digest
+from app.utils.netaddr import dns_server
 
 BACKEND_DIR = Path(__file__).resolve().parent.parent
 
@@ -106,6 +108,13 @@ class Settings(BaseSettings):
     retention_batch_size: int = 1000
     retention_hour: int = Field(default=3, ge=0, le=23)
 
+    # Outbound HTTP to users' URLs (webhooks, calendars; app/services/integrations/egress.py): only
+    # public addresses, plus these networks (CIDR). Unset: loopback and private ranges in development,
+    # none elsewhere. EGRESS_DNS_SERVERS (`ip[:port]`, comma-separated): resolve there, not via the system.
+    egress_allowed_networks: Annotated[list[str] | None, NoDecode] = None
+    egress_dns_servers: Annotated[list[str], NoDecode] = []
+    egress_timeout_seconds: float = 15
+
     # Bearer token for /metrics (API and worker). Unset: open outside production, closed (404) in production.
     metrics_token: str | None = None
     sentry_dsn: str | None = None
@@ -136,7 +145,7 @@ class Settings(BaseSettings):
             return [key for key in re.split(r"[\s,]+", value) if key]
         return value
 
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", "egress_allowed_networks", "egress_dns_servers", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         """Accept `a,b` as well as a JSON list, so the variables are easy to set by hand."""
@@ -147,6 +156,20 @@ class Settings(BaseSettings):
 
                 return json.loads(value)
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str] | None) -> list[str] | None:
+        for network in value or []:
+            ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("egress_dns_servers")
+    @classmethod
+    def _dns_servers(cls, value: list[str]) -> list[str]:
+        for server in value:
+            dns_server(server)
         return value
 
     @field_validator("metrics_token", "sentry_dsn", mode="before")

@@ -221,6 +221,22 @@ async def session(app):
 
 
 @pytest.fixture
+def set_env(monkeypatch):
+    """Change settings as an operator would: `set_env(EGRESS_ALLOWED_NETWORKS="127.0.0.0/8")` sets
+    the variables and the settings are read again at once; both are restored after the test."""
+    from app.config import get_settings
+
+    def configure(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+
+    yield configure
+    monkeypatch.undo()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
 def deploy_keys(monkeypatch):
     """Deploy new signing keys as an operator would: `deploy_keys(current, *previous)` sets
     `SECRET_KEY` and `PREVIOUS_SECRET_KEYS`, and the settings are read again at once."""

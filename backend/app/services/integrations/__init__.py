@@ -1,0 +1,1 @@
+"""What c3po exchanges with other systems: webhooks, calendar feeds, external calendars, manage links."""
