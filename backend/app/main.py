@@ -35,7 +35,7 @@ from app.database import dispose_engine
 from app.logging import setup_logging
 from app.metrics import API_PROCESSES, MetricsMiddleware
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
-from app.redis import close_redis
+from app.redis import close_redis, get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
 from app.services.messaging.events import close_hub
 from app.services.messaging.outbox import close_arq_pool
@@ -56,6 +56,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # the collector's scans, which otherwise walk it again and again under request load.
     gc.freeze()
     API_PROCESSES.set(1)
+    if get_settings().redis_url:
+        await warn_unless_noeviction(get_redis(), "app")
     yield
     await close_hub()
     await close_arq_pool()
