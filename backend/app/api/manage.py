@@ -42,7 +42,7 @@ from app.services.scheduling.availability import InvalidWindow, WindowTooLarge
 
 NO_STORE = {"Cache-Control": "no-store"}
 ManageToken = Annotated[
-    str, Path(min_length=1, max_length=256, description="The `token` query parameter of the emailed page link")
+    str, Path(min_length=1, max_length=1024, description="The `token` query parameter of the emailed page link")
 ]
 
 
