@@ -17,6 +17,7 @@ from app.utils import manage_tokens
 from app.utils.manage_tokens import Action
 from app.utils.redact import REDACTED, redact_path
 from tests.factories import bearer, create_user, start_session
+from tests.integration.test_ws import open_socket, receive, ws_url  # noqa: F401 (ws_url: a fixture)
 from tests.scheduling import (
     URL,
     add_appointment,
@@ -479,3 +480,25 @@ class TestRateLimit:
         with settings_env(MANAGE_REQUESTS_PER_IP="2/minute"):
             answers = [await client.get(f"{MANAGE}/{'z' * 40}{n}") for n in range(3)]
         assert [a.status_code for a in answers] == [404, 404, 429]
+
+
+class TestEvents:
+    async def test_both_parties_sockets_hear_of_a_change_made_through_the_link(
+        self,
+        client,
+        world,
+        smtp,
+        ws_url,  # noqa: F811 (the fixture imported above)
+    ):
+        appointment, token = await booked_with_link(client, world, smtp)
+        sockets = [
+            await open_socket(ws_url, (await start_session(world[who])).access_token) for who in ("client", "staff")
+        ]
+
+        moved = await client.post(f"{MANAGE}/{token}/reschedule", json={"starts_at": local(DAY, 15).isoformat()})
+        cancelled = await client.post(f"{MANAGE}/{token}/cancel")
+
+        for socket_ in sockets:
+            assert await receive(socket_) == {"type": "appointment.updated", "data": moved.json()}
+            assert await receive(socket_) == {"type": "appointment.cancelled", "data": cancelled.json()}
+            await socket_.close()
