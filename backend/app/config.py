@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     sensitive_requests_per_ip: str = "10/minute"
     sensitive_requests_per_email: str = "5/hour"
     availability_requests_per_ip: str = "120/minute"  # public and the costliest read
+    # Manage links (`/api/v1/manage/{token}`, no sign-in): requests per client IP, and per link.
+    manage_requests_per_ip: str = "60/minute"
+    manage_requests_per_token: str = "30/minute"
 
     cancellation_min_notice_hours: int = 24
     slot_step_minutes: int | None = None  # unset: slots step by the service's duration

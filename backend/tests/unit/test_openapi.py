@@ -23,6 +23,8 @@ OPERATIONS = [
     ("GET", "/api/v1/appointments/{appointment_id}.ics", "appointments-get-ics"),
     ("GET", "/api/v1/audit-log", "audit-list"),
     ("GET", "/api/v1/availability", "availability-list"),
+    ("GET", "/api/v1/manage/{token}", "manage-get"),
+    ("GET", "/api/v1/manage/{token}/availability", "manage-availability"),
     ("GET", "/api/v1/services", "services-list"),
     ("GET", "/api/v1/services/{service_id}", "services-get"),
     ("GET", "/api/v1/staff", "staff-list"),
@@ -60,6 +62,8 @@ OPERATIONS = [
     ("POST", "/api/v1/auth/totp/setup", "auth-totp-setup"),
     ("POST", "/api/v1/auth/verify-email", "auth-verify-email"),
     ("POST", "/api/v1/auth/verify-email/resend", "auth-resend-verification"),
+    ("POST", "/api/v1/manage/{token}/cancel", "manage-cancel"),
+    ("POST", "/api/v1/manage/{token}/reschedule", "manage-reschedule"),
     ("POST", "/api/v1/services", "services-create"),
     ("POST", "/api/v1/staff/{staff_id}/overrides", "staff-set-override"),
     ("POST", "/api/v1/staff/{staff_id}/time-off", "staff-create-time-off"),
@@ -78,6 +82,10 @@ PUBLIC = {
     "auth-password-reset",
     "auth-password-reset-confirm",
     "availability-list",
+    "manage-get",
+    "manage-cancel",
+    "manage-reschedule",
+    "manage-availability",
     "staff-list",
     "staff-get",
     "health",
@@ -93,6 +101,8 @@ IDEMPOTENT = {
     "appointments-complete",
     "appointments-no-show",
     "appointment-series-cancel",
+    "manage-cancel",
+    "manage-reschedule",
 }
 PROBLEM = "application/problem+json"
 
