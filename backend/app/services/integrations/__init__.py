@@ -1,0 +1,1 @@
+"""Connections to the world outside: webhooks, calendar feeds, external calendars."""
