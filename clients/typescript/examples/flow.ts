@@ -105,3 +105,12 @@ export async function main(): Promise<void> {
   const moved = await reschedule(booked, slot.ends_at);
   console.log("now", moved.starts_at, "then", await cancel(moved));
 }
+
+export async function subscribeLink(rotate = false): Promise<string> {
+  // The feed URL is a secret (no sign-in to read it): rotate it when it may have leaked.
+  const { data, error } = rotate
+    ? await api.POST("/api/v1/users/me/calendar-feed/rotate")
+    : await api.GET("/api/v1/users/me/calendar-feed");
+  if (error) throw new Error(`${error.code}: ${error.detail}`);
+  return data.webcal_url; // a link to it opens the calendar app's "subscribe" dialog
+}
