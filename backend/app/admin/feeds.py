@@ -2,7 +2,9 @@
 
 import uuid
 
+from markupsafe import Markup
 from sqladmin import ModelView, expose
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -18,6 +20,14 @@ class CalendarFeedAdmin(ModelView, model=CalendarFeed):
     column_list = [CalendarFeed.user_id, CalendarFeed.created_at, CalendarFeed.rotated_at, CalendarFeed.last_fetched_at]
     # The version is half of what makes the URL; the digest is of no use to anyone here.
     column_details_exclude_list = [CalendarFeed.version, CalendarFeed.content_digest]
+    column_labels = {
+        CalendarFeed.user_id: "User id",
+        CalendarFeed.created_at: "Created",
+        CalendarFeed.rotated_at: "Rotated",
+        CalendarFeed.last_fetched_at: "Last fetched",
+        CalendarFeed.content_changed_at: "Content changed",
+    }
+    column_formatters = column_formatters_detail = {CalendarFeed.user_id: lambda m, a: _user_link(m.user_id)}
     column_default_sort = [(CalendarFeed.created_at, True)]
     details_template = "admin/feed_details.html"
 
@@ -33,7 +43,11 @@ class CalendarFeedAdmin(ModelView, model=CalendarFeed):
         return RedirectResponse(details.include_query_params(done="rotate"), status_code=303)
 
 
-async def _rotate(session, actor: User, user_id: uuid.UUID) -> CalendarFeed:
+def _user_link(user_id: uuid.UUID) -> Markup:
+    return Markup('<a href="/admin/user/details/{0}">{0}</a>').format(user_id)
+
+
+async def _rotate(session: AsyncSession, actor: User, user_id: uuid.UUID) -> CalendarFeed:
     user = await session.get(User, user_id)
     if user is None or await feeds.find(session, user_id) is None:
         raise NotFound("No such calendar feed")

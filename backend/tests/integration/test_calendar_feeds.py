@@ -360,7 +360,7 @@ class TestAdminPanel:
         admin = await signed_in_admin(client, session)
 
         listed = await client.get("/admin/calendar-feed/list")
-        assert listed.status_code == 200 and str(customer.id) in listed.text
+        assert listed.status_code == 200 and f'href="/admin/user/details/{customer.id}"' in listed.text
         details = await client.get(f"/admin/calendar-feed/details/{customer.id}")
         assert details.status_code == 200 and "rotate-feed" in details.text
 
