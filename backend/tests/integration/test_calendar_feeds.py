@@ -2,6 +2,7 @@
 the owner's `GET /users/me/calendar-feed` and rotation, export, erasure, the admin panel, the metric,
 and the access log. Every feed is read back with `icalendar`."""
 
+import asyncio
 import io
 import secrets
 import uuid
@@ -259,6 +260,18 @@ class TestTheUrl:
         rotated = await client.post(f"{MINE}/rotate", headers=await headers_for(customer))
         assert rotated.status_code == 200
         assert (await client.get(urlsplit(rotated.json()["url"]).path)).status_code == 200
+
+    async def test_concurrent_first_reads_make_one_feed_and_rotations_leave_one_url(self, client, session, customer):
+        headers = await headers_for(customer)
+        reads = await asyncio.gather(*(client.get(MINE, headers=headers) for _ in range(4)))
+        assert len({answer.json()["url"] for answer in reads}) == 1
+
+        rotations = await asyncio.gather(*(client.post(f"{MINE}/rotate", headers=headers) for _ in range(3)))
+        paths = {urlsplit(answer.json()["url"]).path for answer in rotations}
+        answers = [(await client.get(path)).status_code for path in paths]
+        assert len(paths) == 3 and sorted(answers) == [200, 404, 404]
+        current = urlsplit((await client.get(MINE, headers=headers)).json()["url"]).path
+        assert (await client.get(current)).status_code == 200
 
     @pytest.mark.parametrize(
         "token",

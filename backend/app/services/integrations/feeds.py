@@ -97,20 +97,21 @@ def _new_version(old: int | None = None) -> int:
     return version
 
 
-async def get_or_create(session: AsyncSession, user: User) -> CalendarFeed:
-    """The user's feed, made on first use (two concurrent first uses make one)."""
+async def get_or_create(session: AsyncSession, user: User, *, lock: bool = False) -> CalendarFeed:
+    """The user's feed, made on first use (two concurrent first uses make one); `lock` holds its row
+    until the transaction ends, so concurrent rotations apply one after the other (the last one's URL
+    is the one that works)."""
     statement = insert(CalendarFeed).values(user_id=user.id, version=_new_version())
     await session.execute(statement.on_conflict_do_nothing(index_elements=[CalendarFeed.user_id]))
-    feed = await session.scalar(
-        select(CalendarFeed).where(CalendarFeed.user_id == user.id).execution_options(populate_existing=True)
-    )
+    query = select(CalendarFeed).where(CalendarFeed.user_id == user.id)
+    feed = await session.scalar((query.with_for_update() if lock else query).execution_options(populate_existing=True))
     assert feed is not None
     return feed
 
 
 async def rotate(session: AsyncSession, user: User, *, actor: User) -> CalendarFeed:
     """A new URL for the user's feed; the old one answers 404 from now on."""
-    feed = await get_or_create(session, user)
+    feed = await get_or_create(session, user, lock=True)
     old = feed.version
     feed.version, feed.rotated_at = _new_version(old), utcnow()
     await session.flush()
