@@ -1,1 +1,1 @@
-"""Connections to the world outside: webhooks, calendar feeds, external calendars."""
+"""What c3po exchanges with other systems: webhooks, calendar feeds, external calendars, manage links."""
