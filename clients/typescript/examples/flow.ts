@@ -150,3 +150,12 @@ export async function manageFromEmail(pageUrl: string): Promise<void> {
     });
   }
 }
+
+export async function subscribeLink(rotate = false): Promise<string> {
+  // The feed URL is a secret (no sign-in to read it): rotate it when it may have leaked.
+  const { data, error } = rotate
+    ? await api.POST("/api/v1/users/me/calendar-feed/rotate")
+    : await api.GET("/api/v1/users/me/calendar-feed");
+  if (error) throw new Error(`${error.code}: ${error.detail}`);
+  return data.webcal_url; // a link to it opens the calendar app's "subscribe" dialog
+}

@@ -895,6 +895,67 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/calendar-feeds/{token}.ics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A calendar feed
+         * @description The appointments of the feed's owner as an RFC 5545 calendar (no sign-in: the URL is the secret),
+         *     for calendar apps to subscribe to; 304 when `If-None-Match` or `If-Modified-Since` still hold.
+         */
+        get: operations["calendar-feeds-get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/calendar-feed": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * My calendar feed URL
+         * @description My secret feed URL (made on first request; the same URL every time until rotated).
+         */
+        get: operations["calendar-feeds-get-mine"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/calendar-feed/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Replace my feed URL
+         * @description A new secret feed URL; the old one stops working at once (calendars subscribed to it must subscribe again).
+         */
+        post: operations["calendar-feeds-rotate-mine"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit-log": {
         parameters: {
             query?: never;
@@ -1320,6 +1381,50 @@ export interface components {
             totp_code?: string | null;
         };
         /**
+         * CalendarFeedNotFoundProblem
+         * @description `calendar_feed_not_found`: No calendar feed at this address
+         */
+        CalendarFeedNotFoundProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:calendar_feed_not_found";
+            title: string;
+            /** @enum {integer} */
+            status: 404;
+            detail: string;
+            /** @enum {string} */
+            code: "calendar_feed_not_found";
+        };
+        /** CalendarFeedOut */
+        CalendarFeedOut: {
+            /**
+             * Url
+             * @description The feed; anyone holding it reads the calendar: treat it as a password
+             * @example https://api.c3po.example/api/v1/calendar-feeds/<secret>.ics
+             */
+            url: string;
+            /**
+             * Webcal Url
+             * @description The same as `webcal://`: a link to it opens the calendar app's subscribe dialog
+             * @example webcal://api.c3po.example/api/v1/calendar-feeds/<secret>.ics
+             */
+            webcal_url: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Rotated At
+             * @description When the URL was last replaced (null: never)
+             */
+            rotated_at: string | null;
+            /**
+             * Last Fetched At
+             * @description When a calendar app last fetched it (null: never)
+             */
+            last_fetched_at: string | null;
+        };
+        /**
          * CancelRequest
          * @example {
          *       "reason": "Feeling unwell"
@@ -1623,6 +1728,21 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+        };
+        /**
+         * ExportCalendarFeed
+         * @description The caller's calendar feed (its URL is a credential and is not exported).
+         */
+        ExportCalendarFeed: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Rotated At */
+            rotated_at: string | null;
+            /** Last Fetched At */
+            last_fetched_at: string | null;
         };
         /**
          * ExportEmail
@@ -3210,6 +3330,8 @@ export interface components {
             reminders: components["schemas"]["ExportReminder"][];
             /** Action Tokens */
             action_tokens: components["schemas"]["ExportActionToken"][];
+            /** @description Null when the caller never had a feed URL */
+            calendar_feed: components["schemas"]["ExportCalendarFeed"] | null;
         };
         /** UserOut */
         UserOut: {
@@ -8450,6 +8572,214 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "calendar-feeds-get": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The `ETag` of the copy you hold */
+                "if-none-match"?: string | null;
+                /** @description The `Last-Modified` of your copy */
+                "if-modified-since"?: string | null;
+            };
+            path: {
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    /** @description A strong validator: send it back as `If-None-Match` */
+                    ETag?: string;
+                    /** @description When the content last changed (HTTP date) */
+                    "Last-Modified"?: string;
+                    /** @description `private, no-cache`: revalidate every time */
+                    "Cache-Control"?: string;
+                    /** @description `inline; filename=...` */
+                    "Content-Disposition"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/calendar": string;
+                };
+            };
+            /** @description Not modified: the copy you hold is current */
+            304: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    /** @description A strong validator: send it back as `If-None-Match` */
+                    ETag?: string;
+                    /** @description When the content last changed (HTTP date) */
+                    "Last-Modified"?: string;
+                    /** @description `private, no-cache`: revalidate every time */
+                    "Cache-Control"?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not Found: `calendar_feed_not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["CalendarFeedNotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "calendar-feeds-get-mine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarFeedOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "calendar-feeds-rotate-mine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarFeedOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
                 };
             };
             /** @description Internal Server Error: `internal_error` */

@@ -12,6 +12,7 @@ from app.models import (
     Appointment,
     AppointmentSeries,
     AuditEntry,
+    CalendarFeed,
     DateOverride,
     OutboxMessage,
     Reminder,
@@ -34,6 +35,7 @@ from app.schemas.export import (
     ExportStaff,
     UserExport,
 )
+from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut
 from app.schemas.staff import WeeklyInterval as WeeklyIntervalOut
 from app.schemas.user import UserOut
@@ -57,7 +59,13 @@ async def export(session: AsyncSession, user: User) -> UserExport:
                 select(ActionToken).where(ActionToken.user_id == user.id).order_by(ActionToken.created_at)
             )
         ],
+        calendar_feed=await _calendar_feed(session, user.id),
     )
+
+
+async def _calendar_feed(session: AsyncSession, user_id: uuid.UUID) -> ExportCalendarFeed | None:
+    feed = await session.get(CalendarFeed, user_id)
+    return ExportCalendarFeed.model_validate(feed) if feed else None
 
 
 def _role(user_id: uuid.UUID, client_id: uuid.UUID) -> str:

@@ -94,6 +94,14 @@ def _event(appointment: Appointment, service: Service, client: User, staff: User
     )
 
 
+def calendar_event(
+    appointment: Appointment, service: Service, client: User, staff: User, viewer: User
+) -> CalendarEvent:
+    """The event as the invites describe it to `viewer` (the other party in its summary): calendar feeds
+    serve the same UID, SEQUENCE and STATUS, so an app holding both sees one event."""
+    return _event(appointment, service, client, staff, viewer)
+
+
 async def calendar_for(session: AsyncSession, appointment: Appointment, *, viewer: User, method: str) -> str:
     service, client, staff = await _parties(session, appointment)
     return build_calendar(_event(appointment, service, client, staff, viewer), method=method)
