@@ -8,6 +8,7 @@ from app.models.appointment import (
 )
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.calendar_connection import CalendarBusyBlock, CalendarConnection, CalendarKind
 from app.models.idempotency import IdempotencyKey
 from app.models.outbox import OutboxMessage
 from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInterval
@@ -24,6 +25,9 @@ __all__ = [
     "AppointmentStatus",
     "AuditEntry",
     "Base",
+    "CalendarBusyBlock",
+    "CalendarConnection",
+    "CalendarKind",
     "DateOverride",
     "IdempotencyKey",
     "OutboxMessage",
