@@ -273,9 +273,9 @@ async def load_calendars(
     exclude_appointments: Collection[uuid.UUID] = (),
     exclude_appointment: uuid.UUID | None = None,
 ) -> list[StaffCalendar]:
-    """Hours, overrides, time off (with external busy blocks) and live bookings of these staff around [start, end), in one
-    query (in the session, or with None on the read pool). `staff` maps ids to IANA zones (as
-    `offering_staff` answers), or is just ids.
+    """Hours, overrides, time off (with external busy blocks) and live bookings of these staff
+    around [start, end), in one query (in the session, or with None on the read pool). `staff` maps
+    ids to IANA zones (as `offering_staff` answers), or is just ids.
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
