@@ -499,3 +499,48 @@ class TestConcurrency:
         assert set(inside) == booked <= set(outcome.covered)
         later = await client.post(URL, json=booking_body(service, staff, local(days[0], 11)), headers=customers[0])
         assert later.status_code in (409, 422)
+
+
+class TestDataRights:
+    async def test_the_export_lists_connections_without_the_password(
+        self, client, session, feed, staff, service, as_staff
+    ):
+        feed.body = ics(ics_event("meeting", local(DAY, 10), local(DAY, 11)))
+        connection = await connect(client, as_staff, staff, feed.url, name="Work")
+        await synced(connection)
+        body = {"kind": "caldav", "url": feed.url, "username": "anna", "password": "export-secret-pw"}
+        assert (await client.post(f"{STAFF}/{staff.id}/calendars", json=body, headers=as_staff)).status_code == 201
+
+        response = await client.get("/api/v1/users/me/export", headers=as_staff)
+
+        assert response.status_code == 200 and "export-secret-pw" not in response.text
+        ics_part, dav_part = response.json()["calendar_connections"]
+        assert (ics_part["kind"], ics_part["url"], ics_part["name"], ics_part["block_count"]) == (
+            "ics",
+            feed.url,
+            "Work",
+            1,
+        )
+        assert ics_part["last_success_at"] and ics_part["busy_blocks"] == [
+            {
+                "starts_at": local(DAY, 10).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                "ends_at": local(DAY, 11).astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            }
+        ]
+        assert dav_part["username"] == "anna" and dav_part["has_password"] and "password" not in dav_part
+
+    async def test_erasure_deletes_connections_credentials_and_blocks(self, client, session, feed, staff, as_staff):
+        from tests.privacy import traces_of
+
+        feed.body = ics(ics_event("meeting", local(DAY, 10), local(DAY, 11)))
+        body = {"kind": "caldav", "url": feed.url, "username": "anna-erased", "password": "erase-secret-pw"}
+        created = await client.post(f"{STAFF}/{staff.id}/calendars", json=body, headers=as_staff)
+        assert created.status_code == 201
+        sealed = await session.scalar(select(CalendarConnection.password_encrypted))
+        assert await traces_of(session, "anna-erased", sealed, feed.url)
+
+        assert (await client.delete("/api/v1/users/me", headers=as_staff)).status_code == 204
+
+        assert await traces_of(session, "anna-erased", sealed, feed.url) == []
+        assert await session.scalar(select(CalendarConnection.id)) is None
+        assert await session.scalar(select(CalendarBusyBlock.id)) is None

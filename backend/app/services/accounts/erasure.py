@@ -2,7 +2,8 @@
 
 Gone: the profile's email, name and phone; the notes of their appointments as client and the
 cancellation reasons of those and of any appointment they cancelled; a staff member's bio and
-time-off reasons; the content of every email to them (those not yet sent never will be); and, in
+time-off reasons; their external calendar connections (URLs, sealed passwords) and busy blocks;
+the content of every email to them (those not yet sent never will be); and, in
 every email about them and every audit entry by or about them, their name, address and phone
 (replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
@@ -21,7 +22,17 @@ from typing import Any
 from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import ActionToken, Appointment, AuditEntry, OutboxMessage, StaffProfile, TimeOff, User
+from app.models import (
+    ActionToken,
+    Appointment,
+    AuditEntry,
+    CalendarBusyBlock,
+    CalendarConnection,
+    OutboxMessage,
+    StaffProfile,
+    TimeOff,
+    User,
+)
 from app.services import audit
 from app.services.accounts import auth, second_factor
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
@@ -90,6 +101,9 @@ async def _anonymise_account(session: AsyncSession, user: User) -> None:
     user.deleted_at = datetime.now(UTC)
     await session.execute(delete(ActionToken).where(ActionToken.user_id == user.id))
     await second_factor.remove(session, user.id)  # the TOTP secret and recovery codes
+    # External calendars: their URLs, sealed passwords and busy blocks (the account is inactive now).
+    await session.execute(delete(CalendarBusyBlock).where(CalendarBusyBlock.staff_id == user.id))
+    await session.execute(delete(CalendarConnection).where(CalendarConnection.staff_id == user.id))
 
 
 async def _involvement(session: AsyncSession, user_id: uuid.UUID, cancelled_now: set[uuid.UUID]) -> _Involvement:

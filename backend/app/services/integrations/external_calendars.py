@@ -69,12 +69,13 @@ def _check_credentials(kind: str, username: str | None, password: str | None, pu
 
 
 def _view(row: CalendarConnection) -> dict[str, Any]:
-    """What the audit log keeps: never the password."""
+    """What the audit log keeps: no credentials, and of the URL only its host (a calendar app's
+    "secret address" is a credential in itself), so erasing the connection leaves nothing behind."""
     return {
         "kind": row.kind,
         "name": row.name,
-        "url": row.url,
-        "username": row.username,
+        "host": urlsplit(row.url).hostname,
+        "has_username": row.username is not None,
         "push_appointments": row.push_appointments,
         "is_active": row.is_active,
     }
