@@ -46,6 +46,8 @@ class CalendarConnectionPatch(StrictModel):
     push_appointments: bool | None = None
     is_active: bool | None = Field(default=None, description="Inactive: not synced; its blocks are removed")
 
+    model_config = ConfigDict(json_schema_extra={"examples": [{"password": "new-app-password"}, {"is_active": False}]})
+
 
 class CalendarConnectionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)

@@ -544,3 +544,33 @@ class TestDataRights:
         assert await traces_of(session, "anna-erased", sealed, feed.url) == []
         assert await session.scalar(select(CalendarConnection.id)) is None
         assert await session.scalar(select(CalendarBusyBlock.id)) is None
+
+
+class TestAdminPanel:
+    async def test_admins_see_connections_with_their_sync_state_and_no_secrets(
+        self, client, session, feed, staff, service, as_staff
+    ):
+        from tests.integration.test_admin import panel_login, post, signed_in_admin
+
+        feed.url = feed.url + "?secret=private-feed-token"
+        connection = await connect(client, as_staff, staff, feed.url, name="Work")
+        await synced(connection)
+        feed.status = 503
+        await synced(connection)
+
+        assert (await client.get("/admin/calendar-connection/list")).status_code in (302, 303)  # anonymous
+        await panel_login(client, staff.email)
+        assert (await client.get("/admin/calendar-connection/list")).status_code in (302, 303, 403)  # staff
+        await signed_in_admin(client, session)
+        listed = await client.get("/admin/calendar-connection/list")
+        details = await client.get(f"/admin/calendar-connection/details/{connection['id']}")
+
+        assert listed.status_code == 200 and details.status_code == 200
+        for page in (listed.text, details.text):
+            assert "Work" in page and "the server answered HTTP 503" in page and "127.0.0.1" in page
+            assert "private-feed-token" not in page
+        assert "Sync now" in details.text
+        queued = await post(client, f"/admin/calendar-connection/sync/{connection['id']}", {})
+        assert "done=sync" in queued.headers["location"]
+        missing = await post(client, f"/admin/calendar-connection/sync/{uuid.uuid4()}", {})
+        assert "not_found" in missing.headers["location"]
