@@ -574,3 +574,37 @@ class TestAdminPanel:
         assert "done=sync" in queued.headers["location"]
         missing = await post(client, f"/admin/calendar-connection/sync/{uuid.uuid4()}", {})
         assert "not_found" in missing.headers["location"]
+
+
+class TestMetrics:
+    async def test_syncs_count_by_outcome_failures_by_reason_and_alerts_once(
+        self, client, session, feed, set_env, staff, as_staff
+    ):
+        from prometheus_client import generate_latest
+
+        from app.metrics import WORKER_REGISTRY
+        from tests.metrics import delta, parse
+
+        def samples():
+            return parse(generate_latest(WORKER_REGISTRY).decode())
+
+        set_env(EGRESS_ALLOWED_NETWORKS="127.0.0.0/8", CALENDAR_ALERT_FAILURES="2")
+        connection = await connect(client, as_staff, staff, feed.url)
+        before = samples()
+        await synced(connection)
+        feed.status = 404
+        for _ in range(3):
+            await synced(connection)
+        feed.status, feed.body = 200, b"garbage"
+        await synced(connection)
+
+        after = samples()
+        assert delta(before, after, "c3po_calendar_syncs_total", outcome="ok") == 1
+        assert delta(before, after, "c3po_calendar_syncs_total", outcome="failed") == 4
+        assert delta(before, after, "c3po_calendar_sync_failures_total", reason="status") == 3
+        assert delta(before, after, "c3po_calendar_sync_failures_total", reason="unreadable") == 1
+        assert delta(before, after, "c3po_calendar_sync_alerts_total") == 1
+
+    async def test_the_api_registry_does_not_serve_the_worker_series(self, client):
+        response = await client.get("/metrics")
+        assert response.status_code == 200 and "c3po_calendar_syncs_total" not in response.text
