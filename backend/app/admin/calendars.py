@@ -35,7 +35,17 @@ class CalendarConnectionAdmin(ReadOnly, model=CalendarConnection):
         CalendarConnection.block_count,
         CalendarConnection.next_sync_at,
     ]
-    column_labels = {CalendarConnection.url: "Host"}
+    column_labels = {
+        CalendarConnection.staff_id: "Staff member",
+        CalendarConnection.url: "Host",
+        CalendarConnection.is_active: "Active",
+        CalendarConnection.last_success_at: "Last success",
+        CalendarConnection.last_attempt_at: "Last attempt",
+        CalendarConnection.consecutive_failures: "Failures in a row",
+        CalendarConnection.last_error: "Last error",
+        CalendarConnection.block_count: "Busy blocks",
+        CalendarConnection.next_sync_at: "Next sync",
+    }
     column_details_list = [*column_list, CalendarConnection.last_attempt_at, CalendarConnection.created_at]
     column_formatters = {CalendarConnection.url: _host}
     column_formatters_detail = {CalendarConnection.url: _host}

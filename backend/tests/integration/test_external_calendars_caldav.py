@@ -79,7 +79,7 @@ class TestCalDav:
         assert "10:00" not in await hours(client, service, staff, DAY)
         customer = await headers_for(await create_user(session))
         refused = await client.post(URL, json=booking_body(service, staff, local(DAY, 10)), headers=customer)
-        assert refused.status_code == 422, refused.text
+        assert refused.status_code == 422 and refused.json()["code"] == "slot_not_offered", refused.text
 
         dav.delete(calendar_url, "meeting")
         await sync(connection)
