@@ -608,3 +608,24 @@ class TestMetrics:
     async def test_the_api_registry_does_not_serve_the_worker_series(self, client):
         response = await client.get("/metrics")
         assert response.status_code == 200 and "c3po_calendar_syncs_total" not in response.text
+
+
+class TestChangedDuringSync:
+    async def test_a_fetch_for_a_url_changed_meanwhile_is_not_stored(
+        self, client, session, feed, staff, service, as_staff
+    ):
+        """The PATCH lands between the claim and the store: the old calendar's events must not be
+        written, and the connection stays due for the new URL."""
+        feed.body = ics(ics_event("old", local(DAY, 10), local(DAY, 11)))
+        connection = await connect(client, as_staff, staff, feed.url)
+        claimed = await calendar_sync.claim(uuid.UUID(connection["id"]))
+        changed = await client.patch(
+            f"{STAFF}/{staff.id}/calendars/{connection['id']}", json={"url": feed.url + "?v=2"}, headers=as_staff
+        )
+        assert changed.status_code == 200
+
+        outcome = await calendar_sync.sync_claimed(claimed)
+
+        assert not outcome.ok and "changed or removed" in outcome.error
+        assert await blocks(session, staff) == []
+        assert (await synced(connection)).ok and len(await blocks(session, staff)) == 1

@@ -194,7 +194,9 @@ async def _store(connection: CalendarConnection, intervals: list[ics_busy.Interv
     """Replace the blocks and record success, under the calendar lock (None: the connection is gone)."""
     async with unit_of_work() as session:
         await lock_calendars(session, connection.staff_id)
-        if await session.get(CalendarConnection, connection.id, with_for_update=True) is None:
+        row = await session.get(CalendarConnection, connection.id, with_for_update=True, populate_existing=True)
+        if not _unchanged(row, connection):
+            await _release(session, row)
             return None
         old = (
             await session.execute(
@@ -232,6 +234,22 @@ async def _store(connection: CalendarConnection, intervals: list[ics_busy.Interv
     return Outcome(connection.id, True, blocks=len(intervals), covered=covered)
 
 
+def _unchanged(row: CalendarConnection | None, synced: CalendarConnection) -> bool:
+    """Whether what was fetched still stands for the connection: not removed, turned off, or
+    pointed elsewhere meanwhile (a PATCH made it due again; the next pass reads the new one)."""
+    return (
+        row is not None
+        and row.is_active
+        and (row.url, row.username, row.password_encrypted) == (synced.url, synced.username, synced.password_encrypted)
+    )
+
+
+async def _release(session: AsyncSession, row: CalendarConnection | None) -> None:
+    if row is not None:
+        row.claimed_until = None
+        await session.flush()
+
+
 async def _covered(session: AsyncSession, staff_id: uuid.UUID, intervals: list[ics_busy.Interval]) -> list[uuid.UUID]:
     """Live bookings that overlap the new blocks: they were committed before them (see the module)."""
     if not intervals:
@@ -252,8 +270,9 @@ async def _record_failure(connection: CalendarConnection, error: SyncFailed) -> 
     """Keep the blocks, record the error; the threshold-th failure in a row alerts once."""
     message = str(error)[:2000]
     async with unit_of_work() as session:
-        row = await session.get(CalendarConnection, connection.id, with_for_update=True)
-        if row is None:
+        row = await session.get(CalendarConnection, connection.id, with_for_update=True, populate_existing=True)
+        if not _unchanged(row, connection):
+            await _release(session, row)
             return Outcome(connection.id, False, error=message)
         row.last_error = message
         row.consecutive_failures += 1
@@ -308,7 +327,7 @@ async def sync_claimed(connection: CalendarConnection) -> Outcome:
         return await _record_failure(connection, error)
     outcome = await _store(connection, intervals)
     if outcome is None:
-        return Outcome(connection.id, False, error="the connection was removed during the sync")
+        return Outcome(connection.id, False, error="the connection was changed or removed during the sync")
     CALENDAR_SYNCS.labels("ok").inc()
     logger.info("calendar {} synced: {} busy blocks", connection.id, outcome.blocks)
     return outcome
@@ -322,15 +341,26 @@ async def sync_connection(connection_id: uuid.UUID) -> Outcome | None:
     return await sync_claimed(connection)
 
 
-async def sync_due(limit: int = 20) -> int:
-    """Sync the connections that are due (the worker's cron); returns how many were synced."""
-    ids = await claim_due(limit)
-    for connection_id in ids:
+async def sync_due(*, batch: int = 20, at_once: int = 5, budget_seconds: float = 240) -> int:
+    """Sync the connections that are due (the worker's cron), `at_once` side by side, batch after
+    batch until none is due or the budget (inside the cron's timeout) is spent; returns how many."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_seconds
+    gate = asyncio.Semaphore(at_once)
+    done = 0
+    while loop.time() < deadline and (ids := await claim_due(batch)):
+        await asyncio.gather(*(_sync_one(connection_id, gate) for connection_id in ids))
+        done += len(ids)
+    return done
+
+
+async def _sync_one(connection_id: uuid.UUID, gate: asyncio.Semaphore) -> None:
+    async with gate:
         async with get_sessionmaker()() as session:
             connection = await session.get(CalendarConnection, connection_id)
-        if connection is not None:
-            try:
-                await sync_claimed(connection)
-            except Exception:  # one broken connection must not starve the others; its claim runs out
-                logger.opt(exception=True).error("calendar {} sync crashed", connection_id)
-    return len(ids)
+        if connection is None:
+            return
+        try:
+            await sync_claimed(connection)
+        except Exception:  # one broken connection must not starve the others; its claim runs out
+            logger.opt(exception=True).error("calendar {} sync crashed", connection_id)

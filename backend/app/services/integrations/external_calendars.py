@@ -106,7 +106,11 @@ async def list_connections(
 async def get_connection(
     session: AsyncSession, actor: User, staff_id: uuid.UUID, connection_id: uuid.UUID, *, for_update: bool = False
 ) -> CalendarConnection:
+    """The connection (404 unless it is this staff member's). `for_update`: locked, after the staff
+    member's calendar lock (exclusive), in the order a sync storing its blocks takes them."""
     staff = await managed_staff(session, actor, staff_id)
+    if for_update:
+        await lock_calendars(session, staff.id)
     query = select(CalendarConnection).where(
         CalendarConnection.id == connection_id, CalendarConnection.staff_id == staff.id
     )
@@ -211,7 +215,7 @@ async def request_sync(
 ) -> CalendarConnection:
     """Make the connection due now and hand it to the worker once committed (the cron's next pass
     picks it up should Redis be away)."""
-    row = await get_connection(session, actor, staff_id, connection_id, for_update=True)
+    row = await get_connection(session, actor, staff_id, connection_id)
     if not row.is_active:
         raise CalendarInactive()
     row.next_sync_at = datetime.now(UTC)
