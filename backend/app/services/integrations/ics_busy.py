@@ -11,7 +11,6 @@ calendar (UID `...@c3po`), which the bookings table already blocks. Only the tim
 
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, time, timedelta
-from itertools import islice
 from zoneinfo import ZoneInfo
 
 import recurring_ical_events
@@ -90,17 +89,17 @@ def busy_intervals(
     seen = 0
     for calendar in calendars:
         try:
-            occurrences = recurring_ical_events.of(calendar).after(start.astimezone(zone))
-            for event in islice(occurrences, limit - seen + 1):
-                seen += 1
-                if seen > limit:
-                    raise TooManyEvents(f"more than {limit} events between {start:%Y-%m-%d} and {end:%Y-%m-%d}")
+            # A lazy iterator in order of start: expansion stops at the window's end or the bound.
+            for event in recurring_ical_events.of(calendar).after(start.astimezone(zone)):
                 first = event.get("DTSTART")
                 if first is None:
                     continue
                 low = _instant(first.dt, zone)
                 if low >= end:
-                    break  # occurrences come in order of their start
+                    break
+                seen += 1
+                if seen > limit:
+                    raise TooManyEvents(f"more than {limit} events between {start:%Y-%m-%d} and {end:%Y-%m-%d}")
                 high = _instant(_end(event, first.dt), zone)
                 if high > start and high > low and is_busy(event, email):
                     found.append((max(low, start), min(high, end)))
