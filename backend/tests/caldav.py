@@ -48,6 +48,15 @@ class Radicale:
             )
         assert response.status_code in (201, 204), response.text
 
+    def get(self, url: str) -> str | None:
+        """An event resource's text, None if there is none."""
+        with self._client() as http:
+            response = http.get(url)
+        if response.status_code == 404:
+            return None
+        assert response.status_code == 200, response.text
+        return response.text
+
     def delete(self, calendar_url: str, uid: str) -> None:
         with self._client() as http:
             assert http.delete(f"{calendar_url}{uid}.ics").status_code in (200, 204)

@@ -20,7 +20,7 @@ class CalendarConnectionIn(StrictModel):
     username: str | None = Field(default=None, min_length=1, max_length=200, description="CalDAV only")
     password: str | None = Field(default=None, min_length=1, max_length=500, description="CalDAV only; never shown")
     push_appointments: bool = Field(
-        default=False, description="CalDAV only: also write c3po's appointments to the calendar (not wired yet)"
+        default=False, description="CalDAV only: also write the staff member's c3po appointments there at each sync"
     )
 
     model_config = ConfigDict(

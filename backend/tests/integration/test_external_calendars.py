@@ -629,3 +629,33 @@ class TestChangedDuringSync:
         assert not outcome.ok and "changed or removed" in outcome.error
         assert await blocks(session, staff) == []
         assert (await synced(connection)).ok and len(await blocks(session, staff)) == 1
+
+
+class TestPushRefused:
+    async def test_a_refused_write_fails_the_sync_and_keeps_the_blocks(
+        self, client, session, allow_local, staff, service, as_staff, as_customer
+    ):
+        multistatus = (
+            b'<?xml version="1.0"?><d:multistatus xmlns:d="DAV:" xmlns:c="urn:ietf:params:xml:ns:caldav">'
+            b"</d:multistatus>"
+        )
+
+        def respond(request):
+            if request.method == "REPORT":
+                return 207, {"Content-Type": "application/xml"}, multistatus
+            return 403, {}, b""
+
+        with serve(respond) as server:
+            body = {"kind": "caldav", "url": f"{server.url}/dav/", "username": "a", "password": "b"}
+            created = await client.post(
+                f"{STAFF}/{staff.id}/calendars", json={**body, "push_appointments": True}, headers=as_staff
+            )
+            booked = await client.post(URL, json=booking_body(service, staff, local(DAY, 14)), headers=as_customer)
+            assert booked.status_code == 201
+            outcome = await synced(created.json())
+            methods = [r.method for r in server.requests]
+
+        assert methods == ["REPORT", "PUT"]
+        assert not outcome.ok and outcome.error == (
+            f"pushing appointments failed: PUT {booked.json()['id']}@c3po: the server answered HTTP 403"
+        )

@@ -130,3 +130,39 @@ def _with_berlin_zone(document: str) -> str:
         "END:VTIMEZONE\r\n"
     )
     return document.replace("PRODID:-//test//EN\r\n", "PRODID:-//test//EN\r\n" + zone, 1)
+
+
+class TestPush:
+    async def test_appointments_are_written_updated_and_removed_and_never_block_themselves(
+        self, client, session, dav, calendar_url, staff, service, as_staff
+    ):
+        body = {"kind": "caldav", "url": calendar_url, "username": dav.user, "password": dav.password}
+        created = await client.post(
+            f"{STAFF}/{staff.id}/calendars", json={**body, "push_appointments": True}, headers=as_staff
+        )
+        assert created.status_code == 201 and created.json()["push_appointments"] is True
+        connection = created.json()
+        customer = await headers_for(await create_user(session, full_name="Carla Client"))
+        booked = await client.post(URL, json=booking_body(service, staff, local(DAY, 14)), headers=customer)
+        assert booked.status_code == 201, booked.text
+        appointment_id = booked.json()["id"]
+        href = f"{calendar_url}{appointment_id}@c3po.ics"
+
+        assert (await sync(connection)).ok
+        stored = dav.get(href)
+        assert stored is not None and "Carla Client" in stored and "SEQUENCE:0" in stored
+        assert "ATTENDEE" not in stored and "ORGANIZER" not in stored and "METHOD" not in stored
+        assert (await sync(connection)).blocks == 0  # its own event, read back, blocks nothing
+
+        moved = await client.patch(
+            f"{URL}/{appointment_id}", json={"starts_at": local(DAY, 15).isoformat()}, headers=customer
+        )
+        assert moved.status_code == 200, moved.text
+        await sync(connection)
+        stored = dav.get(href)
+        assert "SEQUENCE:1" in stored and local(DAY, 15).astimezone(UTC).strftime("DTSTART:%Y%m%dT%H%M%SZ") in stored
+
+        cancelled = await client.post(f"{URL}/{appointment_id}/cancel", json={}, headers=customer)
+        assert cancelled.status_code == 200, cancelled.text
+        assert (await sync(connection)).ok
+        assert dav.get(href) is None

@@ -1321,7 +1321,7 @@ export interface components {
             password?: string | null;
             /**
              * Push Appointments
-             * @description CalDAV only: also write c3po's appointments to the calendar (not wired yet) Default: `false`.
+             * @description CalDAV only: also write the staff member's c3po appointments there at each sync Default: `false`.
              */
             push_appointments?: boolean;
         };

@@ -9,7 +9,11 @@ that lock shared and read the blocks after taking it, so a booking either commit
 blocks were written (it is listed in `Outcome.covered`, like a time off lists what it covers) or
 sees them and is refused.
 
-A failure (refused address, no answer, a non-2xx status, too large, unreadable, too many events)
+With `push_appointments` (CalDAV), the staff member's own appointments are then written to the
+calendar (`caldav_push`) before the blocks are stored.
+
+A failure (refused address, no answer, a non-2xx status, too large, unreadable, too many events,
+a refused write of a pushed appointment)
 keeps the last good blocks and records the error; the `CALENDAR_ALERT_FAILURES`-th failure in a
 row emails the staff member and the admins once, until a sync succeeds again.
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from icalendar import Calendar
 from loguru import logger
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -38,7 +43,7 @@ from app.models import (
     User,
 )
 from app.models import service_staff as offers
-from app.services.integrations import caldav, egress, ics_busy
+from app.services.integrations import caldav, caldav_push, egress, ics_busy
 from app.services.messaging import outbox
 from app.services.scheduling.availability_changes import invalidate_after_commit
 from app.services.scheduling.availability_queries import staff_zones
@@ -176,15 +181,35 @@ async def _documents(connection: CalendarConnection, start: datetime, end: datet
     return [response.body]
 
 
-def _expand(documents: list[bytes | str], owner: _Owner, start: datetime, end: datetime) -> list[ics_busy.Interval]:
+def _expand(
+    documents: list[bytes | str], owner: _Owner, start: datetime, end: datetime
+) -> tuple[list[ics_busy.Interval], list[Calendar]]:
     limit = get_settings().calendar_max_events
     try:
         calendars = ics_busy.parse(documents)
-        return ics_busy.busy_intervals(calendars, zone=owner.zone, email=owner.email, start=start, end=end, limit=limit)
+        found = ics_busy.busy_intervals(
+            calendars, zone=owner.zone, email=owner.email, start=start, end=end, limit=limit
+        )
+        return found, calendars
     except ics_busy.TooManyEvents as exc:
         raise SyncFailed("too_many_events", f"{exc} (CALENDAR_MAX_EVENTS)") from None
     except ics_busy.CalendarUnreadable as exc:
         raise SyncFailed("unreadable", str(exc)) from None
+
+
+async def _push(connection: CalendarConnection, calendars: list[Calendar], start: datetime, end: datetime) -> None:
+    """Bring c3po's own events in the CalDAV calendar up to date (`caldav_push`)."""
+    async with get_sessionmaker()() as session:
+        work = await caldav_push.plan(session, connection.staff_id, caldav_push.present(calendars), start, end)
+    authorization = (
+        egress.basic_auth(connection.username, open_password(connection) or "") if connection.username else None
+    )
+    try:
+        written = await caldav_push.apply(connection.url, authorization, work)
+    except caldav_push.PushFailed as exc:
+        raise SyncFailed("push", f"pushing appointments failed: {exc}") from None
+    if written:
+        logger.info("calendar {}: {} appointments written, {} removed", connection.id, len(work.put), len(work.delete))
 
 
 # --- recording -------------------------------------------------------------------------------------
@@ -319,7 +344,9 @@ async def sync_claimed(connection: CalendarConnection) -> Outcome:
     start, end = window(datetime.now(UTC), owner.horizon_days)
     try:
         documents = await _documents(connection, start, end)
-        intervals = await asyncio.to_thread(_expand, documents, owner, start, end)
+        intervals, calendars = await asyncio.to_thread(_expand, documents, owner, start, end)
+        if connection.push_appointments and connection.kind == CalendarKind.caldav.value:
+            await _push(connection, calendars, start, end)
     except SyncFailed as error:
         CALENDAR_SYNCS.labels("failed").inc()
         CALENDAR_SYNC_FAILURES.labels(error.reason).inc()
