@@ -129,7 +129,8 @@ CALENDAR_SYNCS = Counter(
 )
 CALENDAR_SYNC_FAILURES = Counter(
     "c3po_calendar_sync_failures_total",
-    "Failed external calendar syncs, by reason (refused, unreachable, status, too_large, unreadable, too_many_events, push).",
+    "Failed external calendar syncs, by reason (refused, unreachable, status, too_large, unreadable, too_many_events,"
+    " push).",
     ("reason",),
     registry=WORKER_REGISTRY,
 )
