@@ -12,6 +12,7 @@ from sqlalchemy import select, text
 
 from app.models import Appointment, AuditEntry, CalendarBusyBlock, CalendarConnection, Role
 from app.services.integrations import calendar_sync
+from app.services.messaging import mailer
 from tests.assertions import assert_problem
 from tests.factories import create_user, outbox
 from tests.httpserver import serve
@@ -283,6 +284,9 @@ class TestFailures:
         alerts = await outbox(session, template=calendar_sync.ALERT_TEMPLATE)
         assert sorted(m.payload["to"] for m in alerts) == sorted([staff.email, admin.email])
         assert alerts[0].payload["context"]["failures"] == 3
+        for locale in ("en", "ru"):  # what the worker will send, rendered from the queued rows
+            rendered = mailer.render(alerts[0].payload["template"], locale, alerts[0].payload["context"])
+            assert "Work" in rendered.subject and "HTTP 500" in rendered.text and "HTTP 500" in rendered.html
 
         feed.status = 200
         assert (await synced(connection)).ok
@@ -325,9 +329,13 @@ class TestFailures:
         assert await blocks(session, staff) == [(local(DAY, 10), local(DAY, 11))]
 
     async def test_a_private_address_is_refused_with_the_default_allow_list(
-        self, client, session, set_env, staff, as_staff
+        self, client, session, monkeypatch, set_env, staff, as_staff
     ):
-        set_env(EGRESS_ALLOWED_NETWORKS="")
+        from app.config import get_settings
+
+        monkeypatch.delenv("EGRESS_ALLOWED_NETWORKS", raising=False)  # the default (set_env clears the cache after)
+        get_settings.cache_clear()
+        assert get_settings().egress_allowed_networks is None and get_settings().environment == "test"
         with serve() as server:
             literal = await client.post(
                 f"{STAFF}/{staff.id}/calendars", json={"kind": "ics", "url": f"{server.url}/c.ics"}, headers=as_staff

@@ -252,7 +252,7 @@ async def _store(connection: CalendarConnection, intervals: list[ics_busy.Interv
                 claimed_until=None,
             )
         )
-        covered = await _covered(session, connection.staff_id, intervals)
+        covered = await _covered(session, connection.id, connection.staff_id)
         changed = [(lo, hi) for lo, hi in old] + intervals
         if changed:
             invalidate_after_commit(session, connection.staff_id, ranges=changed)
@@ -275,18 +275,23 @@ async def _release(session: AsyncSession, row: CalendarConnection | None) -> Non
         await session.flush()
 
 
-async def _covered(session: AsyncSession, staff_id: uuid.UUID, intervals: list[ics_busy.Interval]) -> list[uuid.UUID]:
-    """Live bookings that overlap the new blocks: they were committed before them (see the module)."""
-    if not intervals:
-        return []
-    overlaps = or_(
-        *(
-            (Appointment.starts_at < hi) & (Appointment.ends_at > lo)
-            for lo, hi in intervals[:1000]  # a bound on the statement; the rest is only not listed
-        )
-    )
+async def _covered(session: AsyncSession, connection_id: uuid.UUID, staff_id: uuid.UUID) -> list[uuid.UUID]:
+    """Live bookings that overlap the connection's new blocks: they were committed before them (see
+    the module's docstring); they stay booked, like those a time off covers."""
     rows = await session.scalars(
-        select(Appointment.id).where(Appointment.staff_id == staff_id, Appointment.status.in_(LIVE_STATUSES), overlaps)
+        select(Appointment.id)
+        .distinct()
+        .join(
+            CalendarBusyBlock,
+            (CalendarBusyBlock.staff_id == Appointment.staff_id)
+            & (CalendarBusyBlock.starts_at < Appointment.ends_at)
+            & (CalendarBusyBlock.ends_at > Appointment.starts_at),
+        )
+        .where(
+            CalendarBusyBlock.connection_id == connection_id,
+            Appointment.staff_id == staff_id,
+            Appointment.status.in_(LIVE_STATUSES),
+        )
     )
     return list(rows)
 
@@ -356,7 +361,12 @@ async def sync_claimed(connection: CalendarConnection) -> Outcome:
     if outcome is None:
         return Outcome(connection.id, False, error="the connection was changed or removed during the sync")
     CALENDAR_SYNCS.labels("ok").inc()
-    logger.info("calendar {} synced: {} busy blocks", connection.id, outcome.blocks)
+    logger.info(
+        "calendar {} synced: {} busy blocks, {} bookings inside them",
+        connection.id,
+        outcome.blocks,
+        len(outcome.covered),
+    )
     return outcome
 
 
