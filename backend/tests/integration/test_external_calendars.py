@@ -667,3 +667,30 @@ class TestPushRefused:
         assert not outcome.ok and outcome.error == (
             f"pushing appointments failed: PUT {booked.json()['id']}@c3po: the server answered HTTP 403"
         )
+
+
+class TestPatchRules:
+    async def test_patches_keep_the_credential_rules(self, client, session, feed, staff, as_staff):
+        ics_item = f"{STAFF}/{staff.id}/calendars/{(await connect(client, as_staff, staff, feed.url))['id']}"
+        for body in ({"password": "x"}, {"push_appointments": True}, {"username": "a"}):
+            assert_problem(
+                await client.patch(ics_item, json=body, headers=as_staff), 422, "invalid_calendar_credentials"
+            )
+        assert_problem(
+            await client.patch(ics_item, json={"url": "file:///etc/passwd"}, headers=as_staff),
+            422,
+            "invalid_calendar_url",
+        )
+        renamed = await client.patch(ics_item, json={"name": "Home", "username": None}, headers=as_staff)
+        assert renamed.status_code == 200 and renamed.json()["name"] == "Home"
+
+        dav = await client.post(
+            f"{STAFF}/{staff.id}/calendars", json={"kind": "caldav", "url": feed.url}, headers=as_staff
+        )
+        dav_item = f"{STAFF}/{staff.id}/calendars/{dav.json()['id']}"
+        assert_problem(
+            await client.patch(dav_item, json={"username": "a"}, headers=as_staff), 422, "invalid_calendar_credentials"
+        )
+        both = await client.patch(dav_item, json={"username": "a", "password": "b"}, headers=as_staff)
+        assert both.status_code == 200 and both.json()["has_password"] and both.json()["username"] == "a"
+        assert (await client.patch(dav_item, json={"push_appointments": True}, headers=as_staff)).status_code == 200

@@ -61,10 +61,11 @@ def _checked_url(url: str) -> str:
     return url
 
 
-def _check_credentials(kind: str, username: str | None, password: str | None, push: bool) -> None:
+def _check_credentials(kind: str, *, username: bool, password: bool, push: bool) -> None:
+    """Credentials and pushing belong to CalDAV, and a user name goes with a password."""
     if kind == CalendarKind.ics.value and (username or password or push):
         raise InvalidCalendarCredentials("An ICS URL takes no user name, password or appointment push")
-    if kind == CalendarKind.caldav.value and bool(username) != bool(password):
+    if kind == CalendarKind.caldav.value and username != password:
         raise InvalidCalendarCredentials("Give both a user name and a password, or neither")
 
 
@@ -125,7 +126,9 @@ async def create_connection(
 ) -> CalendarConnection:
     """Connect a calendar; its first sync is due at once (the worker's next pass, or `request_sync`)."""
     staff = await managed_staff(session, actor, staff_id)
-    _check_credentials(body.kind, body.username, body.password, body.push_appointments)
+    _check_credentials(
+        body.kind, username=bool(body.username), password=bool(body.password), push=body.push_appointments
+    )
     url = _checked_url(body.url)
     await lock_calendars(session, staff.id)  # also serialises the count below
     count = await session.scalar(select(func.count()).where(CalendarConnection.staff_id == staff.id))
@@ -158,19 +161,19 @@ async def update_connection(
 ) -> CalendarConnection:
     row = await get_connection(session, actor, staff_id, connection_id, for_update=True)
     before = _view(row)
-    changes = body.model_dump(exclude_unset=True)
-    username = changes.get("username", row.username)
-    password_given = changes.get("password") is not None
-    has_password = password_given or row.password_encrypted is not None
+    changes = {name: value for name, value in body.model_dump(exclude_unset=True).items() if value is not None}
     _check_credentials(
-        row.kind, username, "x" if has_password else None, changes.get("push_appointments", row.push_appointments)
+        row.kind,
+        username=bool(changes.get("username") or row.username),
+        password="password" in changes or row.password_encrypted is not None,
+        push=changes.get("push_appointments", row.push_appointments),
     )
-    if "url" in changes and changes["url"] is not None:
+    if "url" in changes:
         row.url = _checked_url(changes["url"])
     for name in ("name", "username", "push_appointments"):
-        if changes.get(name) is not None:
+        if name in changes:
             setattr(row, name, changes[name])
-    if password_given:
+    if "password" in changes:
         row.password_encrypted = calendar_sync.seal_password(row.id, changes["password"])
     if changes.get("is_active") is False and row.is_active:
         row.is_active = False
