@@ -130,7 +130,7 @@ CALENDAR_SYNCS = Counter(
 CALENDAR_SYNC_FAILURES = Counter(
     "c3po_calendar_sync_failures_total",
     "Failed external calendar syncs, by reason (refused, unreachable, status, too_large, unreadable, too_many_events,"
-    " push).",
+    " push, credentials).",
     ("reason",),
     registry=WORKER_REGISTRY,
 )

@@ -694,3 +694,18 @@ class TestPatchRules:
         both = await client.patch(dav_item, json={"username": "a", "password": "b"}, headers=as_staff)
         assert both.status_code == 200 and both.json()["has_password"] and both.json()["username"] == "a"
         assert (await client.patch(dav_item, json={"push_appointments": True}, headers=as_staff)).status_code == 200
+
+
+class TestKeyRotation:
+    async def test_a_password_sealed_under_a_dropped_key_fails_readably(
+        self, client, session, feed, staff, as_staff, deploy_keys
+    ):
+        body = {"kind": "caldav", "url": feed.url, "username": "anna", "password": "sealed-under-the-old-key"}
+        created = await client.post(f"{STAFF}/{staff.id}/calendars", json=body, headers=as_staff)
+        assert created.status_code == 201
+        deploy_keys("an-entirely-new-secret-key-0123456789abcdef")
+
+        outcome = await synced(created.json())
+
+        assert not outcome.ok and outcome.error.startswith("the stored password can no longer be opened")
+        assert feed.server.requests == []

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from cryptography.exceptions import InvalidTag
 from icalendar import Calendar
 from loguru import logger
 from sqlalchemy import delete, func, insert, or_, select, update
@@ -82,6 +83,15 @@ def open_password(connection: CalendarConnection) -> str | None:
     if connection.password_encrypted is None:
         return None
     return secretbox.open_sealed(connection.password_encrypted, purpose=PASSWORD_PURPOSE, context=str(connection.id))
+
+
+def _password(connection: CalendarConnection) -> str | None:
+    try:
+        return open_password(connection)
+    except (InvalidTag, ValueError):
+        raise SyncFailed(
+            "credentials", "the stored password can no longer be opened (SECRET_KEY rotated): set it again"
+        ) from None
 
 
 def next_sync_at(now: datetime) -> datetime:
@@ -159,7 +169,7 @@ async def _documents(connection: CalendarConnection, start: datetime, end: datet
     cap = get_settings().calendar_max_bytes
     try:
         if connection.kind == CalendarKind.caldav.value:
-            password = open_password(connection)
+            password = _password(connection)
             response = await caldav.events_between(
                 connection.url, connection.username, password, start, end, max_bytes=cap
             )
@@ -201,9 +211,7 @@ async def _push(connection: CalendarConnection, calendars: list[Calendar], start
     """Bring c3po's own events in the CalDAV calendar up to date (`caldav_push`)."""
     async with get_sessionmaker()() as session:
         work = await caldav_push.plan(session, connection.staff_id, caldav_push.present(calendars), start, end)
-    authorization = (
-        egress.basic_auth(connection.username, open_password(connection) or "") if connection.username else None
-    )
+    authorization = egress.basic_auth(connection.username, _password(connection) or "") if connection.username else None
     try:
         written = await caldav_push.apply(connection.url, authorization, work)
     except caldav_push.PushFailed as exc:
