@@ -127,6 +127,16 @@ class Settings(BaseSettings):
     egress_dns_servers: Annotated[list[str], NoDecode] = []
     egress_timeout_seconds: float = 15
 
+    # External calendars (app/services/integrations/calendar_sync.py): the worker syncs each connection
+    # this often; a fetched calendar may be this large and expand to this many events in the window
+    # (now - 1 day .. the booking horizon), else the sync fails and the last good blocks stay; after
+    # this many failures in a row the staff member and the admins are emailed once.
+    calendar_sync_minutes: int = Field(default=10, ge=1, le=1440)
+    calendar_max_bytes: int = Field(default=2_000_000, ge=1024)
+    calendar_max_events: int = Field(default=5000, ge=1)
+    calendar_alert_failures: int = Field(default=3, ge=1)
+    calendar_connections_per_staff: int = Field(default=10, ge=1, le=100)
+
     # Bearer token for /metrics (API and worker). Unset: open outside production, closed (404) in production.
     metrics_token: str | None = None
     sentry_dsn: str | None = None

@@ -17,6 +17,7 @@ from app.api import (
     audit,
     auth,
     availability,
+    calendar_connections,
     calendar_feeds,
     health,
     manage,
@@ -87,7 +88,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Each router straight into the app, not through a parent `/api/v1` router: FastAPI matches an
     # included router's routes again at every level of nesting, on every request.
-    for module in (auth, users, services, staff, availability, appointments, series, manage, calendar_feeds, audit, ws):
+    for module in (
+        auth,
+        users,
+        services,
+        staff,
+        calendar_connections,
+        availability,
+        appointments,
+        series,
+        manage,
+        calendar_feeds,
+        audit,
+        ws,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -126,6 +126,24 @@ LAST_RELAY = Gauge(
 QUEUE_RESTARTS = Counter(
     "c3po_worker_queue_restarts_total", "Times arq was started again after Redis dropped it.", registry=WORKER_REGISTRY
 )
+CALENDAR_SYNCS = Counter(
+    "c3po_calendar_syncs_total",
+    "External calendar syncs, by outcome (ok, failed).",
+    ("outcome",),
+    registry=WORKER_REGISTRY,
+)
+CALENDAR_SYNC_FAILURES = Counter(
+    "c3po_calendar_sync_failures_total",
+    "Failed external calendar syncs, by reason (refused, unreachable, status, too_large, unreadable, too_many_events,"
+    " push, credentials).",
+    ("reason",),
+    registry=WORKER_REGISTRY,
+)
+CALENDAR_SYNC_ALERTS = Counter(
+    "c3po_calendar_sync_alerts_total",
+    "External calendars that failed CALENDAR_ALERT_FAILURES syncs in a row (their owner and admins were emailed).",
+    registry=WORKER_REGISTRY,
+)
 
 type _Series = tuple[Counter, Summary, Summary, Histogram]
 _series: dict[tuple[str, str, str], _Series] = {}  # labelled children, looked up once per label set

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.admin.auth import PanelAuth
 from app.admin.booking import AppointmentAdmin
+from app.admin.calendars import CalendarConnectionAdmin
 from app.admin.calls import Refused
 from app.admin.catalogue import DateOverrideAdmin, ServiceAdmin, TimeOffAdmin, WeeklyIntervalAdmin
 from app.admin.feeds import CalendarFeedAdmin
@@ -27,6 +28,7 @@ VIEWS = (
     WeeklyIntervalAdmin,
     DateOverrideAdmin,
     TimeOffAdmin,
+    CalendarConnectionAdmin,
     AppointmentAdmin,
     AuditAdmin,
     OutboxAdmin,

@@ -8,6 +8,7 @@ from app.models.appointment import (
 )
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.calendar_connection import CalendarBusyBlock, CalendarConnection, CalendarKind
 from app.models.feed import CalendarFeed
 from app.models.idempotency import IdempotencyKey
 from app.models.outbox import OutboxMessage
@@ -26,6 +27,9 @@ __all__ = [
     "AuditEntry",
     "Base",
     "CalendarFeed",
+    "CalendarBusyBlock",
+    "CalendarConnection",
+    "CalendarKind",
     "DateOverride",
     "IdempotencyKey",
     "OutboxMessage",

@@ -6,6 +6,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.schemas.appointment import AppointmentOut
+from app.schemas.calendar_connection import CalendarConnectionOut
 from app.schemas.common import UtcDatetime
 from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut, WeeklyInterval
@@ -99,6 +100,17 @@ class ExportActionToken(BaseModel):
     used_at: UtcDatetime | None
 
 
+class ExportBusyBlock(BaseModel):
+    starts_at: UtcDatetime
+    ends_at: UtcDatetime
+
+
+class ExportCalendarConnection(CalendarConnectionOut):
+    """A connected external calendar (never its password) and the busy blocks its last good sync found."""
+
+    busy_blocks: list[ExportBusyBlock]
+
+
 class UserExport(BaseModel):
     user: UserOut
     email_verified_at: UtcDatetime | None
@@ -111,3 +123,4 @@ class UserExport(BaseModel):
     reminders: list[ExportReminder]
     action_tokens: list[ExportActionToken]
     calendar_feed: ExportCalendarFeed | None = Field(description="Null when the caller never had a feed URL")
+    calendar_connections: list[ExportCalendarConnection] = Field(description="External calendars, oldest first")

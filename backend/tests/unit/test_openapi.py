@@ -14,6 +14,7 @@ from app.main import create_app
 # Every operation of the API. A new route adds its line; a changed id renames a client method: don't.
 OPERATIONS = [
     ("DELETE", "/api/v1/services/{service_id}", "services-deactivate"),
+    ("DELETE", "/api/v1/staff/{staff_id}/calendars/{calendar_id}", "staff-delete-calendar"),
     ("DELETE", "/api/v1/staff/{staff_id}/overrides/{override_id}", "staff-delete-override"),
     ("DELETE", "/api/v1/staff/{staff_id}/time-off/{time_off_id}", "staff-delete-time-off"),
     ("DELETE", "/api/v1/users/me", "users-delete-me"),
@@ -30,6 +31,8 @@ OPERATIONS = [
     ("GET", "/api/v1/services/{service_id}", "services-get"),
     ("GET", "/api/v1/staff", "staff-list"),
     ("GET", "/api/v1/staff/{staff_id}", "staff-get"),
+    ("GET", "/api/v1/staff/{staff_id}/calendars", "staff-list-calendars"),
+    ("GET", "/api/v1/staff/{staff_id}/calendars/{calendar_id}", "staff-get-calendar"),
     ("GET", "/api/v1/staff/{staff_id}/overrides", "staff-list-overrides"),
     ("GET", "/api/v1/staff/{staff_id}/schedule", "staff-get-schedule"),
     ("GET", "/api/v1/staff/{staff_id}/time-off", "staff-list-time-off"),
@@ -43,6 +46,7 @@ OPERATIONS = [
     ("GET", "/health/redis", "health-redis"),
     ("PATCH", "/api/v1/appointments/{appointment_id}", "appointments-update"),
     ("PATCH", "/api/v1/services/{service_id}", "services-update"),
+    ("PATCH", "/api/v1/staff/{staff_id}/calendars/{calendar_id}", "staff-update-calendar"),
     ("PATCH", "/api/v1/users/me", "users-update-me"),
     ("PATCH", "/api/v1/users/{user_id}", "users-update"),
     ("POST", "/api/v1/appointment-series/{series_id}/cancel", "appointment-series-cancel"),
@@ -67,6 +71,8 @@ OPERATIONS = [
     ("POST", "/api/v1/manage/{token}/cancel", "manage-cancel"),
     ("POST", "/api/v1/manage/{token}/reschedule", "manage-reschedule"),
     ("POST", "/api/v1/services", "services-create"),
+    ("POST", "/api/v1/staff/{staff_id}/calendars", "staff-connect-calendar"),
+    ("POST", "/api/v1/staff/{staff_id}/calendars/{calendar_id}/sync", "staff-sync-calendar"),
     ("POST", "/api/v1/staff/{staff_id}/overrides", "staff-set-override"),
     ("POST", "/api/v1/staff/{staff_id}/time-off", "staff-create-time-off"),
     ("POST", "/api/v1/users", "users-create"),

@@ -611,6 +611,78 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/staff/{staff_id}/calendars": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List external calendars
+         * @description The staff member's external calendars with their sync state, oldest first.
+         */
+        get: operations["staff-list-calendars"];
+        put?: never;
+        /**
+         * Connect an external calendar
+         * @description Connect an ICS URL or a CalDAV calendar; its busy time blocks slots after the first sync (queued now).
+         */
+        post: operations["staff-connect-calendar"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/staff/{staff_id}/calendars/{calendar_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get an external calendar
+         * @description One external calendar and its sync state (last success, last error, failures in a row, blocks).
+         */
+        get: operations["staff-get-calendar"];
+        put?: never;
+        post?: never;
+        /**
+         * Disconnect an external calendar
+         * @description Remove the connection, its stored credentials and its busy blocks; that time becomes bookable again.
+         */
+        delete: operations["staff-delete-calendar"];
+        options?: never;
+        head?: never;
+        /**
+         * Change an external calendar
+         * @description Change the URL, label, credentials or flags; turning it off removes its busy blocks. A sync is queued.
+         */
+        patch: operations["staff-update-calendar"];
+        trace?: never;
+    };
+    "/api/v1/staff/{staff_id}/calendars/{calendar_id}/sync": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Sync an external calendar now
+         * @description Queue a sync on the worker; poll the calendar for `last_attempt_at` / `last_success_at` / `last_error`.
+         */
+        post: operations["staff-sync-calendar"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/availability": {
         parameters: {
             query?: never;
@@ -1381,6 +1453,152 @@ export interface components {
             totp_code?: string | null;
         };
         /**
+         * CalendarConnectionIn
+         * @example {
+         *       "kind": "ics",
+         *       "name": "Work calendar",
+         *       "url": "https://calendar.example.com/ical/me/basic.ics"
+         *     }
+         * @example {
+         *       "kind": "caldav",
+         *       "password": "app-password",
+         *       "url": "https://dav.example.com/calendars/anna/work/",
+         *       "username": "anna"
+         *     }
+         */
+        CalendarConnectionIn: {
+            /**
+             * Kind
+             * @description `ics`: a URL serving an iCalendar file; `caldav`: a CalDAV calendar
+             * @enum {string}
+             */
+            kind: "ics" | "caldav";
+            /**
+             * Url
+             * @description http(s); no credentials in it (see `username`)
+             */
+            url: string;
+            /**
+             * Name
+             * @description A label for people Default: `""`.
+             */
+            name?: string;
+            /**
+             * Username
+             * @description CalDAV only
+             */
+            username?: string | null;
+            /**
+             * Password
+             * @description CalDAV only; never shown
+             */
+            password?: string | null;
+            /**
+             * Push Appointments
+             * @description CalDAV only: also write the staff member's c3po appointments there at each sync Default: `false`.
+             */
+            push_appointments?: boolean;
+        };
+        /** CalendarConnectionOut */
+        CalendarConnectionOut: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Staff Id
+             * Format: uuid
+             */
+            staff_id: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "ics" | "caldav";
+            /** Name */
+            name: string;
+            /** Url */
+            url: string;
+            /** Username */
+            username: string | null;
+            /** Has Password */
+            has_password: boolean;
+            /** Push Appointments */
+            push_appointments: boolean;
+            /** Is Active */
+            is_active: boolean;
+            /**
+             * Last Attempt At
+             * @description When a sync last started
+             */
+            last_attempt_at: string | null;
+            /**
+             * Last Success At
+             * @description When a sync last replaced the busy blocks
+             */
+            last_success_at: string | null;
+            /**
+             * Last Error
+             * @description Why the latest sync failed; null after a success
+             */
+            last_error: string | null;
+            /** Consecutive Failures */
+            consecutive_failures: number;
+            /**
+             * Block Count
+             * @description Busy blocks from the last good sync
+             */
+            block_count: number;
+            /**
+             * Next Sync At
+             * Format: date-time
+             */
+            next_sync_at: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+        };
+        /** CalendarConnectionPage */
+        CalendarConnectionPage: {
+            /** Items */
+            items: components["schemas"]["CalendarConnectionOut"][];
+            /** Total */
+            total: number;
+            /** Limit */
+            limit: number;
+            /** Offset */
+            offset: number;
+        };
+        /**
+         * CalendarConnectionPatch
+         * @example {
+         *       "password": "new-app-password"
+         *     }
+         * @example {
+         *       "is_active": false
+         *     }
+         */
+        CalendarConnectionPatch: {
+            /** Url */
+            url?: string | null;
+            /** Name */
+            name?: string | null;
+            /** Username */
+            username?: string | null;
+            /** Password */
+            password?: string | null;
+            /** Push Appointments */
+            push_appointments?: boolean | null;
+            /**
+             * Is Active
+             * @description Inactive: not synced; its blocks are removed
+             */
+            is_active?: boolean | null;
+        };
+        /**
          * CalendarFeedNotFoundProblem
          * @description `calendar_feed_not_found`: No calendar feed at this address
          */
@@ -1423,6 +1641,33 @@ export interface components {
              * @description When a calendar app last fetched it (null: never)
              */
             last_fetched_at: string | null;
+        };
+        /**
+         * CalendarInactiveProblem
+         * @description `calendar_inactive`: This calendar connection is turned off
+         */
+        CalendarInactiveProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:calendar_inactive";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "calendar_inactive";
+        };
+        /** CalendarSyncQueued */
+        CalendarSyncQueued: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Next Sync At
+             * Format: date-time
+             */
+            next_sync_at: string;
         };
         /**
          * CancelRequest
@@ -1729,6 +1974,86 @@ export interface components {
              */
             created_at: string;
         };
+        /** ExportBusyBlock */
+        ExportBusyBlock: {
+            /**
+             * Starts At
+             * Format: date-time
+             */
+            starts_at: string;
+            /**
+             * Ends At
+             * Format: date-time
+             */
+            ends_at: string;
+        };
+        /**
+         * ExportCalendarConnection
+         * @description A connected external calendar (never its password) and the busy blocks its last good sync found.
+         */
+        ExportCalendarConnection: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /**
+             * Staff Id
+             * Format: uuid
+             */
+            staff_id: string;
+            /**
+             * Kind
+             * @enum {string}
+             */
+            kind: "ics" | "caldav";
+            /** Name */
+            name: string;
+            /** Url */
+            url: string;
+            /** Username */
+            username: string | null;
+            /** Has Password */
+            has_password: boolean;
+            /** Push Appointments */
+            push_appointments: boolean;
+            /** Is Active */
+            is_active: boolean;
+            /**
+             * Last Attempt At
+             * @description When a sync last started
+             */
+            last_attempt_at: string | null;
+            /**
+             * Last Success At
+             * @description When a sync last replaced the busy blocks
+             */
+            last_success_at: string | null;
+            /**
+             * Last Error
+             * @description Why the latest sync failed; null after a success
+             */
+            last_error: string | null;
+            /** Consecutive Failures */
+            consecutive_failures: number;
+            /**
+             * Block Count
+             * @description Busy blocks from the last good sync
+             */
+            block_count: number;
+            /**
+             * Next Sync At
+             * Format: date-time
+             */
+            next_sync_at: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Busy Blocks */
+            busy_blocks: components["schemas"]["ExportBusyBlock"][];
+        };
         /**
          * ExportCalendarFeed
          * @description The caller's calendar feed (its URL is a credential and is not exported).
@@ -1953,6 +2278,34 @@ export interface components {
              * @example 09:00
              */
             end: string;
+        };
+        /**
+         * InvalidCalendarCredentialsProblem
+         * @description `invalid_calendar_credentials`: User name and password belong to CalDAV calendars
+         */
+        InvalidCalendarCredentialsProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:invalid_calendar_credentials";
+            title: string;
+            /** @enum {integer} */
+            status: 422;
+            detail: string;
+            /** @enum {string} */
+            code: "invalid_calendar_credentials";
+        };
+        /**
+         * InvalidCalendarUrlProblem
+         * @description `invalid_calendar_url`: This calendar URL cannot be used
+         */
+        InvalidCalendarUrlProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:invalid_calendar_url";
+            title: string;
+            /** @enum {integer} */
+            status: 422;
+            detail: string;
+            /** @enum {string} */
+            code: "invalid_calendar_url";
         };
         /**
          * InvalidCredentialsProblem
@@ -3068,6 +3421,20 @@ export interface components {
             error_description: string;
         };
         /**
+         * TooManyCalendarsProblem
+         * @description `too_many_calendars`: This staff member has as many calendars as allowed
+         */
+        TooManyCalendarsProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:too_many_calendars";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "too_many_calendars";
+        };
+        /**
          * TotpAlreadyEnabledProblem
          * @description `totp_already_enabled`: Two-factor sign-in is already enabled
          */
@@ -3332,6 +3699,11 @@ export interface components {
             action_tokens: components["schemas"]["ExportActionToken"][];
             /** @description Null when the caller never had a feed URL */
             calendar_feed: components["schemas"]["ExportCalendarFeed"] | null;
+            /**
+             * Calendar Connections
+             * @description External calendars, oldest first
+             */
+            calendar_connections: components["schemas"]["ExportCalendarConnection"][];
         };
         /** UserOut */
         UserOut: {
@@ -6998,6 +7370,591 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-list-calendars": {
+        parameters: {
+            query?: {
+                /** @description Page size */
+                limit?: number;
+                /** @description Items to skip */
+                offset?: number;
+            };
+            header?: never;
+            path: {
+                staff_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarConnectionPage"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-connect-calendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CalendarConnectionIn"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            201: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarConnectionOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Conflict: `too_many_calendars` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["TooManyCalendarsProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_calendar_credentials`, `invalid_calendar_url`, `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidCalendarCredentialsProblem"] | components["schemas"]["InvalidCalendarUrlProblem"] | components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-get-calendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+                calendar_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarConnectionOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-delete-calendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+                calendar_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-update-calendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+                calendar_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["CalendarConnectionPatch"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarConnectionOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_calendar_credentials`, `invalid_calendar_url`, `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidCalendarCredentialsProblem"] | components["schemas"]["InvalidCalendarUrlProblem"] | components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-sync-calendar": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+                calendar_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarSyncQueued"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Conflict: `calendar_inactive` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["CalendarInactiveProblem"];
                 };
             };
             /** @description Unprocessable Entity: `invalid_value`, `validation_error` */

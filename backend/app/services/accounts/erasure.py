@@ -2,9 +2,10 @@
 
 Gone: the profile's email, name and phone; the notes of their appointments as client and the
 cancellation reasons of those and of any appointment they cancelled; a staff member's bio and
-time-off reasons; their calendar feed (its URL stops working); the content of every email to
-them (those not yet sent never will be); and, in every email about them and every audit entry
-by or about them, their name, address and phone
+time-off reasons; their calendar feed (its URL stops working); their external calendar
+connections (URLs, sealed passwords) and busy blocks; the content of every email to them (those
+not yet sent never will be); and, in every email about them and every audit entry by or about
+them, their name, address and phone
 (replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
 and the audit trail's shape (who did what, when). Future live appointments are cancelled first,
@@ -26,6 +27,8 @@ from app.models import (
     ActionToken,
     Appointment,
     AuditEntry,
+    CalendarBusyBlock,
+    CalendarConnection,
     CalendarFeed,
     OutboxMessage,
     StaffProfile,
@@ -101,6 +104,9 @@ async def _anonymise_account(session: AsyncSession, user: User) -> None:
     await session.execute(delete(ActionToken).where(ActionToken.user_id == user.id))
     await session.execute(delete(CalendarFeed).where(CalendarFeed.user_id == user.id))  # its URL dies
     await second_factor.remove(session, user.id)  # the TOTP secret and recovery codes
+    # External calendars: their URLs, sealed passwords and busy blocks (the account is inactive now).
+    await session.execute(delete(CalendarBusyBlock).where(CalendarBusyBlock.staff_id == user.id))
+    await session.execute(delete(CalendarConnection).where(CalendarConnection.staff_id == user.id))
 
 
 async def _involvement(session: AsyncSession, user_id: uuid.UUID, cancelled_now: set[uuid.UUID]) -> _Involvement:

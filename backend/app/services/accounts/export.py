@@ -12,6 +12,8 @@ from app.models import (
     Appointment,
     AppointmentSeries,
     AuditEntry,
+    CalendarBusyBlock,
+    CalendarConnection,
     CalendarFeed,
     DateOverride,
     OutboxMessage,
@@ -24,10 +26,13 @@ from app.models import (
     service_staff,
 )
 from app.schemas.appointment import AppointmentOut
+from app.schemas.calendar_connection import CalendarConnectionOut
 from app.schemas.export import (
     ExportActionToken,
     ExportAppointment,
     ExportAuditEntry,
+    ExportBusyBlock,
+    ExportCalendarConnection,
     ExportEmail,
     ExportReminder,
     ExportSeries,
@@ -60,12 +65,33 @@ async def export(session: AsyncSession, user: User) -> UserExport:
             )
         ],
         calendar_feed=await _calendar_feed(session, user.id),
+        calendar_connections=await _calendar_connections(session, user.id),
     )
 
 
 async def _calendar_feed(session: AsyncSession, user_id: uuid.UUID) -> ExportCalendarFeed | None:
     feed = await session.get(CalendarFeed, user_id)
     return ExportCalendarFeed.model_validate(feed) if feed else None
+
+
+async def _calendar_connections(session: AsyncSession, user_id: uuid.UUID) -> list[ExportCalendarConnection]:
+    connections = await session.scalars(
+        select(CalendarConnection).where(CalendarConnection.staff_id == user_id).order_by(CalendarConnection.created_at)
+    )
+    blocks = await session.execute(
+        select(CalendarBusyBlock.connection_id, CalendarBusyBlock.starts_at, CalendarBusyBlock.ends_at)
+        .where(CalendarBusyBlock.staff_id == user_id)
+        .order_by(CalendarBusyBlock.starts_at)
+    )
+    by_connection: dict[uuid.UUID, list[ExportBusyBlock]] = {}
+    for connection_id, starts_at, ends_at in blocks:
+        by_connection.setdefault(connection_id, []).append(ExportBusyBlock(starts_at=starts_at, ends_at=ends_at))
+    return [
+        ExportCalendarConnection.model_validate(
+            {**CalendarConnectionOut.model_validate(row).model_dump(), "busy_blocks": by_connection.get(row.id, [])}
+        )
+        for row in connections
+    ]
 
 
 def _role(user_id: uuid.UUID, client_id: uuid.UUID) -> str:

@@ -1,6 +1,7 @@
 """The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
 runs the reminder cron (`app.services.messaging.reminders`), purges expired idempotency keys every ten
-minutes and, daily, everything past its retention (`app.services.retention`).
+minutes, syncs staff members' external calendars (`app.services.integrations.calendar_sync`, due
+ones every minute and on demand) and, daily, everything past its retention (`app.services.retention`).
 
 Two paths lead to `attempt_delivery`, which claims the row for `outbox_lease_seconds` in a short
 transaction (`claimed_by`, `claimed_until`), sends it with no transaction open, and records `sent_at`
@@ -29,6 +30,7 @@ import os
 import secrets
 import signal
 import socket
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -51,6 +53,7 @@ from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMA
 from app.models import OutboxMessage
 from app.redis import get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
+from app.services.integrations import calendar_sync
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import (
     DELIVER_JOB,
@@ -367,8 +370,25 @@ def redis_settings() -> RedisSettings:
     return queue_redis_settings()  # one Redis, never a cluster: arq's MULTI spans its keys
 
 
+async def sync_calendar(ctx: dict[str, Any], connection_id: str) -> str:
+    """The arq job behind `POST .../calendars/{id}/sync`: one connection, now (unless already being synced)."""
+    outcome = await calendar_sync.sync_connection(uuid.UUID(connection_id))
+    if outcome is None:
+        return "nothing to do"
+    return "ok" if outcome.ok else "failed"
+
+
+async def sync_due_calendars(ctx: dict[str, Any]) -> int:
+    """The cron: connections whose `next_sync_at` has come (every CALENDAR_SYNC_MINUTES each), claimed
+    one by one so two workers never sync the same connection."""
+    return await calendar_sync.sync_due()
+
+
 def _functions() -> list[Function]:
-    return [func(deliver_outbox, name=DELIVER_JOB, max_tries=3)]  # tries again only if cancelled
+    return [
+        func(deliver_outbox, name=DELIVER_JOB, max_tries=3),  # tries again only if cancelled
+        func(sync_calendar, name=calendar_sync.SYNC_JOB, max_tries=1, timeout=calendar_sync.LEASE.total_seconds()),
+    ]
 
 
 def _cron_jobs() -> list[CronJob]:
@@ -376,6 +396,7 @@ def _cron_jobs() -> list[CronJob]:
     return [
         cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120),
         # Idempotency keys live 24 h; a sweep every ten minutes keeps the table small.
+        cron(sync_due_calendars, second=15, run_at_startup=True, timeout=300, keep_result=120),
         cron(purge_expired_idempotency_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),
         cron(
             purge_retained,

@@ -44,6 +44,7 @@ from app.database import fetch_rows
 from app.errors import NotFound
 from app.models import (
     Appointment,
+    CalendarBusyBlock,
     DateOverride,
     Role,
     Service,
@@ -129,7 +130,17 @@ def _merged_ranges(kind: str, staff_column, ranges, *conditions):
 
 
 _BLOCKED = func.tstzrange(Appointment.blocked_from, Appointment.blocked_until, _HALF_OPEN)
-# A whole calendar in one round trip: weekly hours, date overrides, merged time off and bookings,
+
+
+def _away(table) -> Executable:
+    return select(table.staff_id, table.starts_at, table.ends_at).where(
+        table.staff_id == _IDS, table.starts_at < _HI, table.ends_at > _LO
+    )
+
+
+# Time away: time off and the busy blocks of external calendars (calendar_sync), which block exactly alike.
+_AWAY = union_all(_away(TimeOff), _away(CalendarBusyBlock)).subquery("away")
+# A whole calendar in one round trip: weekly hours, date overrides, merged time away and bookings,
 # as rows of one shape (staff_id, kind, weekday, opens, closes, date, intervals as JSON text, starts, ends).
 _CALENDARS = union_all(
     select(
@@ -157,14 +168,7 @@ _CALENDARS = union_all(
         DateOverride.staff_id == _IDS,
         DateOverride.date.between(bindparam("first_day", type_=Date), bindparam("last_day", type_=Date)),
     ),
-    _merged_ranges(
-        "time_off",
-        TimeOff.staff_id,
-        func.tstzrange(TimeOff.starts_at, TimeOff.ends_at, _HALF_OPEN),
-        TimeOff.staff_id == _IDS,
-        TimeOff.starts_at < _HI,
-        TimeOff.ends_at > _LO,
-    ),
+    _merged_ranges("time_off", _AWAY.c.staff_id, func.tstzrange(_AWAY.c.starts_at, _AWAY.c.ends_at, _HALF_OPEN)),
     _merged_ranges(
         "busy",
         Appointment.staff_id,
@@ -269,9 +273,9 @@ async def load_calendars(
     exclude_appointments: Collection[uuid.UUID] = (),
     exclude_appointment: uuid.UUID | None = None,
 ) -> list[StaffCalendar]:
-    """Hours, overrides, time off and live bookings of these staff around [start, end), in one
-    query (in the session, or with None on the read pool). `staff` maps ids to IANA zones (as
-    `offering_staff` answers), or is just ids.
+    """Hours, overrides, time off (with external busy blocks) and live bookings of these staff
+    around [start, end), in one query (in the session, or with None on the read pool). `staff` maps
+    ids to IANA zones (as `offering_staff` answers), or is just ids.
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
@@ -324,6 +328,15 @@ def _merged_epochs(alias: str, ranges: str, table: str, conditions: str) -> str:
     )
 
 
+def _away_sql(staff: str, lo: str, hi: str) -> str:
+    """Time off and external busy blocks (as `_AWAY`) of one staff member overlapping [lo, hi)."""
+    overlapping = f"WHERE staff_id = {staff} AND starts_at < {hi} AND ends_at > {lo}"
+    return (
+        f"(SELECT starts_at, ends_at FROM time_off {overlapping}"
+        f" UNION ALL SELECT starts_at, ends_at FROM {CalendarBusyBlock.__tablename__} {overlapping}) AS away"
+    )
+
+
 def one_calendar_sql(staff: str, first_day: str, last_day: str, lo: str, hi: str) -> tuple[str, str]:
     """(select list, joins) reading the same calendar as `load_calendars` for one staff member, in
     one row of a raw statement: `staff`, the days and `lo`/`hi` (busy window) are SQL expressions.
@@ -339,12 +352,7 @@ def one_calendar_sql(staff: str, first_day: str, last_day: str, lo: str, hi: str
     blocked = "tstzrange(blocked_from, blocked_until, '[)')"
     joins = " ".join(
         [
-            _merged_epochs(
-                "time_off",
-                "tstzrange(starts_at, ends_at, '[)')",
-                "time_off",
-                f"staff_id = {staff} AND starts_at < {hi} AND ends_at > {lo}",
-            ),
+            _merged_epochs("time_off", "tstzrange(starts_at, ends_at, '[)')", _away_sql(staff, lo, hi), "true"),
             _merged_epochs(
                 "busy",
                 blocked,
