@@ -1,8 +1,8 @@
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from zoneinfo import available_timezones
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 # Unicode and spaces are fine, nothing is truncated; common passwords are refused by the service.
@@ -28,9 +28,21 @@ def _printable(value: str) -> str:
     return value
 
 
-FullName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(_printable)
-]
+def _trimmed(value: str) -> str:
+    """Surrounding spaces go; a text of spaces only is empty."""
+    value = value.strip()
+    if not value:
+        raise PydanticCustomError("string_too_short", "must not be blank")
+    return value
+
+
+def trimmed_text(max_length: int) -> Any:
+    """A required one-line text of at most `max_length` characters as sent (the schema's
+    `maxLength`, so nothing longer is ever accepted), kept without its surrounding spaces."""
+    return Annotated[str, Field(min_length=1, max_length=max_length), AfterValidator(_trimmed)]
+
+
+FullName = Annotated[trimmed_text(200), AfterValidator(_printable)]
 
 
 class Message(BaseModel):

@@ -2,12 +2,12 @@ import uuid
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, StringConstraints, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from app.schemas.common import Page, StrictModel, UtcDatetime
+from app.schemas.common import Page, StrictModel, UtcDatetime, trimmed_text
 from app.schemas.inputs import Amount, Flag, Integer, Omittable
 
-ServiceName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+ServiceName = trimmed_text(200)
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, upper case", examples=["EUR"])]
 # JSON numbers are binary floats in JavaScript, so money leaves as a string with two decimals ("45.00").
 # Requests may send either a string or a number.

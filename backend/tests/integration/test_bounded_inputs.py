@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select
 
-from app.models import Role
+from app.models import Role, User
 from app.utils.time import utcnow
 from tests.apiserver import api_process
 from tests.assertions import assert_problem
@@ -181,3 +182,26 @@ async def test_health_answers_while_former_hangs_arrive(session, service_urls, t
         f"{len(health_times)} /health calls meanwhile, slowest {max(health_times, default=0) * 1000:.1f} ms"
     )
     assert sorted({a.status_code for a in answers}) == [422]
+
+
+class TestTrimmedTexts:
+    """Names are kept without surrounding spaces, but the length bound is the one the schema states,
+    counted as sent: 200 characters and a space used to pass as 200 once trimmed (schemathesis saw it)."""
+
+    @pytest.mark.parametrize("name", ["a" * 200 + " ", " " + "a" * 200])
+    async def test_a_name_over_the_bound_before_trimming_is_422(self, client, name):
+        body = {"email": "long.name@example.com", "password": "a long enough password", "full_name": name}
+
+        problem = assert_problem(await client.post("/api/v1/auth/register", json=body), 422, "validation_error")
+
+        assert problem["errors"][0]["type"] == "string_too_long"
+
+    async def test_a_name_of_spaces_is_422_and_surrounding_spaces_go(self, client, session):
+        blank = {"email": "blank.name@example.com", "password": "a long enough password", "full_name": "   "}
+        problem = assert_problem(await client.post("/api/v1/auth/register", json=blank), 422, "validation_error")
+        assert problem["errors"][0]["type"] == "string_too_short"
+
+        spaced = {"email": "spaced.name@example.com", "password": "a long enough password", "full_name": "  Ada  "}
+        assert (await client.post("/api/v1/auth/register", json=spaced)).status_code == 202
+        names = await session.scalars(select(User.full_name).where(User.email == "spaced.name@example.com"))
+        assert list(names) == ["Ada"]
