@@ -8,11 +8,12 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 from loguru import logger
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from app.models import Appointment, AuditEntry, CalendarBusyBlock, CalendarConnection, Role
 from app.services.integrations import calendar_sync
 from app.services.messaging import mailer
+from app.utils.time import utcnow
 from tests.assertions import assert_problem
 from tests.factories import create_user, outbox
 from tests.httpserver import serve
@@ -460,6 +461,37 @@ class TestWorker:
 
         assert len(first) + len(second) == 4 and not set(first) & set(second)
         assert await calendar_sync.claim_due(10) == []  # all claimed
+
+    async def test_a_deactivated_staff_members_calendars_are_not_synced(self, client, session, feed, staff, as_staff):
+        await connect(client, as_staff, staff, feed.url)
+        staff.is_active = False
+        await session.commit()
+
+        assert await calendar_sync.claim_due(10) == []
+
+        staff.is_active = True
+        await session.commit()
+        assert len(await calendar_sync.claim_due(10)) == 1
+
+    async def test_a_zone_change_makes_the_calendars_due_at_once(self, client, session, feed, staff, as_staff):
+        await connect(client, as_staff, staff, feed.url)
+        assert len(await calendar_sync.claim_due(10)) == 1
+        await session.execute(update(CalendarConnection).values(next_sync_at=utcnow() + timedelta(hours=1)))
+        await session.execute(update(CalendarConnection).values(claimed_until=None))
+        await session.commit()
+        assert await calendar_sync.claim_due(10) == []
+
+        week = {"intervals": [{"weekday": 0, "start": "09:00", "end": "17:00"}]}
+        same = await client.put(
+            f"{STAFF}/{staff.id}/schedule", json={"timezone": "Europe/Berlin", **week}, headers=as_staff
+        )
+        assert same.status_code == 200, same.text
+        assert await calendar_sync.claim_due(10) == []  # the same zone: nothing to read again
+        moved = await client.put(
+            f"{STAFF}/{staff.id}/schedule", json={"timezone": "Asia/Tokyo", **week}, headers=as_staff
+        )
+        assert moved.status_code == 200, moved.text
+        assert len(await calendar_sync.claim_due(10)) == 1
 
     async def test_the_cron_syncs_what_is_due_and_not_again_before_its_interval(
         self, client, session, feed, staff, as_staff

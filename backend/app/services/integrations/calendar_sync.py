@@ -119,11 +119,19 @@ async def claim(connection_id: uuid.UUID) -> CalendarConnection | None:
         )
 
 
+_OWNER_ACTIVE = (
+    select(User.id)
+    .where(User.id == CalendarConnection.staff_id, User.is_active.is_(True), User.deleted_at.is_(None))
+    .exists()
+)
+
+
 async def claim_due(limit: int) -> list[uuid.UUID]:
-    """Claim up to `limit` connections whose next sync is due, longest waiting first."""
+    """Claim up to `limit` connections whose next sync is due, longest waiting first; those of a
+    deactivated staff member wait (their blocks stay) until the account is active again."""
     due = (
         select(CalendarConnection.id)
-        .where(CalendarConnection.next_sync_at <= func.now(), *_claimable())
+        .where(CalendarConnection.next_sync_at <= func.now(), _OWNER_ACTIVE, *_claimable())
         .order_by(CalendarConnection.next_sync_at)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -11,12 +11,21 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import delete, literal_column, select
+from sqlalchemy import delete, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import AppError, Forbidden, NotFound
-from app.models import Appointment, DateOverride, Role, StaffProfile, TimeOff, User, WeeklyInterval
+from app.models import (
+    Appointment,
+    CalendarConnection,
+    DateOverride,
+    Role,
+    StaffProfile,
+    TimeOff,
+    User,
+    WeeklyInterval,
+)
 from app.schemas.staff import Interval, OverrideIn, Schedule, TimeOffIn
 from app.services import audit
 from app.services.pagination import paginate
@@ -132,6 +141,11 @@ async def replace_schedule(
         WeeklyInterval(staff_id=staff.id, weekday=i.weekday, start_time=i.start, end_time=i.end)
         for i in schedule.intervals
     )
+    if profile.timezone != schedule.timezone:
+        # All-day and floating events of external calendars are read in this zone: read them again now.
+        await session.execute(
+            update(CalendarConnection).where(CalendarConnection.staff_id == staff.id).values(next_sync_at=func.now())
+        )
     profile.timezone = schedule.timezone
     await session.flush()
     after = await _schedule(session, staff)
