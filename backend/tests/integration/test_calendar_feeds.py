@@ -220,7 +220,6 @@ class TestValidators:
         )
         assert answer.status_code == 200
 
-
     async def test_star_matches_any_copy(self, client, session, customer):
         path = await feed_url(client, customer)
         assert (await client.get(path, headers={"If-None-Match": "*"})).status_code == 304
