@@ -386,12 +386,14 @@ class TestTheToken:
         token = manage_tokens.issue(past.id, world["client"].id, past.ends_at)
         answer = await client.get(f"{MANAGE}/{token}")
         assert (answer.status_code, problem_code(answer)) == (410, "manage_link_expired")
+        assert answer.json()["detail"] == "The appointment is over"
 
     async def test_it_stops_at_the_end_it_was_issued_for_even_if_the_appointment_moved_later(self, client, world, smtp):
         appointment, _ = await booked_with_link(client, world, smtp)
         issued_for_an_earlier_end = token_for(appointment, expires_at=datetime.now(UTC) - timedelta(seconds=1))
         answer = await client.post(f"{MANAGE}/{issued_for_an_earlier_end}/cancel")
         assert (answer.status_code, problem_code(answer)) == (410, "manage_link_expired")
+        assert "moved" in answer.json()["detail"] and "over" not in answer.json()["detail"]  # the page says why
 
     async def test_a_completed_appointment_is_closed(self, client, session, world, smtp):
         started = await add_appointment(

@@ -2157,7 +2157,7 @@ export interface components {
         };
         /**
          * ManageLinkExpiredProblem
-         * @description `manage_link_expired`: This link has expired: the appointment is over
+         * @description `manage_link_expired`: This link has expired
          */
         ManageLinkExpiredProblem: {
             /** @enum {string} */
