@@ -138,12 +138,21 @@ class TestEmails:
 
         # A token is a function of (appointment, client, end): a move mints a new one.
         assert booked == confirmed != rescheduled == reminded
+        # Every email that carried one keeps none once sent (outbox `secret_keys`).
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+        to_client = [row for row in rows if row.payload["to"] == world["client"].email]
+        templates = {row.payload["template"] for row in to_client}
+        assert templates >= {"appointment_booked", "appointment_confirmed", "appointment_rescheduled"}
+        assert len(templates) == 4  # and the reminder
+        for row in to_client:
+            assert row.sent_at is not None and row.payload["context"]["link"] == "[redacted]", row.payload["template"]
+            assert not any(token in str(row.payload) for token in (booked, rescheduled))
         for token in (booked, confirmed, rescheduled, reminded):
             view = await client.get(f"{MANAGE}/{token}")
             assert view.status_code == 200, view.text
             assert view.json()["appointment"]["starts_at"] == zulu(local(DAY, 14))
 
-    async def test_a_series_email_links_its_first_occurrence(self, client, world, smtp):
+    async def test_a_series_email_links_its_first_occurrence(self, client, session, world, smtp):
         headers = await headers_for(world["client"])
         body = booking_body(
             world["service"], world["staff"], local(DAY, 10), recurrence={"rrule": "FREQ=WEEKLY;COUNT=3"}
@@ -156,6 +165,12 @@ class TestEmails:
         view = await client.get(f"{MANAGE}/{token}")
         assert view.status_code == 200
         assert view.json()["appointment"]["id"] == first["id"]
+        [row] = (
+            await session.scalars(
+                select(OutboxMessage).where(OutboxMessage.payload["to"].astext == world["client"].email)
+            )
+        ).all()
+        assert row.payload["context"]["link"] == "[redacted]" and token not in str(row.payload)
 
     async def test_a_russian_client_gets_the_link_in_russian(self, client, session, world, smtp):
         russian = await create_user(session, locale="ru", full_name="Борис")
