@@ -27,12 +27,32 @@ FEED_ANSWERS = {
     },
     304: {"description": "Not modified: the copy you hold is current", "headers": _FEED_HEADERS},
 }
+FEED_MEDIA_TYPE = "text/calendar; charset=utf-8"
 IfNoneMatch = Annotated[str | None, Header(max_length=1024, description="The `ETag` of the copy you hold")]
 IfModifiedSince = Annotated[str | None, Header(max_length=64, description="The `Last-Modified` of your copy")]
 
 
+FEED_PATH = "/calendar-feeds/{token}.ics"
+
+
+async def _answer(
+    session: DbSession, token: str, if_none_match: str | None, if_modified_since: str | None
+) -> tuple[str | None, dict[str, str]]:
+    """The feed's content (None: the caller's copy is current) and the headers GET and HEAD share."""
+    found = await feeds.fetch(session, token, if_none_match=if_none_match, if_modified_since=if_modified_since)
+    headers = {
+        "ETag": found.etag,
+        "Last-Modified": format_datetime(found.last_modified, usegmt=True),
+        "Cache-Control": "private, no-cache",
+    }
+    if found.content is not None:
+        headers["Content-Type"] = FEED_MEDIA_TYPE
+        headers["Content-Disposition"] = 'inline; filename="c3po-appointments.ics"'
+    return found.content, headers
+
+
 @router.get(
-    "/calendar-feeds/{token}.ics",
+    FEED_PATH,
     operation_id="calendar-feeds-get",
     response_class=Response,
     summary="A calendar feed",
@@ -45,17 +65,28 @@ async def get_feed(
     if_modified_since: IfModifiedSince = None,
 ) -> Response:
     """The appointments of the feed's owner as an RFC 5545 calendar (no sign-in: the URL is the secret),
-    for calendar apps to subscribe to; 304 when `If-None-Match` or `If-Modified-Since` still hold."""
-    found = await feeds.fetch(session, token, if_none_match=if_none_match, if_modified_since=if_modified_since)
-    headers = {
-        "ETag": found.etag,
-        "Last-Modified": format_datetime(found.last_modified, usegmt=True),
-        "Cache-Control": "private, no-cache",
-    }
-    if found.content is None:
+    for calendar apps to subscribe to; 304 when `If-None-Match` or `If-Modified-Since` still hold.
+    `HEAD` answers the same status and headers without the body."""
+    content, headers = await _answer(session, token, if_none_match, if_modified_since)
+    if content is None:
         return Response(status_code=304, headers=headers)
-    headers["Content-Disposition"] = 'inline; filename="c3po-appointments.ics"'
-    return Response(found.content, media_type="text/calendar; charset=utf-8", headers=headers)
+    return Response(content, headers=headers)
+
+
+@router.head(FEED_PATH, operation_id="calendar-feeds-head", response_class=Response, include_in_schema=False)
+async def head_feed(
+    token: str,
+    session: DbSession,
+    if_none_match: IfNoneMatch = None,
+    if_modified_since: IfModifiedSince = None,
+) -> Response:
+    """GET without the body: calendar apps (and link checkers) ask HEAD first, and a 405 there makes
+    some of them refuse the subscription. Kept out of the schema: no client of ours calls it."""
+    content, headers = await _answer(session, token, if_none_match, if_modified_since)
+    if content is None:
+        return Response(status_code=304, headers=headers)
+    headers["Content-Length"] = str(len(content.encode()))
+    return Response(headers=headers)
 
 
 def _out(feed: CalendarFeed) -> CalendarFeedOut:

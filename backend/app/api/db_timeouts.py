@@ -11,6 +11,7 @@ from loguru import logger
 from app.api.problems import problem_response
 from app.database import LockTimeout, StatementTimeout
 from app.errors import DatabaseTimeout
+from app.utils.redact import redact_path
 
 RETRY_AFTER_SECONDS = 1
 _DETAILS = {
@@ -20,7 +21,8 @@ _DETAILS = {
 
 
 async def _timed_out(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("{} {}: {}", request.method, request.url.path, str(getattr(exc, "orig", exc)).splitlines()[0])
+    path = redact_path(request.url.path)  # a manage link or feed URL carries its credential in the path
+    logger.warning("{} {}: {}", request.method, path, str(getattr(exc, "orig", exc)).splitlines()[0])
     error = DatabaseTimeout
     detail = _DETAILS.get(type(exc), error.title)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}

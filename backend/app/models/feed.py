@@ -9,7 +9,8 @@ from app.models.base import Base
 
 class CalendarFeed(Base):
     """A user's calendar feed. The secret URL is not stored: it is an HMAC over (user id, `version`)
-    (app/services/integrations/feeds.py), so rotating is `version + 1` and the old URL dies.
+    (app/services/integrations/feeds.py), so rotating draws a new random `version` and the old
+    URL dies (random, not `+ 1`: a feed deleted and made again never revives an old URL).
 
     `content_digest` and `content_changed_at` are what the last fetch served: the digest is the
     feed's ETag, and `content_changed_at` (its Last-Modified) moves only when the digest changes."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from itertools import repeat
 from operator import add, floordiv, mod
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, Field, PlainValidator, ValidationInfo, WithJsonSchema, field_validator
@@ -60,21 +60,30 @@ WindowBound = Annotated[
 ]
 
 
-class AvailabilityQuery(BaseModel):
-    """`GET /availability` parameters; `start_at`/`end_at` are the resolved instants."""
-
-    service_id: uuid.UUID
-    start: WindowBound = Field(description="Window start (inclusive): slots starting at or after it")
-    end: WindowBound = Field(description="Window end (exclusive); at most 62 days after `start`")
-    staff_id: uuid.UUID | None = Field(None, description="Only this staff member (default: everyone offering it)")
-    tz: TimeZoneName | None = Field(
-        None,
+WindowStart = Annotated[WindowBound, Field(description="Window start (inclusive): slots starting at or after it")]
+WindowEnd = Annotated[WindowBound, Field(description="Window end (exclusive); at most 62 days after `start`")]
+ClientZone = Annotated[
+    TimeZoneName | None,
+    Field(
         validate_default=True,
         description="IANA zone of the client: plain-date bounds are its local midnights, and each slot also "
         "carries `starts_at_local`/`ends_at_local` in it",
-    )
+    ),
+]
 
-    @field_validator("tz")
+
+class WindowQuery(BaseModel):
+    """What every availability query shares: `start`, `end` and `tz` read as instants.
+
+    Each subclass declares the fields (`start: WindowStart`, ...) in the order its endpoint lists
+    its parameters: pydantic would put a base class's fields first and reorder the public ones."""
+
+    if TYPE_CHECKING:
+        start: datetime | date
+        end: datetime | date
+        tz: str | None
+
+    @field_validator("tz", check_fields=False)
     @classmethod
     def _plain_dates_need_a_zone(cls, tz: str | None, info: ValidationInfo) -> str | None:
         plain = [name for name in ("start", "end") if type(info.data.get(name)) is date]
@@ -89,8 +98,9 @@ class AvailabilityQuery(BaseModel):
     def _instant(self, bound: datetime | date) -> datetime:
         if isinstance(bound, datetime):
             return bound.astimezone(UTC)
-        assert self.tz is not None
-        return local_bound_to_utc(bound, time(0), ZoneInfo(self.tz))
+        zone = self.zone
+        assert zone is not None  # the validator above
+        return local_bound_to_utc(bound, time(0), zone)
 
     @property
     def start_at(self) -> datetime:
@@ -99,6 +109,16 @@ class AvailabilityQuery(BaseModel):
     @property
     def end_at(self) -> datetime:
         return self._instant(self.end)
+
+
+class AvailabilityQuery(WindowQuery):
+    """`GET /availability` parameters; `start_at`/`end_at` are the resolved instants."""
+
+    service_id: uuid.UUID
+    start: WindowStart
+    end: WindowEnd
+    staff_id: uuid.UUID | None = Field(None, description="Only this staff member (default: everyone offering it)")
+    tz: ClientZone = None
 
 
 class AvailableSlot(BaseModel):

@@ -1,16 +1,13 @@
 """Manage links: the page a client opens from an email, without signing in (`/api/v1/manage/{token}`)."""
 
 import uuid
-from datetime import UTC, date, datetime, time
-from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.schemas.appointment import AppointmentOut
-from app.schemas.availability import WindowBound
-from app.schemas.common import StrictModel, TimeZoneName, UtcDatetime
+from app.schemas.availability import ClientZone, WindowEnd, WindowQuery, WindowStart
+from app.schemas.common import StrictModel, UtcDatetime
 from app.schemas.inputs import Instant
-from app.utils.time import local_bound_to_utc
 
 
 class ActionState(BaseModel):
@@ -72,40 +69,9 @@ class ManageReschedule(StrictModel):
     )
 
 
-class ManageAvailabilityQuery(BaseModel):
+class ManageAvailabilityQuery(WindowQuery):
     """`GET /availability`'s window parameters; the service and staff member are the appointment's."""
 
-    start: WindowBound = Field(description="Window start (inclusive): slots starting at or after it")
-    end: WindowBound = Field(description="Window end (exclusive); at most 62 days after `start`")
-    tz: TimeZoneName | None = Field(
-        None,
-        validate_default=True,
-        description="IANA zone of the client: plain-date bounds are its local midnights, and each slot also "
-        "carries `starts_at_local`/`ends_at_local` in it",
-    )
-
-    @field_validator("tz")
-    @classmethod
-    def _plain_dates_need_a_zone(cls, tz: str | None, info: ValidationInfo) -> str | None:
-        plain = [name for name in ("start", "end") if type(info.data.get(name)) is date]
-        if tz is None and plain:
-            raise ValueError(f"{' and '.join(plain)} is a plain date: say in which zone with `tz`")
-        return tz
-
-    @property
-    def zone(self) -> ZoneInfo | None:
-        return ZoneInfo(self.tz) if self.tz else None
-
-    def _instant(self, bound: datetime | date) -> datetime:
-        if isinstance(bound, datetime):
-            return bound.astimezone(UTC)
-        assert self.tz is not None
-        return local_bound_to_utc(bound, time(0), ZoneInfo(self.tz))
-
-    @property
-    def start_at(self) -> datetime:
-        return self._instant(self.start)
-
-    @property
-    def end_at(self) -> datetime:
-        return self._instant(self.end)
+    start: WindowStart
+    end: WindowEnd
+    tz: ClientZone = None

@@ -220,6 +220,35 @@ class TestValidators:
         )
         assert answer.status_code == 200
 
+    async def test_star_matches_any_copy(self, client, session, customer):
+        path = await feed_url(client, customer)
+        assert (await client.get(path, headers={"If-None-Match": "*"})).status_code == 304
+
+
+class TestHead:
+    """Calendar apps and link checkers send HEAD before subscribing; a 405 makes some give up."""
+
+    async def test_the_headers_of_get_without_the_body(self, client, session, service, staff, customer):
+        await add_appointment(session, customer, staff, service, TEN)
+        path = await feed_url(client, customer)
+        got = await client.get(path)
+
+        head = await client.head(path)
+
+        assert head.status_code == 200 and head.content == b""
+        for name in ("content-type", "content-disposition", "cache-control", "etag", "last-modified"):
+            assert head.headers[name] == got.headers[name], name
+        assert head.headers["content-length"] == str(len(got.content))
+
+    async def test_validators_and_refusals_as_for_get(self, client, session, customer):
+        path = await feed_url(client, customer)
+        etag = (await client.get(path)).headers["etag"]
+
+        fresh = await client.head(path, headers={"If-None-Match": etag})
+        assert fresh.status_code == 304 and fresh.headers["etag"] == etag
+        unknown = await client.head(path.replace(path[-8:-4], "AAAA" if path[-8:-4] != "AAAA" else "BBBB"))
+        assert unknown.status_code == 404 and unknown.content == b""
+
 
 class TestTheUrl:
     async def test_the_same_url_every_time_with_webcal(self, client, session, customer, monkeypatch):

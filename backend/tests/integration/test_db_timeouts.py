@@ -2,16 +2,22 @@
 `database_timeout` (retry later) instead of a 500 or a request that hangs."""
 
 import asyncio
+import io
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import suppress
+from datetime import timedelta
 
 import asyncpg
 import pytest
+from loguru import logger
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app.config import get_settings
 from app.database import dispose_engine, get_engine, server_settings
+from app.utils import manage_tokens
+from app.utils.time import utcnow
 from tests.smtp import settings_env
 
 
@@ -115,3 +121,21 @@ class TestProblems:
                 assert (await client.get("/api/v1/services")).status_code == 200
         finally:
             await conn.close()
+
+    async def test_its_log_line_masks_a_token_in_the_path(self, client, fresh_engine, service_urls):
+        """A manage link or feed URL is a credential: the timeout's warning names the path redacted."""
+        token = manage_tokens.issue(uuid.uuid4(), uuid.uuid4(), utcnow() + timedelta(days=1))
+        lines = io.StringIO()
+        sink = logger.add(lines, level="WARNING", format="{message}", filter="app")
+        conn = await asyncpg.connect(service_urls["database_url"])
+        try:
+            with settings_env(DB_LOCK_TIMEOUT_SECONDS="0.3"):
+                async with conn.transaction():
+                    await conn.execute("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+                    answer = await client.get(f"/api/v1/manage/{token}")
+        finally:
+            await conn.close()
+            logger.remove(sink)
+        assert answer.status_code == 503, answer.text
+        assert "GET /api/v1/manage/[redacted]" in lines.getvalue()
+        assert token not in lines.getvalue()

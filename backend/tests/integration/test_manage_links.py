@@ -138,12 +138,21 @@ class TestEmails:
 
         # A token is a function of (appointment, client, end): a move mints a new one.
         assert booked == confirmed != rescheduled == reminded
+        # Every email that carried one keeps none once sent (outbox `secret_keys`).
+        rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+        to_client = [row for row in rows if row.payload["to"] == world["client"].email]
+        templates = {row.payload["template"] for row in to_client}
+        assert templates >= {"appointment_booked", "appointment_confirmed", "appointment_rescheduled"}
+        assert len(templates) == 4  # and the reminder
+        for row in to_client:
+            assert row.sent_at is not None and row.payload["context"]["link"] == "[redacted]", row.payload["template"]
+            assert not any(token in str(row.payload) for token in (booked, rescheduled))
         for token in (booked, confirmed, rescheduled, reminded):
             view = await client.get(f"{MANAGE}/{token}")
             assert view.status_code == 200, view.text
             assert view.json()["appointment"]["starts_at"] == zulu(local(DAY, 14))
 
-    async def test_a_series_email_links_its_first_occurrence(self, client, world, smtp):
+    async def test_a_series_email_links_its_first_occurrence(self, client, session, world, smtp):
         headers = await headers_for(world["client"])
         body = booking_body(
             world["service"], world["staff"], local(DAY, 10), recurrence={"rrule": "FREQ=WEEKLY;COUNT=3"}
@@ -156,6 +165,12 @@ class TestEmails:
         view = await client.get(f"{MANAGE}/{token}")
         assert view.status_code == 200
         assert view.json()["appointment"]["id"] == first["id"]
+        [row] = (
+            await session.scalars(
+                select(OutboxMessage).where(OutboxMessage.payload["to"].astext == world["client"].email)
+            )
+        ).all()
+        assert row.payload["context"]["link"] == "[redacted]" and token not in str(row.payload)
 
     async def test_a_russian_client_gets_the_link_in_russian(self, client, session, world, smtp):
         russian = await create_user(session, locale="ru", full_name="Борис")
@@ -386,12 +401,14 @@ class TestTheToken:
         token = manage_tokens.issue(past.id, world["client"].id, past.ends_at)
         answer = await client.get(f"{MANAGE}/{token}")
         assert (answer.status_code, problem_code(answer)) == (410, "manage_link_expired")
+        assert answer.json()["detail"] == "The appointment is over"
 
     async def test_it_stops_at_the_end_it_was_issued_for_even_if_the_appointment_moved_later(self, client, world, smtp):
         appointment, _ = await booked_with_link(client, world, smtp)
         issued_for_an_earlier_end = token_for(appointment, expires_at=datetime.now(UTC) - timedelta(seconds=1))
         answer = await client.post(f"{MANAGE}/{issued_for_an_earlier_end}/cancel")
         assert (answer.status_code, problem_code(answer)) == (410, "manage_link_expired")
+        assert "moved" in answer.json()["detail"] and "over" not in answer.json()["detail"]  # the page says why
 
     async def test_a_completed_appointment_is_closed(self, client, session, world, smtp):
         started = await add_appointment(

@@ -273,3 +273,18 @@ def test_request_bodies_carry_examples(document):
             schema = resolve(document, ref)
             if "login" not in path:
                 assert schema.get("examples"), f"{method} {path}"
+
+
+def test_availability_parameters_keep_their_order_and_the_manage_picker_shares_the_window(document):
+    """Both queries build on `WindowQuery`; the public one's parameters stay in their published order."""
+    names = {
+        path: [parameter["name"] for parameter in document["paths"][path]["get"]["parameters"]]
+        for path in ("/api/v1/availability", "/api/v1/manage/{token}/availability")
+    }
+    assert names["/api/v1/availability"] == ["service_id", "start", "end", "staff_id", "tz"]
+    assert names["/api/v1/manage/{token}/availability"] == ["token", "start", "end", "tz"]
+    public, manage = (
+        {p["name"]: p for p in document["paths"][path]["get"]["parameters"] if p["name"] in ("start", "end", "tz")}
+        for path in names
+    )
+    assert public == manage

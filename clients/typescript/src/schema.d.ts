@@ -978,6 +978,7 @@ export interface paths {
          * A calendar feed
          * @description The appointments of the feed's owner as an RFC 5545 calendar (no sign-in: the URL is the secret),
          *     for calendar apps to subscribe to; 304 when `If-None-Match` or `If-Modified-Since` still hold.
+         *     `HEAD` answers the same status and headers without the body.
          */
         get: operations["calendar-feeds-get"];
         put?: never;
@@ -2509,7 +2510,7 @@ export interface components {
         };
         /**
          * ManageLinkExpiredProblem
-         * @description `manage_link_expired`: This link has expired: the appointment is over
+         * @description `manage_link_expired`: This link has expired
          */
         ManageLinkExpiredProblem: {
             /** @enum {string} */

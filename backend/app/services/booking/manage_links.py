@@ -46,7 +46,14 @@ class ManageLinkInvalid(NotFound):
 
 
 class ManageLinkExpired(AppError):
-    status, code, title = 410, "manage_link_expired", "This link has expired: the appointment is over"
+    status, code, title = 410, "manage_link_expired", "This link has expired"
+
+
+# Why a link for an appointment that is not over has expired: the page should not say "it is over".
+MOVED_ON = (
+    "This link was for an earlier time of this appointment, which has been moved since: "
+    "use the link in the latest email about it, or sign in"
+)
 
 
 class AppointmentClosed(AppError):
@@ -95,8 +102,11 @@ async def appointment_of(session: AsyncSession, link: Link, action: Action) -> A
         raise ManageLinkInvalid()
     if appointment.status not in LIVE_STATUSES:
         raise AppointmentClosed(f"This appointment is {appointment.status}", appointment_status=appointment.status)
-    if utcnow() >= min(link.claims.expires_at, appointment.ends_at):
-        raise ManageLinkExpired()
+    now = utcnow()
+    if now >= appointment.ends_at:
+        raise ManageLinkExpired("The appointment is over")
+    if now >= link.claims.expires_at:  # not over: moved later since this link was mailed
+        raise ManageLinkExpired(MOVED_ON)
     return appointment
 
 
