@@ -160,7 +160,9 @@ async def confirm(
     operation_id="appointments-cancel",
     response_model=AppointmentOut,
     summary="Cancel",
-    responses=CHANGE_ERRORS,
+    responses=problem_responses(
+        NotFound, Forbidden, InvalidTransition, CancellationWindowClosed, AppointmentNotStarted, AppointmentChanged
+    ),
 )
 async def cancel(
     appointment_id: uuid.UUID,

@@ -97,7 +97,7 @@ async def get(link: OpenLink, session: DbSession, response: Response) -> Managed
     operation_id="manage-cancel",
     response_model=AppointmentOut,
     summary="Cancel through a manage link",
-    responses=problem_responses(*CHANGE_ERRORS),
+    responses=problem_responses(*CHANGE_ERRORS, AppointmentChanged),
 )
 async def cancel(
     link: OpenLink, session: DbSession, idem: LinkIdempotent, body: ManageCancel | None = None

@@ -7,11 +7,12 @@ from datetime import time, timedelta
 
 import icalendar
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
-from app.errors import SlotUnavailable
+from app.database import get_sessionmaker
+from app.errors import AppointmentChanged, SlotUnavailable
 from app.models import Appointment, AppointmentSeries, AuditEntry, OutboxMessage, Role, User
-from app.services.booking import appointments
+from app.services.booking import appointments, booking
 from app.services.demo import seed_demo
 from app.services.messaging import mailer
 from app.utils.time import local_to_utc, utcnow
@@ -544,6 +545,33 @@ class TestCancel:
         response = await client.post(f"{URL}/{appointment.id}/cancel", headers=await headers_for(staff))
         assert response.status_code == 200 and response.json()["cancelled_by"] == str(staff.id)
 
+    async def test_a_cancel_checked_against_a_time_moved_meanwhile_is_409(self, session, service, staff, customer):
+        """The cut-off is checked on the appointment as the cancel read it; a reschedule into the
+        cut-off may commit before the cancel's write (both hold the calendar lock shared). The
+        write then finds a newer version and refuses, instead of cancelling inside the cut-off."""
+        appointment = await add_appointment(session, customer, staff, service, utcnow() + timedelta(days=3))
+        read = await session.get(Appointment, appointment.id)  # the cancel's read, before the move commits
+        async with get_sessionmaker()() as other, other.begin():
+            shift = timedelta(days=3) - timedelta(hours=2)  # two hours from now: inside the 24 h cut-off
+            await other.execute(
+                update(Appointment)
+                .where(Appointment.id == appointment.id)
+                .values(
+                    starts_at=Appointment.starts_at - shift,
+                    ends_at=Appointment.ends_at - shift,
+                    blocked_from=Appointment.blocked_from - shift,
+                    blocked_until=Appointment.blocked_until - shift,
+                    sequence=Appointment.sequence + 1,
+                )
+            )
+        assert read.starts_at > utcnow() + timedelta(days=2)  # what the check sees
+
+        appointment_id = appointment.id
+        with pytest.raises(AppointmentChanged):
+            await booking.cancel(session, customer, appointment_id, None)
+        await session.rollback()
+        assert (await session.get(Appointment, appointment_id)).status == "confirmed"
+
     async def test_cancelling_twice_is_409(self, client, service, staff, as_customer):
         body = await booked(client, as_customer, service, staff)
         await client.post(f"{URL}/{body['id']}/cancel", headers=as_customer)
@@ -563,9 +591,9 @@ class TestCancel:
         statuses = sorted(r.status_code for r in results)
         final = (await row(session, appointment.id)).status
         assert statuses in ([200, 200, 409], [200, 409, 409])
-        for response in results:
+        for response in results:  # cancelled already, or changed between its read and its write
             if response.status_code == 409:
-                assert response.json()["code"] == "invalid_transition"
+                assert response.json()["code"] in ("invalid_transition", "appointment_changed")
         assert final == "cancelled" or (final == "confirmed" and statuses == [200, 409, 409])
 
 

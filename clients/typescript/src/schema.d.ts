@@ -8708,7 +8708,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `appointment_not_started`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition` */
+            /** @description Conflict: `appointment_changed`, `appointment_not_started`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8716,7 +8716,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["AppointmentNotStartedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"];
+                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["AppointmentNotStartedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -9232,7 +9232,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ManageLinkInvalidProblem"];
                 };
             };
-            /** @description Conflict: `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition` */
+            /** @description Conflict: `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9240,7 +9240,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"];
+                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"];
                 };
             };
             /** @description Gone: `appointment_closed`, `manage_link_expired` */

@@ -225,7 +225,7 @@ async def cancel(session: AsyncSession, actor: User, appointment_id: uuid.UUID, 
     if appointment.status not in LIVE_STATUSES:
         raise InvalidTransition(f"A {appointment.status} appointment cannot be cancelled")
     cancellation.check_client_window(actor, appointment, appointment.starts_at)
-    (cancelled,) = await cancellation.cancel_with_emails(session, actor, [appointment], reason)
+    (cancelled,) = await cancellation.cancel_with_emails(session, actor, [appointment], reason, as_read=True)
     return cancelled
 
 

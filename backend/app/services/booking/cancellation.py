@@ -20,7 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
-from app.errors import CancellationWindowClosed, Forbidden, InvalidTransition, ServiceHasBookings, StaffHasBookings
+from app.errors import (
+    AppointmentChanged,
+    CancellationWindowClosed,
+    Forbidden,
+    InvalidTransition,
+    ServiceHasBookings,
+    StaffHasBookings,
+)
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, User
 from app.schemas.common import iso_z
 from app.services import audit
@@ -71,8 +78,14 @@ def check_series_window(actor: User, item: Party, live: Sequence[Appointment]) -
         )
 
 
-async def cancel_one(session: AsyncSession, actor: User, appointment: Appointment, reason: str | None) -> Appointment:
-    """Cancel a live appointment (no permission checks, no email: callers see to both)."""
+async def cancel_one(
+    session: AsyncSession, actor: User, appointment: Appointment, reason: str | None, *, as_read: bool = False
+) -> Appointment:
+    """Cancel a live appointment (no permission checks, no email: callers see to both).
+
+    `as_read`: only the version the caller read and checked (its cut-off, say) is cancelled; if it
+    was moved meanwhile (a shared calendar lock does not keep reschedules out), 409
+    `appointment_changed`. Callers holding the calendar exclusively need not ask."""
     if appointment.status not in LIVE_STATUSES:
         raise InvalidTransition(f"A {appointment.status} appointment cannot be cancelled")
     before = audit.snapshot(appointment)
@@ -82,7 +95,10 @@ async def cancel_one(session: AsyncSession, actor: User, appointment: Appointmen
         "cancelled_by": actor.id,
         "sequence": Appointment.sequence + 1,
     }
-    updated = await compare_and_swap(session, appointment, values, expected=appointment.status)
+    version = appointment.sequence if as_read else None
+    updated = await compare_and_swap(session, appointment, values, expected=appointment.status, sequence=version)
+    if updated is None and as_read:
+        raise AppointmentChanged("The appointment changed meanwhile; reload it and try again")
     if updated is None:
         raise InvalidTransition("The appointment changed meanwhile; reload it")
     await reminders.cancel(session, updated)
@@ -98,10 +114,11 @@ async def cancel_with_emails(
     *,
     one_email: bool = False,
     skip: Collection[uuid.UUID] = (),
+    as_read: bool = False,
 ) -> list[Appointment]:
     """Cancel each and tell both parties (not those in `skip`): one email per appointment, or one for
-    them all (`one_email`: the occurrences of one series share their parties)."""
-    cancelled = [await cancel_one(session, actor, appointment, reason) for appointment in appointments]
+    them all (`one_email`: the occurrences of one series share their parties). `as_read`: see `cancel_one`."""
+    cancelled = [await cancel_one(session, actor, item, reason, as_read=as_read) for item in appointments]
     if one_email:
         await notifications.cancelled(session, cancelled, skip=skip)
     else:
