@@ -23,6 +23,7 @@ from app.api import (
     services,
     staff,
     users,
+    webhooks,
     ws,
 )
 from app.api.admission import AdmissionLimit
@@ -83,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Each router straight into the app, not through a parent `/api/v1` router: FastAPI matches an
     # included router's routes again at every level of nesting, on every request.
-    for module in (auth, users, services, staff, availability, appointments, series, audit, ws):
+    for module in (auth, users, services, staff, availability, appointments, series, audit, webhooks, ws):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(metrics.router)
