@@ -98,6 +98,18 @@ class ExportActionToken(BaseModel):
     used_at: UtcDatetime | None
 
 
+class ExportWebhookDelivery(BaseModel):
+    """A webhook sent (or to be sent) about the caller's appointments: what it said, and when."""
+
+    id: int
+    event_type: str = Field(examples=["appointment.created"])
+    webhook_id: str
+    status: Literal["pending", "delivered", "failed"]
+    data: JsonValue = Field(description="The event's `data` as sent (ids only after an erasure)")
+    created_at: UtcDatetime
+    delivered_at: UtcDatetime | None
+
+
 class UserExport(BaseModel):
     user: UserOut
     email_verified_at: UtcDatetime | None
@@ -109,3 +121,6 @@ class UserExport(BaseModel):
     emails: list[ExportEmail] = Field(description="Emails to the caller's current address, oldest first")
     reminders: list[ExportReminder]
     action_tokens: list[ExportActionToken]
+    webhook_deliveries: list[ExportWebhookDelivery] = Field(
+        description="Webhook deliveries about the caller's appointments and series, oldest first"
+    )

@@ -32,11 +32,13 @@ from app.schemas.export import (
     ExportSeries,
     ExportService,
     ExportStaff,
+    ExportWebhookDelivery,
     UserExport,
 )
 from app.schemas.staff import OverrideOut, TimeOffOut
 from app.schemas.staff import WeeklyInterval as WeeklyIntervalOut
 from app.schemas.user import UserOut
+from app.services.integrations import webhook_deliveries
 from app.services.messaging import mailer
 
 
@@ -56,6 +58,10 @@ async def export(session: AsyncSession, user: User) -> UserExport:
             for token in await session.scalars(
                 select(ActionToken).where(ActionToken.user_id == user.id).order_by(ActionToken.created_at)
             )
+        ],
+        webhook_deliveries=[
+            ExportWebhookDelivery.model_validate(webhook_deliveries.export_view(row))
+            for row in await webhook_deliveries.of_person(session, user.id)
         ],
     )
 
