@@ -15,6 +15,7 @@ from app.admin.catalogue import DateOverrideAdmin, ServiceAdmin, TimeOffAdmin, W
 from app.admin.guard import csrf_token
 from app.admin.people import UserAdmin
 from app.admin.records import AuditAdmin, OutboxAdmin
+from app.admin.webhooks import WebhookAttemptAdmin, WebhookDeliveryAdmin, WebhookEndpointAdmin
 from app.config import Settings
 from app.database import get_engine
 
@@ -29,6 +30,9 @@ VIEWS = (
     AppointmentAdmin,
     AuditAdmin,
     OutboxAdmin,
+    WebhookEndpointAdmin,
+    WebhookDeliveryAdmin,
+    WebhookAttemptAdmin,
 )
 
 
