@@ -551,3 +551,23 @@ class TestDataRights:
         assert "notes" not in data and "allergic" not in json.dumps(created.payload)
         erased = next(r for r in rows if r.payload["type"] == "user.erased")
         assert erased.payload["body"]["data"] == {"id": str(customer.id)}
+
+
+class TestPureParts:
+    def test_retry_after_reads_seconds_and_http_dates(self):
+        from email.utils import format_datetime
+
+        from app.services.integrations.webhook_delivery import _retry_after
+
+        assert _retry_after("120") == 120
+        soon = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+        assert 25 < _retry_after(soon) <= 30
+        past = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+        assert _retry_after(past) == 0
+        assert _retry_after("soon, maybe") is None and _retry_after(None) is None
+
+    def test_erasure_keeps_ids_at_every_depth(self):
+        from app.services.integrations.webhook_deliveries import ids_only
+
+        data = {"series_id": "s", "appointments": [{"id": "a", "notes": "private", "staff_id": "t"}], "n": 3}
+        assert ids_only(data) == {"series_id": "s", "appointments": [{"id": "a", "staff_id": "t"}]}

@@ -203,10 +203,10 @@ async def _record(
             return None
         now = datetime.now(UTC)
         endpoint.failing_since = endpoint.failing_since or now
-        limit = timedelta(days=get_settings().webhook_disable_after_days)
-        if disable is None and endpoint.failing_since <= now - limit:
+        days = get_settings().webhook_disable_after_days
+        if disable is None and endpoint.failing_since <= now - timedelta(days=days):
             since = f"{endpoint.failing_since:%Y-%m-%d %H:%M} UTC"
-            disable = f"every attempt failed for {limit.days or limit} days, since {since}"
+            disable = f"every attempt failed for {days:g} days, since {since}"
         if disable is None or not endpoint.is_active:
             return None
         endpoint.is_active = False
