@@ -437,6 +437,7 @@ class TestDeliveriesView:
         self, client, scaled, admin
     ):
         _, headers = admin
+        before = parse(generate_latest(WORKER_REGISTRY).decode())
         with serve(flaky(0.01)) as receiver:
             endpoint_id, secret = await add_endpoint(client, headers, receiver.url)
             async with unit_of_work() as db:
@@ -463,6 +464,8 @@ class TestDeliveriesView:
         assert [s.webhook_id for s in seen] == [item["webhook_id"]] * 2
         (item,) = (await client.get(f"{API}/{endpoint_id}/deliveries", headers=headers)).json()["items"]
         assert (item["status"], item["attempts"]) == ("delivered", 2)
+        after = parse(generate_latest(WORKER_REGISTRY).decode())
+        assert delta(before, after, "c3po_webhook_deliveries_total", outcome="delivered") == 2
         async with get_sessionmaker()() as db:
             assert await db.scalar(select(func.count()).select_from(WebhookAttempt)) == 2
 
