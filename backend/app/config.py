@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     mail_ssl_tls: bool = False
     mail_timeout_seconds: int = 10
     frontend_url: str = "http://localhost:5173"
+    # This API as the outside world reaches it: the calendar feed URLs handed to users start with it.
+    public_api_url: str = "http://localhost:8000"
 
     cors_origins: Annotated[list[str], NoDecode] = ["http://localhost:5173"]
     trusted_proxies: Annotated[list[str], NoDecode] = []
@@ -84,10 +86,20 @@ class Settings(BaseSettings):
     sensitive_requests_per_ip: str = "10/minute"
     sensitive_requests_per_email: str = "5/hour"
     availability_requests_per_ip: str = "120/minute"  # public and the costliest read
+    # Manage links (`/api/v1/manage/{token}`, no sign-in): requests per client IP, and per link.
+    manage_requests_per_ip: str = "60/minute"
+    manage_requests_per_token: str = "30/minute"
 
     cancellation_min_notice_hours: int = 24
     slot_step_minutes: int | None = None  # unset: slots step by the service's duration
     reminder_offsets: list[int] = Field(default_factory=lambda: [1440, 60])
+
+    # Calendar feeds (app/services/integrations/feeds.py): fetches allowed per feed URL, how often
+    # calendar apps are asked to fetch again, and how long a cancelled appointment stays in the feed
+    # as STATUS:CANCELLED (so subscribed apps remove it) before it is left out.
+    feed_requests_per_token: str = "60/hour"
+    feed_refresh_minutes: int = Field(default=60, ge=5, le=1440)
+    feed_cancelled_keep_days: int = Field(default=30, ge=0, le=365)
 
     outbox_max_attempts: int = 12
     outbox_relay_seconds: float = 5

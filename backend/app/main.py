@@ -17,7 +17,9 @@ from app.api import (
     audit,
     auth,
     availability,
+    calendar_feeds,
     health,
+    manage,
     metrics,
     series,
     services,
@@ -36,7 +38,7 @@ from app.database import dispose_engine
 from app.logging import setup_logging
 from app.metrics import API_PROCESSES, MetricsMiddleware
 from app.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
-from app.redis import close_redis
+from app.redis import close_redis, get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
 from app.services.messaging.events import close_hub
 from app.services.messaging.outbox import close_arq_pool
@@ -57,6 +59,8 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     # the collector's scans, which otherwise walk it again and again under request load.
     gc.freeze()
     API_PROCESSES.set(1)
+    if get_settings().redis_url:
+        await warn_unless_noeviction(get_redis(), "app")
     yield
     await close_hub()
     await close_arq_pool()
@@ -84,7 +88,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Each router straight into the app, not through a parent `/api/v1` router: FastAPI matches an
     # included router's routes again at every level of nesting, on every request.
-    for module in (auth, users, services, staff, availability, appointments, series, audit, webhooks, ws):
+    for module in (
+        auth,
+        users,
+        services,
+        staff,
+        availability,
+        appointments,
+        series,
+        manage,
+        calendar_feeds,
+        audit,
+        webhooks,
+        ws,
+    ):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(health.router)
     app.include_router(metrics.router)

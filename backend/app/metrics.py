@@ -74,6 +74,11 @@ BOOKING_REFUSALS = Counter(
 RATE_LIMIT_REFUSALS = Counter(
     "c3po_rate_limit_refusals_total", "Requests refused 429 rate_limited, by limit (`register:ip`, ...).", ("limit",)
 )
+FEED_REQUESTS = Counter(
+    "c3po_calendar_feed_requests_total",
+    "Calendar feed fetches, by outcome: `200`, `304` (not modified), `404` (unknown URL), `429` (rate limited).",
+    ("outcome",),
+)
 API_PROCESSES = Gauge(
     "c3po_api_processes",
     "API processes serving (each sets 1; summed over live processes).",

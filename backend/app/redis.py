@@ -12,7 +12,9 @@ forwards a PUBLISH to every node anyway, so events use a plain connection to one
 
 from typing import Any
 
+from loguru import logger
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
 from redis.utils import HIREDIS_AVAILABLE
 
 from app.config import get_settings
@@ -81,3 +83,25 @@ async def close_redis() -> None:
         if client is not None:
             await client.aclose()
     _client = _pubsub_client = None
+
+
+async def warn_unless_noeviction(client: Redis | RedisCluster, role: str) -> str | None:
+    """Log a warning at start-up when Redis may evict keys (sessions, queued jobs, sent-notes would
+    vanish under memory pressure); the policy read, or None when Redis will not say (a managed
+    Redis may refuse CONFIG) or cannot be reached now. Never fails the start."""
+    try:
+        answer = await client.config_get("maxmemory-policy")
+    except (RedisError, OSError) as exc:
+        logger.debug("could not read the {} Redis's maxmemory-policy: {}", role, exc)
+        return None
+    policy = answer.get("maxmemory-policy") if isinstance(answer, dict) else None
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if policy and policy != "noeviction":
+        logger.warning(
+            "the {} Redis has maxmemory-policy {}: under memory pressure it drops keys (sessions, queued"
+            " jobs); set it to noeviction (backend/README.md, 'Redis: persistence and noeviction')",
+            role,
+            policy,
+        )
+    return policy

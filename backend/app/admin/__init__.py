@@ -12,6 +12,7 @@ from app.admin.auth import PanelAuth
 from app.admin.booking import AppointmentAdmin
 from app.admin.calls import Refused
 from app.admin.catalogue import DateOverrideAdmin, ServiceAdmin, TimeOffAdmin, WeeklyIntervalAdmin
+from app.admin.feeds import CalendarFeedAdmin
 from app.admin.guard import csrf_token
 from app.admin.people import UserAdmin
 from app.admin.records import AuditAdmin, OutboxAdmin
@@ -30,6 +31,7 @@ VIEWS = (
     AppointmentAdmin,
     AuditAdmin,
     OutboxAdmin,
+    CalendarFeedAdmin,
     WebhookEndpointAdmin,
     WebhookDeliveryAdmin,
     WebhookAttemptAdmin,

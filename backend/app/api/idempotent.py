@@ -61,20 +61,23 @@ def _problem_body(exc: AppError) -> Any:
     return json.loads(problem_response(exc.status, exc.code, exc.title, exc.detail, **exc.extra).body)
 
 
+KeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Send the same key again (same body) to get the first answer instead of a second change",
+    ),
+]
+
+
 @documented(IdempotencyKeyReused, IdempotencyKeyInProgress, success_headers=(REPLAY_HEADER,))
 async def idempotent(
     request: Request,
     user: CurrentUser,
     session: DbSession,
-    key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            description="Send the same key again (same body) to get the first answer instead of a second change",
-        ),
-    ] = None,
+    key: KeyHeader = None,
 ) -> Idempotent:
     body = await request.body()
     return Idempotent(session, user, key, idempotency.fingerprint(request.method, request.url.path, body))

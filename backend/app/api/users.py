@@ -63,7 +63,7 @@ async def change_password(body: PasswordChange, user: CurrentUser, claims: Claim
 async def change_email(body: EmailChange, user: CurrentUser, session: DbSession) -> Message:
     """Mail a confirmation link to the new address (taken or not, the answer is the same); it takes effect
     once confirmed at `POST /auth/email-change/confirm`, and the old address is told."""
-    await limit_sensitive("email-change", str(user.id), user.email)
+    await limit_sensitive("email-change", str(user.id), user.email, by="user")
     await email_change.request_change(session, user, body.new_email, body.password)
     return Message(detail="If the address can receive mail, a confirmation link is on its way.")
 

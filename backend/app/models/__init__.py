@@ -8,6 +8,7 @@ from app.models.appointment import (
 )
 from app.models.audit import AuditEntry
 from app.models.base import Base
+from app.models.feed import CalendarFeed
 from app.models.idempotency import IdempotencyKey
 from app.models.outbox import OutboxMessage
 from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInterval
@@ -26,6 +27,7 @@ __all__ = [
     "AppointmentStatus",
     "AuditEntry",
     "Base",
+    "CalendarFeed",
     "DateOverride",
     "IdempotencyKey",
     "OutboxMessage",

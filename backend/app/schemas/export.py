@@ -7,6 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from app.schemas.appointment import AppointmentOut
 from app.schemas.common import UtcDatetime
+from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut, WeeklyInterval
 from app.schemas.user import UserOut
 
@@ -121,6 +122,7 @@ class UserExport(BaseModel):
     emails: list[ExportEmail] = Field(description="Emails to the caller's current address, oldest first")
     reminders: list[ExportReminder]
     action_tokens: list[ExportActionToken]
+    calendar_feed: ExportCalendarFeed | None = Field(description="Null when the caller never had a feed URL")
     webhook_deliveries: list[ExportWebhookDelivery] = Field(
         description="Webhook deliveries about the caller's appointments and series, oldest first"
     )

@@ -1,6 +1,8 @@
-"""RFC 5545 calendar files for appointments (METHOD:REQUEST invites, METHOD:CANCEL withdrawals)."""
+"""RFC 5545 calendar files for appointments (METHOD:REQUEST invites, METHOD:CANCEL withdrawals) and
+subscribed feeds (METHOD:PUBLISH)."""
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -69,13 +71,8 @@ def refold(content: str) -> str:
     return "".join(_fold(line) + "\r\n" for line in unfold(content).split("\r\n") if line)
 
 
-def build_calendar(event: CalendarEvent, method: str = "REQUEST") -> str:
+def _event_lines(event: CalendarEvent) -> list[str]:
     lines = [
-        "BEGIN:VCALENDAR",
-        "VERSION:2.0",
-        f"PRODID:{PRODID}",
-        "CALSCALE:GREGORIAN",
-        f"METHOD:{method}",
         "BEGIN:VEVENT",
         f"UID:{event.uid}",
         f"SEQUENCE:{event.sequence}",
@@ -93,5 +90,30 @@ def build_calendar(event: CalendarEvent, method: str = "REQUEST") -> str:
     if event.attendee_email:
         name = f";CN={_param(event.attendee_name)}" if event.attendee_name else ""
         lines.append(f"ATTENDEE{name};ROLE=REQ-PARTICIPANT:mailto:{event.attendee_email}")
-    lines += ["END:VEVENT", "END:VCALENDAR"]
+    return [*lines, "END:VEVENT"]
+
+
+def _calendar(header: list[str], events: Iterable[CalendarEvent]) -> str:
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", f"PRODID:{PRODID}", "CALSCALE:GREGORIAN", *header]
+    for event in events:
+        lines += _event_lines(event)
+    lines.append("END:VCALENDAR")
     return "".join(_fold(line) + "\r\n" for line in lines)
+
+
+def build_calendar(event: CalendarEvent, method: str = "REQUEST") -> str:
+    return _calendar([f"METHOD:{method}"], [event])
+
+
+def build_feed(events: Iterable[CalendarEvent], *, name: str, refresh_minutes: int) -> str:
+    """A subscribed calendar (METHOD:PUBLISH): its name, and how often apps should fetch it again
+    (RFC 7986 REFRESH-INTERVAL, and X-PUBLISHED-TTL, which Outlook and older apps read)."""
+    refresh = f"PT{refresh_minutes}M"
+    header = [
+        "METHOD:PUBLISH",
+        f"NAME:{_text(name)}",
+        f"X-WR-CALNAME:{_text(name)}",
+        f"REFRESH-INTERVAL;VALUE=DURATION:{refresh}",
+        f"X-PUBLISHED-TTL:{refresh}",
+    ]
+    return _calendar(header, events)

@@ -11,7 +11,7 @@ from app.config import get_settings
 from app.models import OutboxMessage, Reminder
 from app.utils.time import utcnow
 from tests.assertions import assert_problem
-from tests.factories import create_user, unique_email
+from tests.factories import PASSWORD, create_user, start_session, unique_email
 from tests.metrics import delta, parse, value
 from tests.scheduling import URL, add_appointment, booking_body, create_service, create_staff, days_ahead, headers_for
 from tests.scheduling import local as local_time
@@ -228,3 +228,20 @@ class TestBusinessCounters:
         after = await scrape(client)
         assert delta(before, after, "c3po_rate_limit_refusals_total", limit="reset:ip") == 1
         assert not any("@" in str(labels) for _, labels in after)  # no address in any label
+
+    async def test_a_signed_in_limit_is_labelled_by_user_not_ip(self, client, session, set_env):
+        set_env(SENSITIVE_REQUESTS_PER_IP="2/minute", SENSITIVE_REQUESTS_PER_EMAIL="100/minute")
+        pair = await start_session(await create_user(session))
+        before = await scrape(client)
+
+        answers = [
+            await client.post(
+                "/api/v1/users/me/email", json={"new_email": unique_email(), "password": PASSWORD}, headers=pair.headers
+            )
+            for _ in range(3)
+        ]
+
+        assert [answer.status_code for answer in answers] == [202, 202, 429]
+        after = await scrape(client)
+        assert delta(before, after, "c3po_rate_limit_refusals_total", limit="email-change:user") == 1
+        assert delta(before, after, "c3po_rate_limit_refusals_total", limit="email-change:ip") == 0

@@ -105,3 +105,57 @@ export async function main(): Promise<void> {
   const moved = await reschedule(booked, slot.ends_at);
   console.log("now", moved.starts_at, "then", await cancel(moved));
 }
+
+/**
+ * The page an emailed manage link opens (`/appointments/{id}?token=…`): no sign-in, the token is the
+ * credential. Read what the link allows now, offer the free slots, and move or cancel.
+ */
+export async function manageFromEmail(pageUrl: string): Promise<void> {
+  const token = new URL(pageUrl).searchParams.get("token");
+  if (!token) throw new Error("not a manage link");
+  const path = { token };
+  const opened = await api.GET("/api/v1/manage/{token}", { params: { path } });
+  if (opened.error) {
+    switch (opened.error.code) {
+      case "appointment_closed":
+        throw new Error(`this appointment is ${opened.error.appointment_status}`);
+      case "manage_link_expired":
+        throw new Error("the appointment is over");
+      default:
+        throw new Error("this link does not work; sign in to see your appointments");
+    }
+  }
+  const { appointment, actions, timezone } = opened.data;
+  if (!actions.reschedule.allowed) {
+    console.log(`cannot move it: ${actions.reschedule.reason}`);
+  } else {
+    const day = appointment.starts_at.slice(0, 10);
+    const slots = await api.GET("/api/v1/manage/{token}/availability", {
+      params: { path, query: { start: day, end: "2027-12-31", tz: timezone } },
+    });
+    const next = slots.data?.slots.find((slot) => slot.starts_at !== appointment.starts_at);
+    if (next) {
+      const moved = await api.POST("/api/v1/manage/{token}/reschedule", {
+        params: { path, header: { "Idempotency-Key": newIdempotencyKey() } },
+        body: { starts_at: next.starts_at, sequence: appointment.sequence },
+      });
+      if (moved.error?.code === "slot_unavailable") console.log("taken meanwhile; pick another");
+      return;
+    }
+  }
+  if (actions.cancel.allowed) {
+    await api.POST("/api/v1/manage/{token}/cancel", {
+      params: { path, header: { "Idempotency-Key": newIdempotencyKey() } },
+      body: { reason: "Plans changed" },
+    });
+  }
+}
+
+export async function subscribeLink(rotate = false): Promise<string> {
+  // The feed URL is a secret (no sign-in to read it): rotate it when it may have leaked.
+  const { data, error } = rotate
+    ? await api.POST("/api/v1/users/me/calendar-feed/rotate")
+    : await api.GET("/api/v1/users/me/calendar-feed");
+  if (error) throw new Error(`${error.code}: ${error.detail}`);
+  return data.webcal_url; // a link to it opens the calendar app's "subscribe" dialog
+}

@@ -813,6 +813,149 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/manage/{token}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Open a manage link
+         * @description The appointment behind an emailed link, its service, staff member and zones, and whether the
+         *     link lets the client cancel or reschedule it now (and if not, why: the code the action would answer).
+         */
+        get: operations["manage-get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/manage/{token}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel through a manage link
+         * @description Cancel as the client would signed in: until the cut-off before the start. The link then stops working.
+         */
+        post: operations["manage-cancel"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/manage/{token}/reschedule": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reschedule through a manage link
+         * @description Move to `starts_at` as the client would signed in: a time `availability` offers, outside the cut-off.
+         */
+        post: operations["manage-reschedule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/manage/{token}/availability": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Free slots to reschedule to
+         * @description `GET /availability` for the appointment's service and staff member, with its own slot free and
+         *     nothing inside the cut-off: exactly the starts `reschedule` accepts (same parameters, same shape).
+         */
+        get: operations["manage-availability"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/calendar-feeds/{token}.ics": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * A calendar feed
+         * @description The appointments of the feed's owner as an RFC 5545 calendar (no sign-in: the URL is the secret),
+         *     for calendar apps to subscribe to; 304 when `If-None-Match` or `If-Modified-Since` still hold.
+         */
+        get: operations["calendar-feeds-get"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/calendar-feed": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * My calendar feed URL
+         * @description My secret feed URL (made on first request; the same URL every time until rotated).
+         */
+        get: operations["calendar-feeds-get-mine"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/me/calendar-feed/rotate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Replace my feed URL
+         * @description A new secret feed URL; the old one stops working at once (calendars subscribed to it must subscribe again).
+         */
+        post: operations["calendar-feeds-rotate-mine"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/audit-log": {
         parameters: {
             query?: never;
@@ -1009,6 +1152,21 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /** ActionState */
+        ActionState: {
+            /** Allowed */
+            allowed: boolean;
+            /**
+             * Code
+             * @description Why not: the problem `code` the action would answer now (`cancellation_window_closed`, `manage_action_not_allowed`); null when allowed
+             */
+            code: string | null;
+            /**
+             * Reason
+             * @description Why not, in words for the page; null when allowed
+             */
+            reason: string | null;
+        };
         /**
          * AppointmentChangedProblem
          * @description `appointment_changed`: The appointment changed meanwhile
@@ -1022,6 +1180,22 @@ export interface components {
             detail: string;
             /** @enum {string} */
             code: "appointment_changed";
+        };
+        /**
+         * AppointmentClosedProblem
+         * @description `appointment_closed`: This appointment is cancelled or over
+         */
+        AppointmentClosedProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:appointment_closed";
+            title: string;
+            /** @enum {integer} */
+            status: 410;
+            detail: string;
+            /** @enum {string} */
+            code: "appointment_closed";
+            /** Appointment Status */
+            appointment_status: string;
         };
         /**
          * AppointmentCreate
@@ -1317,6 +1491,50 @@ export interface components {
              * @description With two-factor sign-in on: the app's code or a recovery code
              */
             totp_code?: string | null;
+        };
+        /**
+         * CalendarFeedNotFoundProblem
+         * @description `calendar_feed_not_found`: No calendar feed at this address
+         */
+        CalendarFeedNotFoundProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:calendar_feed_not_found";
+            title: string;
+            /** @enum {integer} */
+            status: 404;
+            detail: string;
+            /** @enum {string} */
+            code: "calendar_feed_not_found";
+        };
+        /** CalendarFeedOut */
+        CalendarFeedOut: {
+            /**
+             * Url
+             * @description The feed; anyone holding it reads the calendar: treat it as a password
+             * @example https://api.c3po.example/api/v1/calendar-feeds/<secret>.ics
+             */
+            url: string;
+            /**
+             * Webcal Url
+             * @description The same as `webcal://`: a link to it opens the calendar app's subscribe dialog
+             * @example webcal://api.c3po.example/api/v1/calendar-feeds/<secret>.ics
+             */
+            webcal_url: string;
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /**
+             * Rotated At
+             * @description When the URL was last replaced (null: never)
+             */
+            rotated_at: string | null;
+            /**
+             * Last Fetched At
+             * @description When a calendar app last fetched it (null: never)
+             */
+            last_fetched_at: string | null;
         };
         /**
          * CancelRequest
@@ -1622,6 +1840,21 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+        };
+        /**
+         * ExportCalendarFeed
+         * @description The caller's calendar feed (its URL is a credential and is not exported).
+         */
+        ExportCalendarFeed: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Rotated At */
+            rotated_at: string | null;
+            /** Last Fetched At */
+            last_fetched_at: string | null;
         };
         /**
          * ExportEmail
@@ -2044,6 +2277,134 @@ export interface components {
         LogoutIn: {
             /** Refresh Token */
             refresh_token?: string | null;
+        };
+        /**
+         * ManageActionNotAllowedProblem
+         * @description `manage_action_not_allowed`: This link does not allow this
+         */
+        ManageActionNotAllowedProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:manage_action_not_allowed";
+            title: string;
+            /** @enum {integer} */
+            status: 403;
+            detail: string;
+            /** @enum {string} */
+            code: "manage_action_not_allowed";
+        };
+        /** ManageActions */
+        ManageActions: {
+            view: components["schemas"]["ActionState"];
+            cancel: components["schemas"]["ActionState"];
+            reschedule: components["schemas"]["ActionState"];
+        };
+        /**
+         * ManageCancel
+         * @example {
+         *       "reason": "Feeling unwell"
+         *     }
+         * @example {}
+         */
+        ManageCancel: {
+            /** Reason */
+            reason?: string | null;
+        };
+        /**
+         * ManageLinkExpiredProblem
+         * @description `manage_link_expired`: This link has expired: the appointment is over
+         */
+        ManageLinkExpiredProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:manage_link_expired";
+            title: string;
+            /** @enum {integer} */
+            status: 410;
+            detail: string;
+            /** @enum {string} */
+            code: "manage_link_expired";
+        };
+        /**
+         * ManageLinkInvalidProblem
+         * @description `manage_link_invalid`: This link is not valid
+         */
+        ManageLinkInvalidProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:manage_link_invalid";
+            title: string;
+            /** @enum {integer} */
+            status: 404;
+            detail: string;
+            /** @enum {string} */
+            code: "manage_link_invalid";
+        };
+        /**
+         * ManageReschedule
+         * @example {
+         *       "starts_at": "2026-12-04T10:00:00+01:00"
+         *     }
+         */
+        ManageReschedule: {
+            /**
+             * Starts At
+             * Format: date-time
+             * @description The new start: one the availability of this link offers
+             */
+            starts_at: string;
+            /**
+             * Sequence
+             * @description The appointment's `sequence` as the page last saw it; if it has moved on since, 409 `appointment_changed`
+             */
+            sequence?: number | null;
+        };
+        /**
+         * ManagedAppointment
+         * @description The appointment as `GET /appointments/{id}` shows it, with what the page needs around it.
+         */
+        ManagedAppointment: {
+            appointment: components["schemas"]["AppointmentOut"];
+            service: components["schemas"]["ManagedService"];
+            staff: components["schemas"]["ManagedStaff"];
+            /**
+             * Timezone
+             * @description The staff member's IANA zone, the one they work in
+             * @example Europe/Berlin
+             */
+            timezone: string;
+            /**
+             * Client Timezone
+             * @description The client's IANA zone (their profile's), to show times in
+             */
+            client_timezone: string;
+            /**
+             * Change Deadline
+             * Format: date-time
+             * @description Until this instant the client may cancel or reschedule (the cancellation cut-off before the start)
+             */
+            change_deadline: string;
+            /** @description What the link lets the client do now, and why not */
+            actions: components["schemas"]["ManageActions"];
+        };
+        /** ManagedService */
+        ManagedService: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Name */
+            name: string;
+            /** Duration Minutes */
+            duration_minutes: number;
+        };
+        /** ManagedStaff */
+        ManagedStaff: {
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Full Name */
+            full_name: string;
         };
         /** Message */
         Message: {
@@ -3124,6 +3485,8 @@ export interface components {
             reminders: components["schemas"]["ExportReminder"][];
             /** Action Tokens */
             action_tokens: components["schemas"]["ExportActionToken"][];
+            /** @description Null when the caller never had a feed URL */
+            calendar_feed: components["schemas"]["ExportCalendarFeed"] | null;
             /**
              * Webhook Deliveries
              * @description Webhook deliveries about the caller's appointments and series, oldest first
@@ -8180,6 +8543,683 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "manage-get": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The `token` query parameter of the emailed page link */
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ManagedAppointment"];
+                };
+            };
+            /** @description Forbidden: `manage_action_not_allowed` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ManageActionNotAllowedProblem"];
+                };
+            };
+            /** @description Not Found: `manage_link_invalid` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ManageLinkInvalidProblem"];
+                };
+            };
+            /** @description Gone: `appointment_closed`, `manage_link_expired` */
+            410: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["AppointmentClosedProblem"] | components["schemas"]["ManageLinkExpiredProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "manage-cancel": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Send the same key again (same body) to get the first answer instead of a second change */
+                "Idempotency-Key"?: string | null;
+            };
+            path: {
+                /** @description The `token` query parameter of the emailed page link */
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: {
+            content: {
+                "application/json": components["schemas"]["ManageCancel"] | null;
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AppointmentOut"];
+                };
+            };
+            /** @description Forbidden: `inactive_user`, `manage_action_not_allowed` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InactiveUserProblem"] | components["schemas"]["ManageActionNotAllowedProblem"];
+                };
+            };
+            /** @description Not Found: `manage_link_invalid` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ManageLinkInvalidProblem"];
+                };
+            };
+            /** @description Conflict: `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"];
+                };
+            };
+            /** @description Gone: `appointment_closed`, `manage_link_expired` */
+            410: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["AppointmentClosedProblem"] | components["schemas"]["ManageLinkExpiredProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `idempotency_key_reused`, `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "manage-reschedule": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Send the same key again (same body) to get the first answer instead of a second change */
+                "Idempotency-Key"?: string | null;
+            };
+            path: {
+                /** @description The `token` query parameter of the emailed page link */
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ManageReschedule"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Idempotent-Replayed": components["headers"]["Idempotent-Replayed"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AppointmentOut"];
+                };
+            };
+            /** @description Forbidden: `inactive_user`, `manage_action_not_allowed` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InactiveUserProblem"] | components["schemas"]["ManageActionNotAllowedProblem"];
+                };
+            };
+            /** @description Not Found: `manage_link_invalid` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ManageLinkInvalidProblem"];
+                };
+            };
+            /** @description Conflict: `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `slot_unavailable` */
+            409: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                };
+            };
+            /** @description Gone: `appointment_closed`, `manage_link_expired` */
+            410: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["AppointmentClosedProblem"] | components["schemas"]["ManageLinkExpiredProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `idempotency_key_reused`, `invalid_value`, `slot_not_offered`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["InvalidValueProblem"] | components["schemas"]["SlotNotOfferedProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "manage-availability": {
+        parameters: {
+            query: {
+                /** @description Window start (inclusive): slots starting at or after it */
+                start: string;
+                /** @description Window end (exclusive); at most 62 days after `start` */
+                end: string;
+                /** @description IANA zone of the client: plain-date bounds are its local midnights, and each slot also carries `starts_at_local`/`ends_at_local` in it */
+                tz?: string | null;
+            };
+            header?: never;
+            path: {
+                /** @description The `token` query parameter of the emailed page link */
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Availability"];
+                };
+            };
+            /** @description Forbidden: `manage_action_not_allowed` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ManageActionNotAllowedProblem"];
+                };
+            };
+            /** @description Not Found: `manage_link_invalid`, `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ManageLinkInvalidProblem"] | components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Gone: `appointment_closed`, `manage_link_expired` */
+            410: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["AppointmentClosedProblem"] | components["schemas"]["ManageLinkExpiredProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `invalid_window`, `validation_error`, `window_too_large` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["InvalidWindowProblem"] | components["schemas"]["ValidationErrorProblem"] | components["schemas"]["WindowTooLargeProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "calendar-feeds-get": {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description The `ETag` of the copy you hold */
+                "if-none-match"?: string | null;
+                /** @description The `Last-Modified` of your copy */
+                "if-modified-since"?: string | null;
+            };
+            path: {
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    /** @description A strong validator: send it back as `If-None-Match` */
+                    ETag?: string;
+                    /** @description When the content last changed (HTTP date) */
+                    "Last-Modified"?: string;
+                    /** @description `private, no-cache`: revalidate every time */
+                    "Cache-Control"?: string;
+                    /** @description `inline; filename=...` */
+                    "Content-Disposition"?: string;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/calendar": string;
+                };
+            };
+            /** @description Not modified: the copy you hold is current */
+            304: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    /** @description A strong validator: send it back as `If-None-Match` */
+                    ETag?: string;
+                    /** @description When the content last changed (HTTP date) */
+                    "Last-Modified"?: string;
+                    /** @description `private, no-cache`: revalidate every time */
+                    "Cache-Control"?: string;
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Not Found: `calendar_feed_not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["CalendarFeedNotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Too Many Requests: `rate_limited` */
+            429: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["RateLimitedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "calendar-feeds-get-mine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarFeedOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "calendar-feeds-rotate-mine": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CalendarFeedOut"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
                 };
             };
             /** @description Internal Server Error: `internal_error` */

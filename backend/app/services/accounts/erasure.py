@@ -2,10 +2,10 @@
 
 Gone: the profile's email, name and phone; the notes of their appointments as client and the
 cancellation reasons of those and of any appointment they cancelled; a staff member's bio and
-time-off reasons; the `data` of every webhook delivery about them (ids only remain); the content
-of every email to them (those not yet sent never will be); and, in
-every email about them and every audit entry by or about them, their name, address and phone
-(replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
+time-off reasons; their calendar feed (its URL stops working); the `data` of every webhook delivery
+about them (ids only remain); the content of every email to them (those not yet sent never will
+be); and, in every email about them and every audit entry by or about them, their name, address
+and phone (replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
 and the audit trail's shape (who did what, when). Future live appointments are cancelled first,
 with the usual emails to the other party, which leave anonymised too. A last sweep replaces the
@@ -22,7 +22,16 @@ from typing import Any
 from sqlalchemy import Text, and_, cast, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import ActionToken, Appointment, AuditEntry, OutboxMessage, StaffProfile, TimeOff, User
+from app.models import (
+    ActionToken,
+    Appointment,
+    AuditEntry,
+    CalendarFeed,
+    OutboxMessage,
+    StaffProfile,
+    TimeOff,
+    User,
+)
 from app.services import audit
 from app.services.accounts import auth, second_factor
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
@@ -93,6 +102,7 @@ async def _anonymise_account(session: AsyncSession, user: User) -> None:
     user.is_active = False
     user.deleted_at = datetime.now(UTC)
     await session.execute(delete(ActionToken).where(ActionToken.user_id == user.id))
+    await session.execute(delete(CalendarFeed).where(CalendarFeed.user_id == user.id))  # its URL dies
     await second_factor.remove(session, user.id)  # the TOTP secret and recovery codes
 
 

@@ -12,6 +12,7 @@ from app.models import (
     Appointment,
     AppointmentSeries,
     AuditEntry,
+    CalendarFeed,
     DateOverride,
     OutboxMessage,
     Reminder,
@@ -35,6 +36,7 @@ from app.schemas.export import (
     ExportWebhookDelivery,
     UserExport,
 )
+from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut
 from app.schemas.staff import WeeklyInterval as WeeklyIntervalOut
 from app.schemas.user import UserOut
@@ -59,11 +61,17 @@ async def export(session: AsyncSession, user: User) -> UserExport:
                 select(ActionToken).where(ActionToken.user_id == user.id).order_by(ActionToken.created_at)
             )
         ],
+        calendar_feed=await _calendar_feed(session, user.id),
         webhook_deliveries=[
             ExportWebhookDelivery.model_validate(webhook_deliveries.export_view(row))
             for row in await webhook_deliveries.of_person(session, user.id)
         ],
     )
+
+
+async def _calendar_feed(session: AsyncSession, user_id: uuid.UUID) -> ExportCalendarFeed | None:
+    feed = await session.get(CalendarFeed, user_id)
+    return ExportCalendarFeed.model_validate(feed) if feed else None
 
 
 def _role(user_id: uuid.UUID, client_id: uuid.UUID) -> str:

@@ -15,10 +15,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.config import get_settings
 from app.models import Appointment, AppointmentStatus, Service, User
 from app.services.messaging import outbox
 from app.utils.ics import CalendarEvent, build_calendar
+from app.utils.manage_tokens import manage_url, page_url
 
 UID_DOMAIN = "c3po"
 _WEEKDAYS = {
@@ -85,13 +85,21 @@ def _event(appointment: Appointment, service: Service, client: User, staff: User
         starts_at=appointment.starts_at,
         ends_at=appointment.ends_at,
         summary=f"{service.name} — {other.full_name}",
-        description=f"{get_settings().frontend_url}/appointments/{appointment.id}",
+        description=page_url(appointment.id),
         organizer_email=staff.email,
         organizer_name=staff.full_name,
         attendee_email=client.email,
         attendee_name=client.full_name,
         status=status,
     )
+
+
+def calendar_event(
+    appointment: Appointment, service: Service, client: User, staff: User, viewer: User
+) -> CalendarEvent:
+    """The event as the invites describe it to `viewer` (the other party in its summary): calendar feeds
+    serve the same UID, SEQUENCE and STATUS, so an app holding both sees one event."""
+    return _event(appointment, service, client, staff, viewer)
 
 
 async def calendar_for(session: AsyncSession, appointment: Appointment, *, viewer: User, method: str) -> str:
@@ -153,8 +161,13 @@ def payloads(
             "reason": first.cancellation_reason or "",
             "notes": first.notes or "",
             "timezone": _zone(zone).key,
-            "link": f"{get_settings().frontend_url}/appointments/{first.id}",
+            "link": page_url(first.id),
         }
+        # The client's link lets them in without signing in: a credential, blanked once sent. The
+        # staff member signs in, so theirs stays the plain page.
+        managed = role == "client" and template in MANAGED
+        if managed:
+            context["link"] = manage_url(first.id, first.client_id, first.ends_at)
         attachments = [
             {
                 "filename": f"appointment-{appointment.id}.ics",
@@ -165,13 +178,22 @@ def payloads(
         ]
         found.append(
             outbox.email_payload(
-                to=recipient.email, template=template, locale=locale, context=context, attachments=attachments
+                to=recipient.email,
+                template=template,
+                locale=locale,
+                context=context,
+                attachments=attachments,
+                secret_keys=("link",) if managed else (),
             )
         )
     return found
 
 
 BOOKED = "appointment_booked"
+CONFIRMED = "appointment_confirmed"
+RESCHEDULED = "appointment_rescheduled"
+# The emails whose client link carries a manage token (a cancelled appointment has nothing to manage).
+MANAGED = frozenset({BOOKED, CONFIRMED, RESCHEDULED})
 
 
 async def booked(session: AsyncSession, appointments: Sequence[Appointment]) -> None:
@@ -180,11 +202,11 @@ async def booked(session: AsyncSession, appointments: Sequence[Appointment]) -> 
 
 
 async def confirmed(session: AsyncSession, appointment: Appointment) -> None:
-    await _send(session, "appointment_confirmed", [appointment], method="REQUEST")
+    await _send(session, CONFIRMED, [appointment], method="REQUEST")
 
 
 async def rescheduled(session: AsyncSession, appointment: Appointment, previous_start: datetime) -> None:
-    await _send(session, "appointment_rescheduled", [appointment], method="REQUEST", previous_start=previous_start)
+    await _send(session, RESCHEDULED, [appointment], method="REQUEST", previous_start=previous_start)
 
 
 async def cancelled(

@@ -23,6 +23,7 @@ from app.metrics import REMINDER_DELAY
 from app.models import LIVE_STATUSES, Appointment, Reminder, Service, User
 from app.services.messaging.notifications import format_when
 from app.services.messaging.outbox import queue_email
+from app.utils.manage_tokens import manage_url
 from app.utils.time import utcnow
 
 TEMPLATE = "reminder"
@@ -156,6 +157,7 @@ async def _handle(session: AsyncSession, reminder: Reminder, now: datetime) -> b
         template=TEMPLATE,
         locale=client.locale,
         context=await _context(session, appointment, client),
+        secret_keys=("link",),  # a manage link: a credential, blanked once sent
     )
     reminder.sent_at = now
     delay = max((now - reminder.due_at).total_seconds(), 0.0)
@@ -199,5 +201,5 @@ async def _context(session: AsyncSession, appointment: Appointment, client: User
         "staff_name": staff.full_name if staff else "",
         "when": format_when(appointment.starts_at, appointment.ends_at, client.timezone, client.locale),
         "notes": appointment.notes or "",
-        "link": f"{get_settings().frontend_url}/appointments/{appointment.id}",
+        "link": manage_url(appointment.id, appointment.client_id, appointment.ends_at),
     }

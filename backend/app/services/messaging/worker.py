@@ -49,11 +49,19 @@ from app.database import dispose_engine, get_sessionmaker, set_role
 from app.logging import setup_logging
 from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMAILS_SENT, QUEUE_RESTARTS, RELAY_PASSES
 from app.models import OutboxMessage
-from app.redis import get_redis
+from app.redis import get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
 from app.services.integrations import webhook_delivery
 from app.services.messaging.mailer import send_email
-from app.services.messaging.outbox import DELIVER_JOB, job_id, queue_redis_settings, redacted, sent_key
+from app.services.messaging.outbox import (
+    DELIVER_JOB,
+    get_arq_pool,
+    job_id,
+    queue_redis_is_app_redis,
+    queue_redis_settings,
+    redacted,
+    sent_key,
+)
 from app.services.messaging.probe import HEARTBEAT, start_probe
 from app.services.messaging.reminders import send_due_reminders
 from app.services.retention import purge_expired_idempotency_keys, purge_retained
@@ -360,6 +368,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     init_sentry(settings, integrations=_sentry_integrations())
     set_role("worker")
     ctx["probe"] = await start_probe(settings)
+    await _check_eviction_policies()
     ctx["relay_stop"] = stop = asyncio.Event()
     ctx["relay"] = asyncio.create_task(relay_forever(stop))
 
@@ -484,12 +493,20 @@ async def _retire(worker: Worker) -> None:
             await worker.pool.aclose()
 
 
+async def _check_eviction_policies() -> None:
+    """The queue's Redis above all: an evicted job or sent-note is a lost or repeated email."""
+    await warn_unless_noeviction(get_redis(), "app")
+    if not queue_redis_is_app_redis():
+        await warn_unless_noeviction(await get_arq_pool(), "queue")
+
+
 async def _serve() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     probe = await start_probe(get_settings())
+    await _check_eviction_policies()
     try:
         await supervise(stop)
     finally:

@@ -102,12 +102,17 @@ async def find_slots(
     start: datetime,
     end: datetime,
     staff_id: uuid.UUID | None = None,
+    *,
+    exclude_appointments: Collection[uuid.UUID] = (),
 ) -> list[Slot]:
-    """Free slots of an active service in [start, end), fresh from the database (no cache)."""
+    """Free slots of an active service in [start, end), fresh from the database (no cache);
+    `exclude_appointments` do not block (an appointment being moved frees its own slot)."""
     validate_window(start, end)
     service, staff = await service_and_staff(session, service_id, staff_id)
     rules = rules_for(service)
-    calendars = await load_calendars(session, staff, start, end, margin=_margin(rules))
+    calendars = await load_calendars(
+        session, staff, start, end, margin=_margin(rules), exclude_appointments=exclude_appointments
+    )
     return free_slots(calendars, rules, start, end, utcnow())
 
 

@@ -1,8 +1,8 @@
 """Webhooks: endpoints (sealed secrets, event filter) and each delivery attempt; deliveries are outbox rows
 
 Revision ID: 0009
-Revises: 0008
-Create Date: 2026-12-01 19:00:00
+Revises: 0010
+Create Date: 2026-12-01 19:30:00
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ from sqlalchemy.dialects import postgresql
 from alembic import op
 
 revision: str = "0009"
-down_revision: str | None = "0008"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
