@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     calendar_max_events: int = Field(default=5000, ge=1)
     calendar_alert_failures: int = Field(default=3, ge=1)
     calendar_connections_per_staff: int = Field(default=10, ge=1, le=100)
+    # Webhooks (app/services/integrations/webhooks.py, Standard Webhooks 1.0). The pause before each
+    # retry, in seconds (comma-separated; default the specification's 5 s, 5 min, 30 min, 2 h, 5 h,
+    # 10 h, 10 h, each with up to 10 % jitter); given up after the last one fails.
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = [5, 300, 1800, 7200, 18000, 36000, 36000]
+    webhook_timeout_seconds: float = 15  # one attempt's whole exchange
+    webhook_secret_overlap_hours: float = 24  # after a rotation the old secret signs too, this long
+    webhook_disable_after_days: float = 5  # an endpoint failing without a success this long is disabled
 
     # Bearer token for /metrics (API and worker). Unset: open outside production, closed (404) in production.
     metrics_token: str | None = None
@@ -167,7 +174,14 @@ class Settings(BaseSettings):
             return [key for key in re.split(r"[\s,]+", value) if key]
         return value
 
-    @field_validator("cors_origins", "trusted_proxies", "egress_allowed_networks", "egress_dns_servers", mode="before")
+    @field_validator(
+        "cors_origins",
+        "trusted_proxies",
+        "egress_allowed_networks",
+        "egress_dns_servers",
+        "webhook_retry_schedule",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         """Accept `a,b` as well as a JSON list, so the variables are easy to set by hand."""
@@ -185,6 +199,13 @@ class Settings(BaseSettings):
     def _networks(cls, value: list[str] | None) -> list[str] | None:
         for network in value or []:
             ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+        return value
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not value or len(value) > 20 or any(delay < 0 for delay in value):
+            raise ValueError("1 to 20 delays in seconds, none negative")
         return value
 
     @field_validator("egress_dns_servers")
@@ -220,7 +241,13 @@ class Settings(BaseSettings):
             raise ValueError("must be 0 (keep for ever) or more days")
         return value
 
-    @field_validator("web_concurrency", "outbox_lease_seconds", "graceful_timeout_seconds", "retention_batch_size")
+    @field_validator(
+        "web_concurrency",
+        "outbox_lease_seconds",
+        "graceful_timeout_seconds",
+        "retention_batch_size",
+        "webhook_timeout_seconds",
+    )
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

@@ -26,6 +26,7 @@ from app.api import (
     services,
     staff,
     users,
+    webhooks,
     ws,
 )
 from app.api.admission import AdmissionLimit
@@ -100,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         manage,
         calendar_feeds,
         audit,
+        webhooks,
         ws,
     ):
         app.include_router(module.router, prefix=API_PREFIX)

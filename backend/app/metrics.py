@@ -144,6 +144,22 @@ CALENDAR_SYNC_ALERTS = Counter(
     "External calendars that failed CALENDAR_ALERT_FAILURES syncs in a row (their owner and admins were emailed).",
     registry=WORKER_REGISTRY,
 )
+# Each attempt is one of delivered, failed_attempt (retried), refused (the egress guard said no),
+# disabled (the endpoint answered 410, was switched off, or failed for WEBHOOK_DISABLE_AFTER_DAYS);
+# given_up counts deliveries whose retry schedule ran out.
+WEBHOOK_OUTCOMES = ("delivered", "failed_attempt", "given_up", "refused", "disabled")
+WEBHOOK_DELIVERIES = Counter(
+    "c3po_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome, and deliveries given up.",
+    ("outcome",),
+    registry=WORKER_REGISTRY,
+)
+WEBHOOK_SEND_SECONDS = Histogram(
+    "c3po_webhook_send_seconds",
+    "Time of one webhook attempt's HTTP exchange (any answer).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+    registry=WORKER_REGISTRY,
+)
 
 type _Series = tuple[Counter, Summary, Summary, Histogram]
 _series: dict[tuple[str, str, str], _Series] = {}  # labelled children, looked up once per label set

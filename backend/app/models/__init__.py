@@ -16,9 +16,11 @@ from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInter
 from app.models.service import Service, service_staff
 from app.models.totp import TotpCredential, TotpRecoveryCode
 from app.models.user import ActionToken, ActionTokenPurpose, Role, User
+from app.models.webhook import WEBHOOK_EVENT_TYPES, WebhookAttempt, WebhookEndpoint
 
 __all__ = [
     "LIVE_STATUSES",
+    "WEBHOOK_EVENT_TYPES",
     "ActionToken",
     "ActionTokenPurpose",
     "Appointment",
@@ -41,6 +43,8 @@ __all__ = [
     "TotpCredential",
     "TotpRecoveryCode",
     "User",
+    "WebhookAttempt",
+    "WebhookEndpoint",
     "WeeklyInterval",
     "live_status_sql",
     "service_staff",

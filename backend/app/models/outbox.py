@@ -23,10 +23,17 @@ class OutboxMessage(Base):
         # Retention: the oldest sent and given-up rows first (app/services/retention.py).
         Index("ix_outbox_sent_at", "sent_at", postgresql_where=text("sent_at IS NOT NULL")),
         Index("ix_outbox_failed_at", "failed_at", postgresql_where=text("failed_at IS NOT NULL")),
+        # One webhook endpoint's deliveries, newest first (app/services/integrations/webhook_deliveries.py).
+        Index(
+            "ix_outbox_webhook_endpoint",
+            text("(payload ->> 'endpoint_id')"),
+            text("id DESC"),
+            postgresql_where=text("kind = 'webhook'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))  # "email"
+    kind: Mapped[str] = mapped_column(String(32))  # "email", "webhook"
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     next_attempt_at: Mapped[datetime] = mapped_column(server_default=func.now())

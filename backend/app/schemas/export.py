@@ -111,6 +111,18 @@ class ExportCalendarConnection(CalendarConnectionOut):
     busy_blocks: list[ExportBusyBlock]
 
 
+class ExportWebhookDelivery(BaseModel):
+    """A webhook sent (or to be sent) about the caller's appointments: what it said, and when."""
+
+    id: int
+    event_type: str = Field(examples=["appointment.created"])
+    webhook_id: str
+    status: Literal["pending", "delivered", "failed"]
+    data: JsonValue = Field(description="The event's `data` as sent (ids only after an erasure)")
+    created_at: UtcDatetime
+    delivered_at: UtcDatetime | None
+
+
 class UserExport(BaseModel):
     user: UserOut
     email_verified_at: UtcDatetime | None
@@ -124,3 +136,6 @@ class UserExport(BaseModel):
     action_tokens: list[ExportActionToken]
     calendar_feed: ExportCalendarFeed | None = Field(description="Null when the caller never had a feed URL")
     calendar_connections: list[ExportCalendarConnection] = Field(description="External calendars, oldest first")
+    webhook_deliveries: list[ExportWebhookDelivery] = Field(
+        description="Webhook deliveries about the caller's appointments and series, oldest first"
+    )

@@ -113,6 +113,9 @@ class TestBacklog:
             {"created_at": now - timedelta(hours=6), "failed_at": now},  # given up: not owed
         ]
         await session.execute(insert(OutboxMessage), [{"kind": "email", "payload": email, **row} for row in rows])
+        # A webhook retrying for hours against a receiver that is down is not an email backlog.
+        retrying = {"kind": "webhook", "payload": {}, "created_at": now - timedelta(hours=3), "attempts": 4}
+        await session.execute(insert(OutboxMessage), [retrying])
         appointment = await add_appointment(session, customer, staff, service, START)
         await session.execute(
             insert(Reminder),

@@ -3,10 +3,10 @@
 Gone: the profile's email, name and phone; the notes of their appointments as client and the
 cancellation reasons of those and of any appointment they cancelled; a staff member's bio and
 time-off reasons; their calendar feed (its URL stops working); their external calendar
-connections (URLs, sealed passwords) and busy blocks; the content of every email to them (those
-not yet sent never will be); and, in every email about them and every audit entry by or about
-them, their name, address and phone
-(replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
+connections (URLs, sealed passwords) and busy blocks; the `data` of every webhook delivery about
+them (ids only remain); the content of every email to them (those not yet sent never will be);
+and, in every email about them and every audit entry by or about them, their name, address and
+phone (replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
 and the audit trail's shape (who did what, when). Future live appointments are cancelled first,
 with the usual emails to the other party, which leave anonymised too. A last sweep replaces the
@@ -39,6 +39,7 @@ from app.services import audit
 from app.services.accounts import auth, second_factor
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
 from app.services.booking import cancellation, idempotency
+from app.services.integrations import webhook_deliveries, webhooks
 from app.services.messaging import outbox
 from app.utils.ics import refold, unfold
 from app.utils.security import hash_password, random_token
@@ -80,6 +81,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     involvement = await _involvement(session, user.id, {a.id for a in cancelled})
     await _erase_written_text(session, user.id, involvement)
     await _scrub_outbox(session, user.id, traces, involvement)
+    await webhook_deliveries.forget_person(session, user.id)
     await _scrub_audit_trail(session, user.id, traces, involvement)
     await audit.record(
         session,
@@ -92,6 +94,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     await session.flush()
     await sweep(session, traces)
     await idempotency.forget_user(session, user.id)
+    await webhooks.emit(session, "user.erased", [webhooks.Event({"id": str(user.id)})])
 
 
 async def _anonymise_account(session: AsyncSession, user: User) -> None:

@@ -38,12 +38,14 @@ from app.schemas.export import (
     ExportSeries,
     ExportService,
     ExportStaff,
+    ExportWebhookDelivery,
     UserExport,
 )
 from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut
 from app.schemas.staff import WeeklyInterval as WeeklyIntervalOut
 from app.schemas.user import UserOut
+from app.services.integrations import webhook_deliveries
 from app.services.messaging import mailer
 
 
@@ -66,6 +68,10 @@ async def export(session: AsyncSession, user: User) -> UserExport:
         ],
         calendar_feed=await _calendar_feed(session, user.id),
         calendar_connections=await _calendar_connections(session, user.id),
+        webhook_deliveries=[
+            ExportWebhookDelivery.model_validate(webhook_deliveries.export_view(row))
+            for row in await webhook_deliveries.of_person(session, user.id)
+        ],
     )
 
 

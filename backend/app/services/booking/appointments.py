@@ -24,6 +24,7 @@ from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Serv
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
+from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
@@ -279,6 +280,8 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
         await reminders.schedule(session, appointment, new=True)
         _publish(session, appointment, "appointment.created")
         count_transition(session, NEW, appointment.status)
+    created = [webhooks.Event(to_json(a), webhooks.appointment_people(a)) for a in appointments]
+    await webhooks.emit(session, "appointment.created", created)
     availability.invalidate_after_commit(session, appointments[0].staff_id)
     await notifications.booked(session, appointments)
     return appointments
@@ -341,5 +344,8 @@ async def record_change(
     )
     availability.invalidate_after_commit(session, appointment.staff_id)
     _publish(session, appointment, event_type)
+    if webhook_event := webhooks.EVENT_OF_ACTION.get(action):
+        data = webhooks.Event(to_json(appointment), webhooks.appointment_people(appointment))
+        await webhooks.emit(session, webhook_event, [data])
     if before.get("status") != _status(appointment.status):
         count_transition(session, before["status"], appointment.status)

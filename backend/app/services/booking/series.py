@@ -11,9 +11,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import InvalidRecurrence, NotFound, SlotNotOffered
 from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, StaffProfile, User
+from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.schemas.inputs import LATEST
 from app.services.booking import appointments, cancellation
+from app.services.integrations import webhooks
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
 MAX_OCCURRENCES = 52
@@ -163,7 +165,9 @@ async def book(
     session.add(series)
     await session.flush()
     booked = [appointments.new_appointment(service, client, staff_id, s, series.id, notes) for s in starts]
-    return await appointments.insert_all(session, actor, booked)
+    inserted = await appointments.insert_all(session, actor, booked)
+    await _emit(session, "series.created", series, inserted)
+    return inserted
 
 
 async def get_series(session: AsyncSession, user: User, series_id: uuid.UUID) -> AppointmentSeries:
@@ -191,4 +195,13 @@ async def cancel(
     live = list(await session.scalars(query.order_by(Appointment.starts_at)))
     cancellation.check_series_window(actor, series, live)
     cancelled = await cancellation.cancel_with_emails(session, actor, live, reason, one_email=True)
+    await _emit(session, "series.cancelled", series, cancelled)
     return series, cancelled
+
+
+async def _emit(
+    session: AsyncSession, event_type: str, series: AppointmentSeries, occurrences: list[Appointment]
+) -> None:
+    """The series webhook: `data` as the series endpoints answer (`SeriesOut`)."""
+    data = {"series_id": str(series.id), "appointments": [to_json(a) for a in occurrences]}
+    await webhooks.emit(session, event_type, [webhooks.Event(data, (series.client_id, series.staff_id))])

@@ -10,8 +10,9 @@ without the ORM, on the request session's own asyncpg connection and transaction
    staff member offers it (and their zone), and their calendar (`one_calendar_sql`: what
    `load_calendars` reads);
 4. the checks (verified, active, may book for that client, horizon, offered) in Python, then one
-   statement inserting the appointment with its reminders, audit entry, the two emails' outbox rows
-   and the key's answer. The appointment row is `ON CONFLICT DO NOTHING`: a clash at the exclusion
+   statement inserting the appointment with its reminders, audit entry, the two emails' outbox rows,
+   one webhook outbox row per endpoint subscribed to `appointment.created`, and the key's answer.
+   The appointment row is `ON CONFLICT DO NOTHING`: a clash at the exclusion
    constraint inserts nothing at all (every other insert selects from it), so the refusal needs no
    SAVEPOINT and is stored as the key's answer like any other 4xx.
 
@@ -43,6 +44,7 @@ from app.schemas.common import iso_z
 from app.services import audit
 from app.services.booking import appointments, idempotency
 from app.services.booking.idempotency import Answer
+from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, outbox, reminders
 from app.services.scheduling import availability
 from app.services.scheduling import availability_cache as cache
@@ -91,7 +93,9 @@ LEFT JOIN window_ ON true
 WHERE actor.id = $1
 """
 
-# Everything the booking writes, or (a clash at the exclusion constraint) nothing.
+_CREATED_EVENT = "appointment.created"
+# Everything the booking writes, or (a clash at the exclusion constraint) nothing. The webhook rows
+# (`webhooks.emit`'s, one per endpoint subscribed to appointment.created) come from the same statement.
 _INSERT = f"""
 WITH appointment AS (
     INSERT INTO appointments (id, client_id, staff_id, service_id, starts_at, ends_at, blocked_from, blocked_until,
@@ -112,11 +116,24 @@ WITH appointment AS (
     FROM appointment, jsonb_array_elements($16::jsonb) WITH ORDINALITY AS message(payload, n)
     ORDER BY message.n
     RETURNING id
+), webhook AS (
+    INSERT INTO outbox (kind, payload, attempts)
+    SELECT '{webhooks.KIND}', jsonb_build_object(
+               'endpoint_id', e.id::text,
+               'webhook_id', 'msg_' || replace(gen_random_uuid()::text, '-', ''),
+               'type', '{_CREATED_EVENT}',
+               'people', jsonb_build_array($2::text, $3::text),
+               'body', jsonb_build_object('type', '{_CREATED_EVENT}', 'timestamp', $19::text, 'data', $17::jsonb)), 0
+    FROM appointment, webhook_endpoints AS e
+    WHERE e.is_active AND '{_CREATED_EVENT}' = ANY(e.event_types)
+    ORDER BY e.id
+    RETURNING id
 ), answer AS (
     UPDATE idempotency_keys SET status = 'done', response_status = {CREATED}, response_body = $17::json
     WHERE user_id = $14 AND key = $18 AND EXISTS (SELECT FROM appointment)
 )
-SELECT EXISTS (SELECT FROM appointment) AS booked, ARRAY(SELECT id FROM email ORDER BY id) AS outbox_ids
+SELECT EXISTS (SELECT FROM appointment) AS booked,
+       ARRAY(SELECT id FROM email UNION ALL SELECT id FROM webhook ORDER BY id) AS outbox_ids
 """
 
 
@@ -252,6 +269,7 @@ async def _insert(
         json.dumps(emails),
         json.dumps(body),
         key,
+        iso_z(appointment.created_at),
     )
     assert row is not None
     if not row["booked"]:

@@ -24,7 +24,9 @@ TIMEOUT_SECONDS = 1.0
 def _query():
     pending = (
         select(OutboxMessage.created_at)
-        .where(OutboxMessage.sent_at.is_(None), OutboxMessage.failed_at.is_(None))
+        # Emails only: a webhook endpoint that is down retries for hours by design, and is watched by
+        # `c3po_webhook_deliveries_total` instead of making the email backlog look stuck.
+        .where(OutboxMessage.sent_at.is_(None), OutboxMessage.failed_at.is_(None), OutboxMessage.kind == "email")
         .order_by(OutboxMessage.next_attempt_at)
         .limit(COUNT_LIMIT)
         .subquery()

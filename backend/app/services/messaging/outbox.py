@@ -79,6 +79,11 @@ async def _dispatch_row(message: OutboxMessage) -> None:
     await dispatch(message.id)
 
 
+def sent_key(outbox_id: int) -> str:
+    """The worker's Redis note that a row's message went out (app/services/messaging/worker.py)."""
+    return f"outbox-sent:{outbox_id}"
+
+
 def job_id(outbox_id: int, attempt: int = 0) -> str:
     """One arq job per outbox row and attempt: arq refuses a second job with the same id."""
     return f"outbox:{outbox_id}:{attempt}"

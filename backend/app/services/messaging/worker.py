@@ -53,7 +53,7 @@ from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMA
 from app.models import OutboxMessage
 from app.redis import get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
-from app.services.integrations import calendar_sync
+from app.services.integrations import calendar_sync, webhook_delivery
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import (
     DELIVER_JOB,
@@ -62,6 +62,7 @@ from app.services.messaging.outbox import (
     queue_redis_is_app_redis,
     queue_redis_settings,
     redacted,
+    sent_key,
 )
 from app.services.messaging.probe import HEARTBEAT, start_probe
 from app.services.messaging.reminders import send_due_reminders
@@ -78,7 +79,8 @@ SENT_NOTE_SECONDS = 86_400  # how long Redis remembers a send that PostgreSQL ma
 LEASE_USE = 0.8  # an attempt sends within this share of its lease; the rest is for recording the outcome
 
 Handler = Callable[[int, datetime, Mapping[str, Any]], Awaitable[None]]
-HANDLERS: dict[str, Handler] = {"email": send_email}
+RetryPolicy = Callable[[int, Exception], timedelta | None]  # (failed attempts, last error) -> pause, None: give up
+HANDLERS: dict[str, Handler] = {"email": send_email, "webhook": webhook_delivery.send_webhook}
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,15 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(seconds, settings.outbox_backoff_max_seconds))
 
 
+def email_retry(attempts: int, error: Exception) -> timedelta | None:
+    """Emails: `backoff` until `outbox_max_attempts` attempts have failed."""
+    return None if attempts >= get_settings().outbox_max_attempts else backoff(attempts)
+
+
+# Each kind chooses its retry schedule; webhooks follow the Standard Webhooks guidance (WEBHOOK_RETRY_SCHEDULE).
+RETRY_POLICIES: dict[str, RetryPolicy] = {"email": email_retry, "webhook": webhook_delivery.retry_delay}
+
+
 async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelta = timedelta()) -> Attempt | None:
     """Deliver one undelivered row due by `now() + due_within`: that one, or the longest waiting.
 
@@ -140,13 +151,14 @@ async def attempt_delivery(outbox_id: int | None = None, *, due_within: timedelt
     except Exception as error:
         cut_off = TimeoutError(f"cut off after {budget:.1f}s, {LEASE_USE:.0%} of the claim (OUTBOX_LEASE_SECONDS)")
         return await _record_failure(claim, cut_off if cutoff.expired() else error)
-    EMAIL_SEND_SECONDS.observe(loop.time() - started)
+    if claim.kind == "email":
+        EMAIL_SEND_SECONDS.observe(loop.time() - started)
     await _note_sent(claim)
     return await _record_sent(claim, until=started + get_settings().outbox_lease_seconds)
 
 
 def _sent_key(outbox_id: int) -> str:
-    return f"outbox-sent:{outbox_id}"
+    return sent_key(outbox_id)
 
 
 async def _note_sent(claim: Claim) -> None:
@@ -237,7 +249,8 @@ async def _record_sent(claim: Claim, *, until: float) -> Attempt:
             logger.warning("outbox {} was sent but could not be marked yet; trying again", claim.id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-    EMAILS_SENT.labels(claim.template).inc()
+    if claim.kind == "email":
+        EMAILS_SENT.labels(claim.template).inc()
     logger.info("outbox {} ({}) sent", claim.id, claim.kind)
     return Attempt(claim.id, sent=True, attempts=claim.attempts, retry_at=None)
 
@@ -264,7 +277,9 @@ async def _mark_sent(claim: Claim) -> None:
 async def _record_failure(claim: Claim, exc: Exception) -> Attempt | None:
     """Count the failed attempt and schedule the next (or give up); only while the claim is still ours."""
     error = f"{type(exc).__name__}: {exc}"[:2000]
-    EMAIL_FAILURES.labels(claim.template).inc()
+    email = claim.kind == "email"
+    if email:
+        EMAIL_FAILURES.labels(claim.template).inc()
     async with get_sessionmaker()() as session, session.begin():
         row = await session.scalar(
             select(OutboxMessage)
@@ -278,12 +293,16 @@ async def _record_failure(claim: Claim, exc: Exception) -> Attempt | None:
         row.attempts += 1
         row.last_error = error
         row.claimed_by = row.claimed_until = None
-        if row.attempts >= get_settings().outbox_max_attempts:
+        delay = RETRY_POLICIES[claim.kind](row.attempts, exc)
+        if delay is None:
             row.failed_at = now
-            EMAILS_GIVEN_UP.labels(claim.template).inc()
+            if email:
+                EMAILS_GIVEN_UP.labels(claim.template).inc()
+            else:
+                webhook_delivery.given_up(exc)
             logger.error("outbox {} given up after {} attempts: {}", row.id, row.attempts, error)
             return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=None)
-        row.next_attempt_at = retry_at = now + backoff(row.attempts)
+        row.next_attempt_at = retry_at = now + delay
         logger.warning("outbox {} attempt {} failed: {}; next at {}", row.id, row.attempts, error, retry_at)
         return Attempt(row.id, sent=False, attempts=row.attempts, retry_at=retry_at)
 
