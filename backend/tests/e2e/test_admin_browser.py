@@ -11,7 +11,7 @@ from playwright.async_api import async_playwright, expect
 from sqlalchemy import select
 
 from app.models import Role, Service
-from tests.e2e.test_swagger_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
 from tests.e2e.test_ws_fanout import api_processes
 from tests.factories import PASSWORD, create_user
 from tests.scheduling import add_appointment, create_service, create_staff, days_ahead, local

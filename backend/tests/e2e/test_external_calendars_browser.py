@@ -8,13 +8,13 @@ import sys
 import time
 import uuid
 
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 from sqlalchemy import select
 
 from app.models import CalendarConnection, Role
-from tests.e2e.test_swagger_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
+from tests.e2e.browser import admin_page, require_chromium
 from tests.e2e.test_ws_fanout import api_processes
-from tests.factories import PASSWORD, create_user
+from tests.factories import create_user
 from tests.httpserver import serve
 from tests.integration.test_external_calendars import DAY, ics, ics_event
 from tests.scheduling import create_service, create_staff, local
@@ -51,37 +51,25 @@ async def test_an_admin_sees_a_failing_calendar_and_syncs_it(stack, session, tmp
 
         with api_processes(1, {**stack.env, "LOG_LEVEL": "WARNING"}, tmp_path) as bases:
             base = f"http://{bases[0]}"
-            async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = await (await browser.new_context()).new_page()
-                    page.set_default_timeout(TIMEOUT_MS)
-                    await page.goto(f"{base}/admin/login")
-                    await page.fill("#username", admin.email)
-                    await page.fill("#password", PASSWORD)
-                    await page.click("button[type=submit]")
-                    await expect(page).to_have_url(f"{base}/admin/")
+            async with admin_page(base, admin.email) as page:
+                await page.goto(f"{base}/admin/calendar-connection/list")
+                table = page.locator("table")
+                await expect(table).to_contain_text("Alice work")
+                await expect(table).to_contain_text("the server answered HTTP 500")
+                await expect(table).to_contain_text("127.0.0.1")
+                assert "private-feed-token" not in await page.content()
+                await page.screenshot(path=str(shots / "01-failing.png"), full_page=True)
 
-                    await page.goto(f"{base}/admin/calendar-connection/list")
-                    table = page.locator("table")
-                    await expect(table).to_contain_text("Alice work")
-                    await expect(table).to_contain_text("the server answered HTTP 500")
-                    await expect(table).to_contain_text("127.0.0.1")
-                    assert "private-feed-token" not in await page.content()
-                    await page.screenshot(path=str(shots / "01-failing.png"), full_page=True)
-
-                    answer.update(status=200, body=ics(ics_event("meeting", local(DAY, 10), local(DAY, 11))))
-                    await page.goto(f"{base}/admin/calendar-connection/details/{connection.id}")
-                    await page.click("button:has-text('Sync now')")
-                    await expect(page.locator(".alert-success")).to_contain_text("Sync queued")
-                    await _synced(session, connection.id)
-                    await page.reload()
-                    details = page.locator("table")
-                    await expect(details).not_to_contain_text("the server answered HTTP 500")
-                    assert "private-feed-token" not in await page.content()
-                    await page.screenshot(path=str(shots / "02-synced.png"), full_page=True)
-                finally:
-                    await browser.close()
+                answer.update(status=200, body=ics(ics_event("meeting", local(DAY, 10), local(DAY, 11))))
+                await page.goto(f"{base}/admin/calendar-connection/details/{connection.id}")
+                await page.click("button:has-text('Sync now')")
+                await expect(page.locator(".alert-success")).to_contain_text("Sync queued")
+                await _synced(session, connection.id)
+                await page.reload()
+                details = page.locator("table")
+                await expect(details).not_to_contain_text("the server answered HTTP 500")
+                assert "private-feed-token" not in await page.content()
+                await page.screenshot(path=str(shots / "02-synced.png"), full_page=True)
 
     row = await _synced(session, connection.id)
     assert row.block_count == 1 and row.consecutive_failures == 0 and row.last_error is None

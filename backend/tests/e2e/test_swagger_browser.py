@@ -10,21 +10,11 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.async_api import Route, async_playwright, expect
 
+from tests.e2e.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
 from tests.e2e.test_ws_fanout import api_processes
 from tests.factories import PASSWORD, create_user
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
-TIMEOUT_MS = 20_000
 
 
 @pytest.fixture
@@ -37,16 +27,6 @@ def api(service_urls, tmp_path):
     }
     with api_processes(1, env, tmp_path) as bases:
         yield f"http://{bases[0]}"
-
-
-def require_chromium() -> None:
-    """CI installs Debian's chromium and must run this test; a laptop without it is told how to get it."""
-    if Path(CHROMIUM).exists():
-        return
-    message = f"{CHROMIUM} is missing (apt-get install chromium); Playwright never downloads a browser"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 async def test_sign_in_with_authorize_and_call_users_me(api, session):

@@ -7,15 +7,15 @@ import asyncio
 import sys
 import time
 
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 from standardwebhooks import Webhook
 
 from app.database import unit_of_work
 from app.models import Role
 from app.services.integrations import webhooks
-from tests.e2e.test_swagger_browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, require_chromium
+from tests.e2e.browser import admin_page, require_chromium
 from tests.e2e.test_ws_fanout import api_processes
-from tests.factories import PASSWORD, create_user
+from tests.factories import create_user
 from tests.httpserver import serve
 
 
@@ -43,38 +43,26 @@ async def test_an_admin_redelivers_a_webhook_from_the_panel(stack, session, tmp_
 
         with api_processes(1, {**stack.env, "LOG_LEVEL": "WARNING"}, tmp_path) as bases:
             base = f"http://{bases[0]}"
-            async with async_playwright() as playwright:
-                browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                try:
-                    page = await (await browser.new_context()).new_page()
-                    page.set_default_timeout(TIMEOUT_MS)
-                    await page.goto(f"{base}/admin/login")
-                    await page.fill("#username", admin.email)
-                    await page.fill("#password", PASSWORD)
-                    await page.click("button[type=submit]")
-                    await expect(page).to_have_url(f"{base}/admin/")
+            async with admin_page(base, admin.email) as page:
+                await page.goto(f"{base}/admin/webhook-endpoint/list")
+                await expect(page.locator("table tbody tr")).to_have_count(1)
+                await expect(page.locator("table")).to_contain_text(url)
+                await page.screenshot(path=str(shots / "01-endpoints.png"), full_page=True)
 
-                    await page.goto(f"{base}/admin/webhook-endpoint/list")
-                    await expect(page.locator("table tbody tr")).to_have_count(1)
-                    await expect(page.locator("table")).to_contain_text(url)
-                    await page.screenshot(path=str(shots / "01-endpoints.png"), full_page=True)
+                await page.goto(f"{base}/admin/webhook-delivery/list")
+                await expect(page.locator("table tbody tr")).to_have_count(1)
+                await expect(page.locator("table")).to_contain_text("user.erased")
+                await page.screenshot(path=str(shots / "02-deliveries.png"), full_page=True)
 
-                    await page.goto(f"{base}/admin/webhook-delivery/list")
-                    await expect(page.locator("table tbody tr")).to_have_count(1)
-                    await expect(page.locator("table")).to_contain_text("user.erased")
-                    await page.screenshot(path=str(shots / "02-deliveries.png"), full_page=True)
+                await page.goto(f"{base}/admin/webhook-delivery/details/{delivery_id}")
+                await page.click("#redeliver")
+                await expect(page.locator("#redelivered")).to_be_visible()
+                await page.screenshot(path=str(shots / "03-redelivered.png"), full_page=True)
 
-                    await page.goto(f"{base}/admin/webhook-delivery/details/{delivery_id}")
-                    await page.click("#redeliver")
-                    await expect(page.locator("#redelivered")).to_be_visible()
-                    await page.screenshot(path=str(shots / "03-redelivered.png"), full_page=True)
-
-                    await requests_seen(receiver, 2)
-                    await page.goto(f"{base}/admin/webhook-attempt/list")
-                    await expect(page.locator("table tbody tr")).to_have_count(2)
-                    await page.screenshot(path=str(shots / "04-attempts.png"), full_page=True)
-                finally:
-                    await browser.close()
+                await requests_seen(receiver, 2)
+                await page.goto(f"{base}/admin/webhook-attempt/list")
+                await expect(page.locator("table tbody tr")).to_have_count(2)
+                await page.screenshot(path=str(shots / "04-attempts.png"), full_page=True)
     ids = {Webhook(secret).verify(r.body, r.headers) and r.headers["webhook-id"] for r in receiver.requests}
     assert len(ids) == 1 and len(receiver.requests) == 2
     assert sorted(p.name for p in shots.iterdir()) == [
