@@ -244,6 +244,11 @@ def cmd_openapi(settings: Settings, _: argparse.Namespace) -> None:
     print(json.dumps(create_app(settings).openapi(), indent=2, ensure_ascii=False))
 
 
+def _reachable(host: str) -> str:
+    """The address a browser on this machine uses for a server bound to `host`."""
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from app.utils.mailcatcher import MailCatcher
 
@@ -260,6 +265,8 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
             "MAIL_SERVER": catcher.host,
             "MAIL_PORT": str(catcher.port),
             "DATA_DIR": str(settings.data_dir),
+            # Feed URLs point at this server unless one was set.
+            "PUBLIC_API_URL": os.environ.get("PUBLIC_API_URL") or f"http://{_reachable(args.host)}:{args.port}",
         }
         api = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
         api += ["--host", args.host, "--port", str(args.port)]

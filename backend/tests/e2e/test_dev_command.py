@@ -126,6 +126,10 @@ def runs_the_stack_and_stops_cleanly_on_ctrl_c(dev: DevServer) -> None:
     with httpx.Client(base_url=dev.base_url, timeout=10) as http:
         login = http.post("/api/v1/auth/login", data={"username": "admin@example.com", "password": DEMO_PASSWORD})
         assert login.status_code == 200, login.text
+        signed_in = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        feed = http.get("/api/v1/users/me/calendar-feed", headers=signed_in).json()["url"]
+        assert feed.startswith(f"{dev.base_url}/api/v1/calendar-feeds/")  # PUBLIC_API_URL: this server
+        assert http.get(feed).headers["content-type"].startswith("text/calendar")
         assert f"{dev.base_url}/admin" in dev.log.read_text()  # the banner points to the panel
         page = http.get("/admin/login")
         token = re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
