@@ -126,6 +126,7 @@ class Settings(BaseSettings):
     egress_allowed_networks: Annotated[list[str] | None, NoDecode] = None
     egress_dns_servers: Annotated[list[str], NoDecode] = []
     egress_timeout_seconds: float = 15
+    egress_ca_file: str | None = None  # PEM bundle that HTTPS peers are verified against (unset: the system's)
 
     # External calendars (app/services/integrations/calendar_sync.py): the worker syncs each connection
     # this often; a fetched calendar may be this large and expand to this many events in the window

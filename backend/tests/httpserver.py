@@ -6,6 +6,7 @@ connection without an answer. A test may swap `server.respond` while it runs.
 """
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,10 +37,11 @@ class Server:
     port: int
     respond: Respond
     requests: list[Request] = field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -49,8 +51,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 @contextmanager
-def serve(respond: Respond = ok, *, host: str = "127.0.0.1", port: int = 0) -> Iterator[Server]:
-    server = Server(host, port, respond)
+def serve(
+    respond: Respond = ok, *, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+) -> Iterator[Server]:
+    """`tls`: a server-side context (certificate loaded) to answer HTTPS instead of HTTP."""
+    server = Server(host, port, respond, scheme="https" if tls else "http")
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -84,6 +89,8 @@ def serve(respond: Respond = ok, *, host: str = "127.0.0.1", port: int = 0) -> I
 
     httpd = ThreadingHTTPServer((host, port), Handler)
     httpd.daemon_threads = True
+    if tls is not None:
+        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
     server.port = httpd.server_address[1]
     thread = threading.Thread(target=httpd.serve_forever, name=f"http-{server.port}", daemon=True)
     thread.start()

@@ -3,12 +3,18 @@ change between lookups, and HTTP servers on different loopback addresses standin
 receiver" (127.0.0.2) and "something internal" (127.0.0.1)."""
 
 import ipaddress
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from dnslib import AAAA, QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 
@@ -183,3 +189,50 @@ def test_public_addresses_pass_and_only_development_allows_local_ones_by_default
 
 def test_basic_auth_header():
     assert egress.basic_auth("ann", "p:w") == "Basic YW5uOnA6dw=="
+
+
+def _certificate(tmp_path, name: str) -> tuple[ssl.SSLContext, str]:
+    """A self-signed certificate for `name`: the server's TLS context, and the PEM file to trust it by."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return context, str(cert_file)
+
+
+async def test_https_goes_to_the_checked_address_and_verifies_the_name(set_env, tmp_path):
+    """The connection is made to the checked IP, yet TLS is spoken to the name: its certificate is
+    verified against `hooks.example.test` (SNI), so pinning the address costs no verification."""
+    server_tls, trusted = _certificate(tmp_path, "hooks.example.test")
+    with dns_server(["127.0.0.2"]) as (_, dns_port), serve(host="127.0.0.2", tls=server_tls) as receiver:
+        set_env(
+            EGRESS_ALLOWED_NETWORKS="127.0.0.2/32",
+            EGRESS_DNS_SERVERS=f"127.0.0.1:{dns_port}",
+            EGRESS_CA_FILE=trusted,
+        )
+        response = await egress.request("GET", f"https://hooks.example.test:{receiver.port}/x")
+        assert (response.status, response.address) == (200, "127.0.0.2")
+        assert receiver.requests[0].headers["host"] == f"hooks.example.test:{receiver.port}"
+
+        set_env(EGRESS_CA_FILE=_certificate(tmp_path, "other.example.test")[1])  # a CA that did not sign it
+        with pytest.raises(egress.EgressFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            await egress.request("GET", f"https://hooks.example.test:{receiver.port}/x")
+    assert len(receiver.requests) == 1

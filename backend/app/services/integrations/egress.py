@@ -154,8 +154,9 @@ def basic_auth(user: str, password: str) -> str:
 
 
 @cache
-def _tls() -> ssl.SSLContext:
-    return httpx.create_ssl_context()  # certificates verified against the system's CAs
+def _tls(ca_file: str | None) -> ssl.SSLContext:
+    """Certificates verified against the system's CAs, or only those of `EGRESS_CA_FILE`."""
+    return ssl.create_default_context(cafile=ca_file) if ca_file else httpx.create_ssl_context()
 
 
 async def request(
@@ -199,7 +200,10 @@ async def _exchange(
     # A client per request: a pooled connection would be keyed by the address alone, whatever the
     # name it was opened (and its certificate checked) for.
     client = httpx.AsyncClient(
-        follow_redirects=False, trust_env=False, timeout=timeout, verify=_tls() if target.scheme == "https" else True
+        follow_redirects=False,
+        trust_env=False,
+        timeout=timeout,
+        verify=_tls(get_settings().egress_ca_file) if target.scheme == "https" else True,
     )
     try:
         async with client:
