@@ -79,9 +79,10 @@ def check_series_window(actor: User, item: Party, live: Sequence[Appointment]) -
 
 
 async def cancel_one(
-    session: AsyncSession, actor: User, appointment: Appointment, reason: str | None, *, as_read: bool = False
+    session: AsyncSession, actor: User | None, appointment: Appointment, reason: str | None, *, as_read: bool = False
 ) -> Appointment:
-    """Cancel a live appointment (no permission checks, no email: callers see to both).
+    """Cancel a live appointment (no permission checks, no email: callers see to both). `actor`
+    None: the system did it (an expired pending booking), recorded with no `cancelled_by` or audit actor.
 
     `as_read`: only the version the caller read and checked (its cut-off, say) is cancelled; if it
     was moved meanwhile (a shared calendar lock does not keep reschedules out), 409
@@ -92,7 +93,7 @@ async def cancel_one(
     values = {
         "status": AppointmentStatus.cancelled.value,
         "cancellation_reason": reason,
-        "cancelled_by": actor.id,
+        "cancelled_by": actor.id if actor else None,
         "sequence": Appointment.sequence + 1,
     }
     version = appointment.sequence if as_read else None
@@ -108,7 +109,7 @@ async def cancel_one(
 
 async def cancel_with_emails(
     session: AsyncSession,
-    actor: User,
+    actor: User | None,
     appointments: Sequence[Appointment],
     reason: str | None,
     *,
