@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 
 from app.database import get_sessionmaker, unit_of_work
 from app.errors import InvalidTransition
+from app.metrics import WORKER_REGISTRY
 from app.models import Appointment, AuditEntry, User
 from app.services.booking import booking, expiry
 from app.utils.time import utcnow
@@ -67,9 +68,11 @@ async def cancelled_emails(session) -> list[str]:
 class TestSweep:
     async def test_past_the_window_it_is_cancelled_with_one_email_to_each_side(self, session, customer, staff, service):
         appointment = await pending(session, customer, staff, service, booked_hours_ago=49)
+        counted = WORKER_REGISTRY.get_sample_value("c3po_pending_appointments_expired_total")
 
         assert await expiry.expire_pending() == 1
 
+        assert WORKER_REGISTRY.get_sample_value("c3po_pending_appointments_expired_total") == counted + 1
         async with get_sessionmaker()() as db:
             row = await db.get(Appointment, appointment.id)
             assert row.status == "cancelled"
