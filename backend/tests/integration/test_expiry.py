@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 from app.database import get_sessionmaker, unit_of_work
 from app.errors import InvalidTransition
 from app.metrics import WORKER_REGISTRY
-from app.models import Appointment, AuditEntry, User
+from app.models import Appointment, AppointmentSeries, AuditEntry, User
 from app.services.booking import booking, expiry
 from app.utils.time import utcnow
 from tests.factories import create_user, outbox
@@ -45,10 +45,13 @@ async def service(session, staff):
     return await create_service(session, [staff], requires_confirmation=True)
 
 
-async def pending(session, customer, staff, service, *, booked_hours_ago: float, starts_in_hours: float = 72):
+async def pending(
+    session, customer, staff, service, *, booked_hours_ago: float, starts_in_hours: float = 72, series_id=None
+):
     """A pending appointment made `booked_hours_ago`, starting `starts_in_hours` from now."""
+    starts_at = utcnow() + timedelta(hours=starts_in_hours)
     appointment = await add_appointment(
-        session, customer, staff, service, utcnow() + timedelta(hours=starts_in_hours), status="pending"
+        session, customer, staff, service, starts_at, status="pending", series_id=series_id
     )
     made = utcnow() - timedelta(hours=booked_hours_ago)
     await session.execute(update(Appointment).where(Appointment.id == appointment.id).values(created_at=made))
@@ -130,6 +133,25 @@ class TestSweep:
 
         assert await expiry.expire_pending() == 1
         assert await status_of(appointment) == "cancelled"
+
+    async def test_a_series_expires_together_with_one_email_to_each_side(self, session, customer, staff, service):
+        series = AppointmentSeries(
+            rrule="FREQ=DAILY;COUNT=3", client_id=customer.id, staff_id=staff.id, service_id=service.id
+        )
+        session.add(series)
+        await session.commit()
+        occurrences = [
+            await pending(session, customer, staff, service, booked_hours_ago=49, starts_in_hours=24 * (i + 3),
+                          series_id=series.id)
+            for i in range(3)
+        ]  # fmt: skip
+
+        assert await expiry.expire_pending() == 3
+
+        assert {await status_of(a) for a in occurrences} == {"cancelled"}
+        messages = await outbox(session, template=CANCELLED)
+        assert sorted(m.payload["to"] for m in messages) == sorted([customer.email, staff.email])
+        assert {len(m.payload["attachments"]) for m in messages} == {3}  # one .ics per occurrence
 
     async def test_the_batch_bounds_a_run(self, session, customer, staff, service):
         for i in range(3):

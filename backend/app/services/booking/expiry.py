@@ -5,7 +5,8 @@ cancelled by the worker (a cron every minute), which frees its slot.
 Each expiry is an ordinary cancellation (`cancellation.cancel_with_emails`, no actor: the system
 did it): audited, its reminders dropped, the availability cache invalidated, events and the
 `appointment.cancelled` webhook sent, and both parties emailed with the reason
-`NOT_CONFIRMED_IN_TIME`. One short transaction per appointment, under its staff member's calendar
+`NOT_CONFIRMED_IN_TIME` (the occurrences of a series in one email). One short transaction per
+appointment (or series), under its staff member's calendar
 lock (shared, taken first as everywhere else) and the row's lock (`SKIP LOCKED`): of two sweeps,
 one takes it and the other passes it by; a confirm racing the sweep either commits first (the
 row is no longer pending) or waits and then finds it cancelled — exactly one of them wins.
@@ -42,36 +43,43 @@ def _expired(now: datetime) -> Any:
 async def expire_pending(now: datetime | None = None, *, batch: int = BATCH) -> int:
     """Cancel up to `batch` expired pending appointments; how many this run cancelled.
 
-    An appointment another run holds (or that fails) is left for the next run, never waited on."""
+    The occurrences of one series expire together, with one email to each side for them all. An
+    appointment another run holds (or that fails) is left for the next run, never waited on."""
     now = now or utcnow()
     async with unit_of_work() as session:
-        query = select(Appointment.id, Appointment.staff_id).where(_expired(now))
+        query = select(Appointment.id, Appointment.staff_id, Appointment.series_id).where(_expired(now))
         due = (await session.execute(query.order_by(Appointment.created_at, Appointment.id).limit(batch))).all()
+    groups: dict[tuple[uuid.UUID, uuid.UUID], list[uuid.UUID]] = {}
+    for appointment_id, staff_id, series_id in due:
+        groups.setdefault((staff_id, series_id or appointment_id), []).append(appointment_id)
     expired = 0
-    for appointment_id, staff_id in due:
+    for (staff_id, _), ids in groups.items():
         try:
             async with unit_of_work() as session:
-                expired += await _expire_one(session, appointment_id, staff_id, now)
+                expired += await _expire(session, staff_id, ids, now)
         except Exception:  # one bad row must not hold up the others
-            logger.opt(exception=True).error("could not expire pending appointment {}", appointment_id)
+            logger.opt(exception=True).error("could not expire pending appointments {}", ids)
     return expired
 
 
-async def _expire_one(session: AsyncSession, appointment_id: uuid.UUID, staff_id: uuid.UUID, now: datetime) -> bool:
+async def _expire(session: AsyncSession, staff_id: uuid.UUID, ids: list[uuid.UUID], now: datetime) -> int:
+    """Cancel those of `ids` (one staff member's, one series or a single booking) still expired and not held."""
     await lock_calendars(session, staff_id, shared=True)
-    appointment = await session.scalar(
-        select(Appointment).where(Appointment.id == appointment_id, _expired(now)).with_for_update(skip_locked=True)
-    )
-    if appointment is None:  # confirmed or cancelled meanwhile, or another run has it
-        return False
-    await cancel_with_emails(session, None, [appointment], NOT_CONFIRMED_IN_TIME)
-    after_commit(session, _count)
-    logger.info("pending appointment {} expired unconfirmed", appointment_id)
-    return True
+    query = select(Appointment).where(Appointment.id.in_(ids), _expired(now)).order_by(Appointment.starts_at)
+    appointments = list(await session.scalars(query.with_for_update(skip_locked=True)))
+    if not appointments:  # confirmed or cancelled meanwhile, or another run has them
+        return 0
+    await cancel_with_emails(session, None, appointments, NOT_CONFIRMED_IN_TIME, one_email=True)
+    after_commit(session, _counter(len(appointments)))
+    logger.info("{} pending appointments expired unconfirmed: {}", len(appointments), [a.id for a in appointments])
+    return len(appointments)
 
 
-async def _count() -> None:
-    PENDING_EXPIRED.inc()
+def _counter(expired: int):
+    async def count() -> None:
+        PENDING_EXPIRED.inc(expired)
+
+    return count
 
 
 async def expire_pending_appointments(ctx: dict[str, Any]) -> int:
