@@ -3,9 +3,10 @@
 - Who may cancel or move, until when: a client until `CANCELLATION_MIN_NOTICE_HOURS` before the
   start, and never *into* that cut-off (a reschedule's new start is held to it too); its staff
   member and admins any time.
-- Cancelling with emails: one path for a client's cancel, a series cancel, erasure, and the
-  future bookings of a staff member or service that goes away (reminders cancelled, audited,
-  events published, both parties mailed unless one is being erased).
+- Cancelling with emails: one path for a client's cancel, a series cancel, erasure, the future
+  bookings of a staff member or service that goes away, and pending bookings nobody confirmed in
+  time (`expiry`, no actor) (reminders cancelled, audited, events published, both parties mailed
+  unless one is being erased).
 - A staff member is not demoted or deactivated, and a service not deactivated or a provider not
   removed from it, while future live bookings depend on them: 409 `staff_has_bookings` /
   `service_has_bookings` listing them, unless the admin asks to cancel them (`cancel_future`).
