@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     manage_requests_per_token: str = "30/minute"
 
     cancellation_min_notice_hours: int = 24
+    # A pending booking (its service needs confirmation) not confirmed within this many hours of being
+    # made, or by its start if that comes first, is cancelled by the worker (app/services/booking/expiry.py).
+    pending_expiry_hours: int = Field(default=48, ge=1)
     slot_step_minutes: int | None = None  # unset: slots step by the service's duration
     reminder_offsets: list[int] = Field(default_factory=lambda: [1440, 60])
 

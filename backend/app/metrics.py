@@ -126,6 +126,11 @@ LAST_RELAY = Gauge(
 QUEUE_RESTARTS = Counter(
     "c3po_worker_queue_restarts_total", "Times arq was started again after Redis dropped it.", registry=WORKER_REGISTRY
 )
+PENDING_EXPIRED = Counter(
+    "c3po_pending_appointments_expired_total",
+    "Pending appointments cancelled by the worker because nobody confirmed them in time.",
+    registry=WORKER_REGISTRY,
+)
 CALENDAR_SYNCS = Counter(
     "c3po_calendar_syncs_total",
     "External calendar syncs, by outcome (ok, failed).",

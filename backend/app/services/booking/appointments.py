@@ -331,11 +331,11 @@ async def compare_and_swap(
 
 
 async def record_change(
-    session: AsyncSession, actor: User, appointment: Appointment, action: str, before: dict, event_type: str
+    session: AsyncSession, actor: User | None, appointment: Appointment, action: str, before: dict, event_type: str
 ) -> None:
     await audit.record(
         session,
-        actor_id=actor.id,
+        actor_id=actor.id if actor else None,
         action=action,
         entity_type="appointment",
         entity_id=appointment.id,

@@ -3,9 +3,10 @@
 - Who may cancel or move, until when: a client until `CANCELLATION_MIN_NOTICE_HOURS` before the
   start, and never *into* that cut-off (a reschedule's new start is held to it too); its staff
   member and admins any time.
-- Cancelling with emails: one path for a client's cancel, a series cancel, erasure, and the
-  future bookings of a staff member or service that goes away (reminders cancelled, audited,
-  events published, both parties mailed unless one is being erased).
+- Cancelling with emails: one path for a client's cancel, a series cancel, erasure, the future
+  bookings of a staff member or service that goes away, and pending bookings nobody confirmed in
+  time (`expiry`, no actor) (reminders cancelled, audited, events published, both parties mailed
+  unless one is being erased).
 - A staff member is not demoted or deactivated, and a service not deactivated or a provider not
   removed from it, while future live bookings depend on them: 409 `staff_has_bookings` /
   `service_has_bookings` listing them, unless the admin asks to cancel them (`cancel_future`).
@@ -79,9 +80,10 @@ def check_series_window(actor: User, item: Party, live: Sequence[Appointment]) -
 
 
 async def cancel_one(
-    session: AsyncSession, actor: User, appointment: Appointment, reason: str | None, *, as_read: bool = False
+    session: AsyncSession, actor: User | None, appointment: Appointment, reason: str | None, *, as_read: bool = False
 ) -> Appointment:
-    """Cancel a live appointment (no permission checks, no email: callers see to both).
+    """Cancel a live appointment (no permission checks, no email: callers see to both). `actor`
+    None: the system did it (an expired pending booking), recorded with no `cancelled_by` or audit actor.
 
     `as_read`: only the version the caller read and checked (its cut-off, say) is cancelled; if it
     was moved meanwhile (a shared calendar lock does not keep reschedules out), 409
@@ -92,7 +94,7 @@ async def cancel_one(
     values = {
         "status": AppointmentStatus.cancelled.value,
         "cancellation_reason": reason,
-        "cancelled_by": actor.id,
+        "cancelled_by": actor.id if actor else None,
         "sequence": Appointment.sequence + 1,
     }
     version = appointment.sequence if as_read else None
@@ -108,7 +110,7 @@ async def cancel_one(
 
 async def cancel_with_emails(
     session: AsyncSession,
-    actor: User,
+    actor: User | None,
     appointments: Sequence[Appointment],
     reason: str | None,
     *,

@@ -44,6 +44,15 @@ _MONTHS = {
 }
 
 
+# Reasons the system gives when it cancels, in each recipient's language (a person's reason is shown as written).
+NOT_CONFIRMED_IN_TIME = "Not confirmed in time"
+_SYSTEM_REASONS = {NOT_CONFIRMED_IN_TIME: {"ru": "Не подтверждена вовремя"}}
+
+
+def _reason(reason: str | None, locale: str) -> str:
+    return _SYSTEM_REASONS.get(reason or "", {}).get(locale, reason or "")
+
+
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
@@ -158,7 +167,7 @@ def payloads(
             "previous_when": format_when(previous_start, previous_start + duration, zone, locale)
             if previous_start
             else "",
-            "reason": first.cancellation_reason or "",
+            "reason": _reason(first.cancellation_reason, locale),
             "notes": first.notes or "",
             "timezone": _zone(zone).key,
             "link": page_url(first.id),

@@ -1,5 +1,6 @@
 """The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
-runs the reminder cron (`app.services.messaging.reminders`), purges expired idempotency keys every ten
+runs the reminder cron (`app.services.messaging.reminders`) and, every minute, the expiry of pending
+appointments nobody confirmed in time (`app.services.booking.expiry`), purges expired idempotency keys every ten
 minutes, syncs staff members' external calendars (`app.services.integrations.calendar_sync`, due
 ones every minute and on demand) and, daily, everything past its retention (`app.services.retention`).
 
@@ -53,6 +54,7 @@ from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMA
 from app.models import OutboxMessage
 from app.redis import get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
+from app.services.booking.expiry import expire_pending_appointments
 from app.services.integrations import calendar_sync, webhook_delivery
 from app.services.messaging.mailer import send_email
 from app.services.messaging.outbox import (
@@ -414,6 +416,7 @@ def _cron_jobs() -> list[CronJob]:
     # Every minute and at start (catch-up); the id per minute keeps two workers from both running it.
     return [
         cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120),
+        cron(expire_pending_appointments, second=5, run_at_startup=True, keep_result=120),
         # Idempotency keys live 24 h; a sweep every ten minutes keeps the table small.
         cron(sync_due_calendars, second=15, run_at_startup=True, timeout=300, keep_result=120),
         cron(purge_expired_idempotency_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),
