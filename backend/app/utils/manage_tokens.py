@@ -13,8 +13,6 @@ client) is the booking service's check (`services/booking/manage_links.py`).
 Here, not in the booking package: the emails (messaging) mint links, and messaging never calls booking.
 """
 
-import base64
-import binascii
 import hmac
 import struct
 import uuid
@@ -23,6 +21,7 @@ from datetime import UTC, datetime
 from enum import IntFlag
 
 from app.config import get_settings
+from app.utils import b64url
 from app.utils.keys import SigningKey, keyring
 
 PURPOSE = b"manage link"
@@ -30,7 +29,7 @@ VERSION = 1
 _BODY = struct.Struct(">B8s16s16sBQ")
 _MAC_BYTES = 16
 TOKEN_BYTES = _BODY.size + _MAC_BYTES
-TOKEN_LENGTH = len(base64.urlsafe_b64encode(bytes(TOKEN_BYTES)).rstrip(b"="))
+TOKEN_LENGTH = len(b64url.encode(bytes(TOKEN_BYTES)))
 
 
 class Action(IntFlag):
@@ -61,19 +60,14 @@ def issue(appointment_id: uuid.UUID, client_id: uuid.UUID, expires_at: datetime,
     body = _BODY.pack(
         VERSION, bytes.fromhex(key.kid), appointment_id.bytes, client_id.bytes, int(actions), max(expires, 0)
     )
-    return base64.urlsafe_b64encode(body + _mac(key, body)).rstrip(b"=").decode()
+    return b64url.encode(body + _mac(key, body))
 
 
 def read(token: str) -> ManageClaims | None:
     """The claims of a token we signed with a key still on the keyring; None for anything else."""
-    if len(token) != TOKEN_LENGTH or not token.isascii():
+    raw = b64url.decode(token) if len(token) == TOKEN_LENGTH else None
+    if raw is None or len(raw) != TOKEN_BYTES:
         return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    if len(raw) != TOKEN_BYTES or base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:
-        return None  # not the canonical spelling: one token, one string
     body, mac = raw[: _BODY.size], raw[_BODY.size :]
     version, kid, appointment, client, actions, expires = _BODY.unpack(body)
     key = keyring().find(kid.hex())

@@ -15,7 +15,6 @@ REFRESH_REUSE_GRACE_SECONDS of its rotation (two tabs refreshing at once) answer
 instead of ending the login; a seal made just before a key rotation is opened with the previous key.
 """
 
-import base64
 import re
 import secrets
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from app.config import get_settings
 from app.errors import InvalidRefreshToken, TokenReused
 from app.redis import get_redis
+from app.utils import b64url
 from app.utils.keys import SigningKey, keyring
 from app.utils.security import token_digest
 
@@ -69,7 +69,7 @@ def _ttl_until(expires: float) -> int:
 
 def _new_token(family: str) -> tuple[str, bytes]:
     secret = secrets.token_bytes(_SECRET_BYTES)
-    return f"{family}.{base64.urlsafe_b64encode(secret).rstrip(b'=').decode()}", secret
+    return f"{family}.{b64url.encode(secret)}", secret
 
 
 def _pad(key: SigningKey, presented: str) -> bytes:
@@ -87,7 +87,7 @@ def _unseal(presented: str, family: str, sealed: str) -> str:
     if key is None:  # sealed by a key dropped since (rotated out longer ago than any grace window)
         raise InvalidRefreshToken()
     secret = bytes(a ^ b for a, b in zip(bytes.fromhex(seal), _pad(key, presented), strict=True))
-    return f"{family}.{base64.urlsafe_b64encode(secret).rstrip(b'=').decode()}"
+    return f"{family}.{b64url.encode(secret)}"
 
 
 async def start_family(user_id: uuid.UUID) -> tuple[str, str]:

@@ -268,6 +268,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
     if conflicts:
         raise SlotUnavailable(conflicts=[iso_z(s) for s in conflicts])
     # Audit rows, reminders and emails are flushed together, with the request's commit.
+    created: list[webhooks.Event] = []
     for appointment in appointments:
         await audit.record(
             session,
@@ -278,9 +279,9 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
             after=audit.snapshot(appointment),
         )
         await reminders.schedule(session, appointment, new=True)
-        _publish(session, appointment, "appointment.created")
+        data = _publish(session, appointment, "appointment.created")
+        created.append(webhooks.Event(data, webhooks.appointment_people(appointment)))
         count_transition(session, NEW, appointment.status)
-    created = [webhooks.Event(to_json(a), webhooks.appointment_people(a)) for a in appointments]
     await webhooks.emit(session, "appointment.created", created)
     availability.invalidate_after_commit(session, appointments[0].staff_id)
     await notifications.booked(session, appointments)
@@ -304,10 +305,11 @@ def _status(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
-def _publish(session: AsyncSession, appointment: Appointment, event_type: str) -> None:
-    events.publish_after_commit(
-        session, [appointment.client_id, appointment.staff_id], event_type, data=to_json(appointment)
-    )
+def _publish(session: AsyncSession, appointment: Appointment, event_type: str) -> dict[str, Any]:
+    """Tell both parties' sockets after the commit; the appointment's REST shape, for webhooks too."""
+    data = to_json(appointment)
+    events.publish_after_commit(session, [appointment.client_id, appointment.staff_id], event_type, data=data)
+    return data
 
 
 async def compare_and_swap(
@@ -343,9 +345,8 @@ async def record_change(
         after=audit.snapshot(appointment),
     )
     availability.invalidate_after_commit(session, appointment.staff_id)
-    _publish(session, appointment, event_type)
+    data = _publish(session, appointment, event_type)
     if webhook_event := webhooks.EVENT_OF_ACTION.get(action):
-        data = webhooks.Event(to_json(appointment), webhooks.appointment_people(appointment))
-        await webhooks.emit(session, webhook_event, [data])
+        await webhooks.emit(session, webhook_event, [webhooks.Event(data, webhooks.appointment_people(appointment))])
     if before.get("status") != _status(appointment.status):
         count_transition(session, before["status"], appointment.status)

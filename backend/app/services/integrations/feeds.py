@@ -13,8 +13,6 @@ cancellation, so subscribed apps remove it. Its ETag is a digest of the content;
 moves only when that digest does.
 """
 
-import base64
-import binascii
 import hashlib
 import hmac
 import re
@@ -36,6 +34,7 @@ from app.models import Appointment, AppointmentStatus, CalendarFeed, Service, Us
 from app.services import audit, rate_limit
 from app.services.booking.series import MAX_HORIZON
 from app.services.messaging.notifications import calendar_event
+from app.utils import b64url
 from app.utils.ics import CalendarEvent, build_feed
 from app.utils.keys import keyring
 from app.utils.time import utcnow
@@ -63,18 +62,13 @@ def _payload(user_id: uuid.UUID, version: int) -> bytes:
 def token_for(feed: CalendarFeed) -> str:
     payload = _payload(feed.user_id, feed.version)
     mac = keyring().current.mac(_PURPOSE, payload)[:_MAC_BYTES]
-    return base64.urlsafe_b64encode(payload + mac).rstrip(b"=").decode()
+    return b64url.encode(payload + mac)
 
 
 def parse_token(token: str) -> tuple[uuid.UUID, int] | None:
     """The (user id, version) a token was made for, if one of our keys made it."""
-    if len(token) != TOKEN_LENGTH or not _TOKEN.fullmatch(token):
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(token + "=")
-    except binascii.Error:
-        return None
-    if base64.urlsafe_b64encode(raw).rstrip(b"=").decode() != token:  # one spelling per token
+    raw = b64url.decode(token) if _TOKEN.fullmatch(token) else None
+    if raw is None:
         return None
     payload, mac = raw[:_PAYLOAD_BYTES], raw[_PAYLOAD_BYTES:]
     keys = keyring()
