@@ -41,7 +41,10 @@ class Appointment(UUIDPk, Timestamps, Base):
     """A booking. `blocked_*` is the time the staff member is taken, buffers included.
 
     The exclusion constraint makes two overlapping live bookings of one staff member impossible,
-    whatever the concurrency: the database, not the application, is the guarantee.
+    whatever the concurrency: the database, not the application, is the guarantee. The one
+    exception is seats of one group session, which share a `session_key`; every other booking has
+    none and counts as its own session (`coalesce(session_key, id)`), so it clashes with anything
+    overlapping it.
     """
 
     __tablename__ = "appointments"
@@ -49,6 +52,7 @@ class Appointment(UUIDPk, Timestamps, Base):
         ExcludeConstraint(
             ("staff_id", "="),
             (text("tstzrange(blocked_from, blocked_until, '[)')"), "&&"),
+            (text("coalesce(session_key, id)"), "<>"),
             name="no_double_booking",
             using="gist",
             where=text(live_status_sql()),
@@ -77,6 +81,8 @@ class Appointment(UUIDPk, Timestamps, Base):
     cancelled_by: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     # RFC 5545 SEQUENCE: bumped by every change a calendar should pick up (move, cancel).
     sequence: Mapped[int] = mapped_column(default=0)
+    # Seats of one group session share it; any other booking has none (see the class doc).
+    session_key: Mapped[uuid.UUID | None]
 
 
 class Reminder(Base):

@@ -24,6 +24,7 @@ class Service(UUIDPk, Timestamps, Base):
         CheckConstraint("price >= 0", name="price"),
         CheckConstraint("min_notice_minutes >= 0", name="min_notice"),
         CheckConstraint("max_advance_days BETWEEN 1 AND 730", name="max_advance"),
+        CheckConstraint("capacity BETWEEN 1 AND 1000", name="capacity"),
         Index("ix_services_name", "name", "id"),
     )
 
@@ -38,6 +39,8 @@ class Service(UUIDPk, Timestamps, Base):
     min_notice_minutes: Mapped[int] = mapped_column(default=60)
     max_advance_days: Mapped[int] = mapped_column(default=90)
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Clients per session: above 1 a staff time slot is a group session of that many seats.
+    capacity: Mapped[int] = mapped_column(default=1, server_default="1")
 
     staff: Mapped[list["User"]] = relationship(secondary=service_staff, lazy="raise")  # noqa: F821
 

@@ -15,7 +15,7 @@ from app.config import get_settings
 from app.database import _ping, driver_connection, get_engine, get_sessionmaker, unit_of_work
 from app.models import Appointment, DateOverride, OutboxMessage, Reminder, TimeOff, User
 from app.redis import get_redis
-from app.services.booking import single
+from app.services.booking import idempotency, single
 from app.services.messaging import outbox
 from app.services.scheduling.availability_queries import calendar_from_row, load_calendars
 from app.services.scheduling.calendar_lock import CALENDAR_LOCK_CLASS, calendar_lock_key
@@ -138,6 +138,61 @@ class TestTheCalendarLock:
         response = await client.post(URL, json=booking_body(service, staff, utc(days_ahead(4), 2)), headers=headers)
         await session.rollback()
         assert response.status_code == 201, response.text
+
+
+class TestTheRoute:
+    """A booking that is not a plain slot (here a group session's) takes `booking.create`; the hot
+    path decides in the statement that would take the calendar lock, and then takes none."""
+
+    @pytest.mark.parametrize("capacity, locked", [(1, 1), (5, 0)], ids=["plain: locked", "group session: not"])
+    async def test_the_lock_statement_locks_only_a_plain_booking(self, session, staff, service, capacity, locked):
+        service.capacity = capacity
+        await session.commit()
+        connection = await driver_connection(session)
+        lock = (CALENDAR_LOCK_CLASS, calendar_lock_key(staff.id))
+        routed = await connection.fetchval(single._LOCK_UNLESS_FULL, *lock, service.id, staff.id)
+        assert routed is (locked == 0)
+        assert (
+            await connection.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+            )
+            == locked
+        )
+        await session.rollback()
+
+    @pytest.mark.parametrize("capacity, expected", [(1, True), (5, None)], ids=["plain: tried", "group: not tried"])
+    async def test_the_claim_tries_the_lock_only_for_a_plain_booking(
+        self, session, staff, service, customer, capacity, expected
+    ):
+        service.capacity = capacity
+        await session.commit()
+        try_lock = idempotency.TryLock(CALENDAR_LOCK_CLASS, calendar_lock_key(staff.id), service.id, staff.id)
+        claimed, locked = await idempotency.claim(session, customer.id, uuid.uuid4().hex, "print", try_lock=try_lock)
+        assert claimed and locked is expected
+        connection = await driver_connection(session)
+        held = await connection.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+        )
+        assert held == (1 if expected else 0)
+        await session.rollback()
+
+    @pytest.mark.parametrize("keyed", [True, False], ids=["with a key", "without a key"])
+    async def test_a_group_session_books_through_the_full_path(self, client, session, staff, service, customer, keyed):
+        service.capacity = 3
+        await session.commit()
+        headers = await headers_for(customer)
+        if keyed:
+            headers["Idempotency-Key"] = uuid.uuid4().hex
+        body = booking_body(service, staff, utc(days_ahead(4), 2))
+        first = await client.post(URL, json=body, headers=headers)
+        assert first.status_code == 201, first.text
+        again = await client.post(URL, json=body, headers=headers)
+        if keyed:  # the full path stored its answer on the key the hot path claimed
+            assert again.status_code == 201 and again.json() == first.json()
+            assert again.headers["Idempotent-Replayed"] == "true"
+        else:
+            assert again.status_code == 409
+        assert len((await session.scalars(select(Appointment))).all()) == 1
 
 
 class TestTheWrites:

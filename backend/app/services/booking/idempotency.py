@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.database import driver_connection, raw_execute, raw_fetchrow
 from app.errors import AppError, IdempotencyKeyInProgress, IdempotencyKeyReused, RateLimited
 from app.models.idempotency import DONE, IN_PROGRESS, IdempotencyKey
+from app.services.booking import paths
 
 TTL = timedelta(hours=24)
 WAIT_SECONDS = 10.0
@@ -69,7 +70,9 @@ _TABLE = IdempotencyKey.__table__
 # outer target list restores it only once `claim` has finished (an aggregate over its rows).
 # Raw SQL ($n parameters) run on the session's asyncpg connection: this is on every keyed write.
 # `_CLAIM_TRYING_LOCK` also tries the shared advisory lock $6/$7 once the claim is done: a try never
-# waits (so `lock_timeout` plays no part), and fails where a holder or waiter conflicts with it.
+# waits (so `lock_timeout` plays no part), and fails where a holder or waiter conflicts with it. It
+# does not even try (NULL) when the booking of service $8 with staff member $9 takes the full path
+# (`paths`), whose locks come in another order.
 _CLAIM = f"""
     WITH wait AS (
         SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', $1, true) AS waiting
@@ -85,7 +88,9 @@ _CLAIM = f"""
     SELECT claimed.n > 0, set_config('lock_timeout', wait.previous, true){{lock}}
     FROM wait, (SELECT count(*) AS n FROM claim) AS claimed
     """
-_CLAIM_TRYING_LOCK = _CLAIM.format(lock=", pg_try_advisory_xact_lock_shared($6, $7)")
+_CLAIM_TRYING_LOCK = _CLAIM.format(
+    lock=f", CASE WHEN {paths.full_path_sql('$8', '$9')} THEN NULL ELSE pg_try_advisory_xact_lock_shared($6, $7) END"
+)
 _CLAIM = _CLAIM.format(lock="")
 _FINISH = (
     f"UPDATE {_TABLE.name} SET status = '{DONE}', response_status = $3, response_body = $4::json"
@@ -93,12 +98,24 @@ _FINISH = (
 )
 
 
+@dataclass(frozen=True)
+class TryLock:
+    """A booking's calendar lock to try along with the claim: the shared advisory lock (class, key),
+    unless booking `service_id` with `staff_id` takes the full path (`paths`)."""
+
+    lock_class: int
+    lock_key: int
+    service_id: uuid.UUID
+    staff_id: uuid.UUID
+
+
 async def claim(
-    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: tuple[int, int] | None = None
-) -> tuple[bool, bool]:
+    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: TryLock | None = None
+) -> tuple[bool, bool | None]:
     """(claimed, locked): claimed once this transaction holds the key (new, or expired and taken
     over), not if a fresh row exists, committed by now (we waited for its transaction if it was still
-    running); locked if `try_lock`'s shared advisory lock (class, key) was free and is now held."""
+    running); locked if `try_lock`'s lock was free and is now held, None if it was not tried because
+    the booking takes the full path."""
     connection = await driver_connection(session)
     wait = f"{int(WAIT_SECONDS * 1000)}ms"
     args: tuple[object, ...] = (wait, user_id, key, print_, TTL.total_seconds())
@@ -106,13 +123,16 @@ async def claim(
         if try_lock is None:
             row = await raw_fetchrow(connection, _CLAIM, *args)
         else:
-            row = await raw_fetchrow(connection, _CLAIM_TRYING_LOCK, *args, *try_lock)
+            lock = (try_lock.lock_class, try_lock.lock_key, try_lock.service_id, try_lock.staff_id)
+            row = await raw_fetchrow(connection, _CLAIM_TRYING_LOCK, *args, *lock)
     except DBAPIError as exc:
         if _sqlstate(exc) == _LOCK_NOT_AVAILABLE:
             raise IdempotencyKeyInProgress(headers={"Retry-After": "1"}) from exc
         raise
     assert row is not None
-    return bool(row[0]), try_lock is not None and bool(row[2])
+    if try_lock is None:
+        return bool(row[0]), False
+    return bool(row[0]), None if row[2] is None else bool(row[2])
 
 
 async def stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: str) -> Answer | None:
@@ -128,14 +148,14 @@ async def stored(session: AsyncSession, user_id: uuid.UUID, key: str, print_: st
 
 
 async def claim_or_replay(
-    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: tuple[int, int] | None = None
-) -> tuple[Answer | None, bool]:
+    session: AsyncSession, user_id: uuid.UUID, key: str, print_: str, *, try_lock: TryLock | None = None
+) -> tuple[Answer | None, bool | None]:
     """Hold the key (None: go on and do the work), or the answer the key already has; and whether
-    `try_lock` (see `claim`) is held."""
-    locked = False
+    `try_lock` (see `claim`) is held (None: the booking takes the full path)."""
+    locked: bool | None = False
     for _ in range(3):
-        claimed, got = await claim(session, user_id, key, print_, try_lock=None if locked else try_lock)
-        locked = locked or got
+        claimed, got = await claim(session, user_id, key, print_, try_lock=try_lock if locked is False else None)
+        locked = got if locked is False else locked
         if claimed:
             return None, locked
         replay = await stored(session, user_id, key, print_)
@@ -174,6 +194,18 @@ async def run(
     replay, _ = await claim_or_replay(session, user_id, key, request_fingerprint)
     if replay is not None:
         return replay
+    return await run_claimed(session, user_id, key, status, operation, error_body)
+
+
+async def run_claimed(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    key: str,
+    status: int,
+    operation: Callable[[], Awaitable[Any]],
+    error_body: Callable[[AppError], Any] | None = None,
+) -> Answer:
+    """`run` for a key this transaction has already claimed."""
     info = {name: list(value) if isinstance(value, list) else value for name, value in session.info.items()}
     try:
         async with session.begin_nested():

@@ -5,7 +5,8 @@ The same rules and guarantees as `booking.create` + `idempotency.run`, in fewer 
 without the ORM, on the request session's own asyncpg connection and transaction:
 
 1. claim the `Idempotency-Key` (when one is sent; `idempotency.claim_or_replay`);
-2. the staff member's calendar lock, shared (`calendar_lock`);
+2. the staff member's calendar lock, shared (`calendar_lock`), in the same statement; unless the
+   booking is not a plain slot (a seat, a resource, a limit: `paths`), which `booking.create` books;
 3. one read, in a snapshot taken after the lock: the caller, the client, the service, whether the
    staff member offers it (and their zone), and their calendar (`one_calendar_sql`: what
    `load_calendars` reads);
@@ -42,8 +43,8 @@ from app.redis import get_pubsub_redis, get_redis
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, idempotency
-from app.services.booking.idempotency import Answer
+from app.services.booking import appointments, booking, idempotency, paths
+from app.services.booking.idempotency import Answer, TryLock
 from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, outbox, reminders
 from app.services.scheduling import availability
@@ -54,6 +55,11 @@ from app.utils.time import utcnow
 
 CREATED = 201
 _LOCK = "SELECT pg_advisory_xact_lock_shared($1, $2)"
+# The calendar lock unless the booking (service $3, staff member $4) takes the full path: then true, and no lock.
+_LOCK_UNLESS_FULL = (
+    f"SELECT CASE WHEN {paths.full_path_sql('$3', '$4')} THEN true"
+    " ELSE (SELECT false FROM pg_advisory_xact_lock_shared($1, $2)) END"
+)
 
 _CALENDAR_COLUMNS, _CALENDAR_JOINS = one_calendar_sql(
     staff="$4", first_day="$7::date", last_day="$8::date", lo="window_.lo", hi="window_.hi"
@@ -146,13 +152,29 @@ async def book(
     fingerprint: str,
     error_body: Callable[[AppError], Any],
 ) -> Answer:
-    """Book `data` (an `AppointmentCreate` without recurrence) once per (caller, key, request)."""
+    """Book `data` (an `AppointmentCreate` without recurrence) once per (caller, key, request);
+    `booking.create` books it instead when it is not a plain slot (`paths`)."""
+
+    async def full_path() -> Any:
+        return to_json(await booking.create(session, actor, data))
+
     lock = (CALENDAR_LOCK_CLASS, calendar_lock_key(data.staff_id))
-    locked = False
-    if key is not None:
-        replay, locked = await idempotency.claim_or_replay(session, actor.id, key, fingerprint, try_lock=lock)
+    if key is None:
+        if paths.always_full_path() or not actor.is_verified:
+            return Answer(CREATED, await full_path())
+        connection = await driver_connection(session)
+        routed = await raw_fetchrow(connection, _LOCK_UNLESS_FULL, *lock, data.service_id, data.staff_id)
+        if routed is not None and routed[0]:
+            return Answer(CREATED, await full_path())
+        locked = True
+    else:
+        try_lock = None if paths.always_full_path() else TryLock(*lock, data.service_id, data.staff_id)
+        replay, got = await idempotency.claim_or_replay(session, actor.id, key, fingerprint, try_lock=try_lock)
         if replay is not None:
             return replay
+        if try_lock is None or got is None:
+            return await idempotency.run_claimed(session, actor.id, key, CREATED, full_path, error_body)
+        locked = got
     try:
         return await _book(session, actor, data, key, None if locked else lock)
     except AppError as exc:

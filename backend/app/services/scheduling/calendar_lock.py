@@ -11,6 +11,10 @@ created lazily; a demotion may concern someone without one), it does not collide
 that foreign keys and profile edits take, and it is released by commit or rollback, never leaked.
 Reads after taking it see everything the previous holder committed (READ COMMITTED takes a fresh
 snapshot per statement), but objects loaded earlier in the session must be refreshed.
+
+Lock order, for every transaction that takes more than one kind: the client's lock (booking
+limits), then staff calendars, then resources; within one kind, in key order. The booking hot path
+takes only a calendar lock, and only for a booking that needs no other (`booking.paths`).
 """
 
 import uuid
