@@ -62,9 +62,10 @@ class Response:
 
 
 def check_url(url: str) -> str:
-    """The static checks (for input validation): http(s), a host, no credentials in it, bounded.
+    """The static checks (for input validation): http(s), a host, no credentials in it, bounded,
+    and a host given as an IP literal must be one `check_address` lets through.
 
-    Raises `EgressRefused`; where the host points is checked at each request.
+    Raises `EgressRefused`; where a host name points is checked at each request.
     """
     if len(url) > MAX_URL_LENGTH:
         raise EgressRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
@@ -81,6 +82,11 @@ def check_url(url: str) -> str:
         raise EgressRefused("credentials do not belong in the URL")
     if port == 0:
         raise EgressRefused("port 0 is not a port")
+    try:
+        address = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        return url
+    check_address(address)
     return url
 
 

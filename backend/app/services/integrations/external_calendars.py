@@ -1,13 +1,12 @@
 """Staff members' external calendars: connecting, changing and removing them, and asking for a sync.
 
 A staff member manages their own, an admin anyone's (`schedules.managed_staff`). URLs are checked
-statically here (`egress.check_url`, plus an IP literal's address); where a host name points is
+statically here (`egress.check_url`, an IP literal's address included); where a host name points is
 checked at every fetch. The CalDAV password is sealed for the row and never returned or audited.
 Removing a connection (or turning it off) removes its busy blocks under the calendar lock, like
 deleting time off. The sync itself is `calendar_sync`.
 """
 
-import ipaddress
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -49,16 +48,9 @@ class CalendarInactive(Conflict):
 
 def _checked_url(url: str) -> str:
     try:
-        egress.check_url(url)
-        host = urlsplit(url).hostname or ""
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return url
-        egress.check_address(address)
+        return egress.check_url(url)
     except egress.EgressRefused as exc:
         raise InvalidCalendarUrl(str(exc)) from None
-    return url
 
 
 def _check_credentials(kind: str, *, username: bool, password: bool, push: bool) -> None:
