@@ -7,7 +7,7 @@ change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected 
 """
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -160,7 +160,11 @@ def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, date
 
 
 async def _taken(
-    session: AsyncSession, service: Service, staff_id: uuid.UUID, starts: Sequence[datetime], exclude: uuid.UUID | None
+    session: AsyncSession,
+    service: Service,
+    staff_id: uuid.UUID,
+    starts: Sequence[datetime],
+    exclude: Collection[uuid.UUID],
 ) -> list[datetime]:
     """The starts whose blocked range overlaps a live appointment of this staff member."""
     lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
@@ -170,8 +174,8 @@ async def _taken(
         Appointment.blocked_from < hi,
         Appointment.blocked_until > lo,
     )
-    if exclude is not None:
-        query = query.where(Appointment.id != exclude)
+    if exclude:
+        query = query.where(Appointment.id.not_in(exclude))
     busy = (await session.execute(query)).all()
 
     def clashes(start: datetime) -> bool:
@@ -187,19 +191,20 @@ async def ensure_offered(
     staff_id: uuid.UUID,
     starts: Sequence[datetime],
     *,
-    exclude: uuid.UUID | None = None,
+    exclude: uuid.UUID | Collection[uuid.UUID] | None = None,
     staff: Mapping[uuid.UUID, str] | None = None,
 ) -> None:
     """422 `slot_not_offered` for times availability would never offer (hours, time off, policies);
     409 `slot_unavailable` when a live booking is the reason, so a lost race reads the same however
-    it was lost (here, or at the constraint)."""
-    excluded = () if exclude is None else (exclude,)
+    it was lost (here, or at the constraint). `exclude`: appointments that do not count as bookings
+    (the one being moved; the seats of the session a seat joins)."""
+    excluded = frozenset((exclude,) if isinstance(exclude, uuid.UUID) else exclude or ())
     missing = await availability.unoffered_starts(
         session, service, staff_id, starts, exclude_appointments=excluded, staff=staff
     )
     if not missing:
         return
-    taken = await _taken(session, service, staff_id, missing, exclude)
+    taken = await _taken(session, service, staff_id, missing, excluded)
     refused = [s for s in missing if s not in taken]
     if refused:
         raise SlotNotOffered(

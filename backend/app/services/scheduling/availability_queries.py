@@ -210,6 +210,7 @@ class ServiceTerms(NamedTuple):
     buffer_after_minutes: int
     min_notice_minutes: int
     max_advance_days: int
+    capacity: int
 
 
 def _service_and_staff(one_member: bool) -> _Statement:
