@@ -76,6 +76,14 @@ class Appointment(UUIDPk, Timestamps, Base):
             unique=True,
             postgresql_where=text(live_status_sql()),
         ),
+        # One live seat per client and session.
+        Index(
+            "uq_appointments_session_client",
+            "session_key",
+            "client_id",
+            unique=True,
+            postgresql_where=text(live_status_sql()),
+        ),
     )
 
     series_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointment_series.id"), index=True)

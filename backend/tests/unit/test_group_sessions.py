@@ -39,7 +39,7 @@ def calendar(busy: list[tuple[int, int]] = ()) -> StaffCalendar:
 
 def session(start: int, seats: int, length: int = 3600) -> Session:
     key = session_key(SERVICE, ALICE, start, (start, start + length))
-    return Session([ALICE, key, [uuid.uuid4() for _ in range(seats)], seats, start, start, start + length])
+    return Session([ALICE, key, seats, start, start, start + length])
 
 
 def slots(busy=(), sessions=(), step=None, capacity=10) -> list[SeatSlot]:

@@ -144,6 +144,7 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
                 session, appointment, values, expected=appointment.status, sequence=appointment.sequence
             )
     except IntegrityError as exc:
+        appointments.refuse_duplicate_seat(exc, starts_at)
         if not appointments.is_double_booking(exc):
             raise
         raise SlotUnavailable(conflicts=[iso_z(starts_at)]) from None

@@ -41,7 +41,7 @@ def session_key(service_id: uuid.UUID, staff_id: uuid.UUID, start: int, blocked:
 
 # The live sessions of one service for these staff members around a window: one row per session.
 SESSIONS_SQL = f"""
-SELECT staff_id, session_key, array_agg(id) AS ids, count(*) AS seats,
+SELECT staff_id, session_key, count(*) AS seats,
        floor(extract(epoch FROM min(starts_at)))::bigint AS start,
        floor(extract(epoch FROM min(blocked_from)))::bigint AS blocked_from,
        ceil(extract(epoch FROM max(blocked_until)))::bigint AS blocked_until
@@ -55,11 +55,11 @@ GROUP BY staff_id, session_key
 class Session:
     """One live session as `SESSIONS_SQL` reads it."""
 
-    __slots__ = ("blocked", "ids", "key", "seats", "staff_id", "start")
+    __slots__ = ("blocked", "key", "seats", "staff_id", "start")
 
     def __init__(self, row: Sequence) -> None:
-        self.staff_id, self.key, self.ids, self.seats = row[0], row[1], list(row[2]), int(row[3])
-        self.start, self.blocked = int(row[4]), (int(row[5]), int(row[6]))
+        self.staff_id, self.key, self.seats = row[0], row[1], int(row[2])
+        self.start, self.blocked = int(row[3]), (int(row[4]), int(row[5]))
 
 
 def seat_slots(
@@ -100,5 +100,5 @@ def seat_slots(
 
 
 def exclusions(sessions: Sequence[Session]) -> list[uuid.UUID]:
-    """Every seat of these sessions (the calendars are loaded without them)."""
-    return [seat for found in sessions for seat in found.ids]
+    """These sessions' keys: the calendars are loaded without their seats (`load_calendars`)."""
+    return [found.key for found in sessions]
