@@ -115,9 +115,9 @@ class AppointmentOut(BaseModel):
     cancelled_by: uuid.UUID | None
     sequence: int = Field(description="Version: bumped by every move, confirmation and cancellation")
     session_key: uuid.UUID | None = Field(
-        None, description="A seat of a group session: the session's id, shared by its seats (else null)"
+        description="A seat of a group session: the session's id, shared by its seats (else null)"
     )
-    seat: int | None = Field(None, description="A seat of a group session: its number, 1 to the capacity (else null)")
+    seat: int | None = Field(description="A seat of a group session: its number, 1 to the capacity (else null)")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
