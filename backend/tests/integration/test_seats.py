@@ -7,11 +7,14 @@ import uuid
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy import func, select
 
+import app.redis
 from app.models import Appointment, Role, TimeOff
 from app.services.messaging import reminders
 from app.services.messaging.worker import attempt_delivery
+from app.utils import manage_tokens
 from tests.assertions import assert_problem
 from tests.factories import create_user
 from tests.scheduling import URL, booking_body, create_service, create_staff, days_ahead, headers_for, zulu
@@ -248,6 +251,32 @@ class TestAvailability:
 
         assert zulu(TEN) not in found and zulu(at(DAY, 9)) in found
         assert all("seats_left" not in slot for slot in found.values())
+
+    async def test_without_redis_the_seats_come_from_the_database(self, client, session, yoga, staff, monkeypatch):
+        [(_, headers)] = await people(session, 1)
+        await seat(client, headers, yoga, staff)
+        dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5, socket_timeout=0.5)
+        monkeypatch.setattr(app.redis, "_client", dead)
+        try:
+            found = await slots(client, yoga)
+        finally:
+            await dead.aclose()
+
+        assert found[zulu(TEN)]["seats_left"] == SEATS - 1 and found[zulu(at(DAY, 9))]["seats_left"] == SEATS
+
+    async def test_a_manage_link_offers_a_seat_the_sessions_with_seats_left(self, client, session, yoga, staff):
+        (mover, first), (_, second) = await people(session, 2)
+        mine = await seat(client, first, yoga, staff)
+        await seat(client, second, yoga, staff, at(DAY, 12))
+        token = manage_tokens.issue(uuid.UUID(mine["id"]), mover.id, TEN + timedelta(hours=1))
+        params = {"start": zulu(at(DAY, 0)), "end": zulu(at(DAY + timedelta(days=1), 0))}
+
+        response = await client.get(f"/api/v1/manage/{token}/availability", params=params)
+
+        assert response.status_code == 200, response.text
+        found = {slot["starts_at"]: slot["seats_left"] for slot in response.json()["slots"]}
+        assert found[zulu(at(DAY, 12))] == SEATS - 1 and found[zulu(at(DAY, 9))] == SEATS
+        assert len(found) == 10
 
 
 class TestSeries:

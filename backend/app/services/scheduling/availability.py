@@ -118,6 +118,21 @@ async def find_slots(
     return free_slots(calendars, rules, start, end, utcnow())
 
 
+async def find_seat_slots(
+    session: AsyncSession,
+    service_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    staff_id: uuid.UUID | None = None,
+    *,
+    exclude_appointments: Collection[uuid.UUID] = (),
+) -> list[group_sessions.SeatSlot]:
+    """`find_slots` of a group session service, each slot with its seats left."""
+    validate_window(start, end)
+    service, staff = await service_and_staff(session, service_id, staff_id)
+    return await _seat_slots(service, staff, rules_for(service), start, end, utcnow(), exclude=exclude_appointments)
+
+
 async def availability_text(
     service_id: uuid.UUID,
     start: datetime,
@@ -185,12 +200,15 @@ async def _seat_slots(
     start: datetime,
     end: datetime,
     now: datetime,
+    *,
+    exclude: Collection[uuid.UUID] = (),
 ) -> list[group_sessions.SeatSlot]:
-    """A group session service's slots with their seats left, on the read pool (`group_sessions`)."""
+    """A group session service's slots with their seats left, on the read pool (`group_sessions`);
+    the appointments `exclude` do not count as bookings."""
     margin = _margin(rules)
     rows = await fetch_rows(group_sessions.SESSIONS_SQL, list(staff), service.id, start - margin, end + margin)
     sessions = [group_sessions.Session(row) for row in rows]
-    excluded = group_sessions.exclusions(sessions)
+    excluded = [*group_sessions.exclusions(sessions), *exclude]
     calendars = await load_calendars(None, staff, start, end, margin=margin, exclude_appointments=excluded)
     return group_sessions.seat_slots(calendars, sessions, service.id, service.capacity, rules, start, end, now)
 
