@@ -182,6 +182,20 @@ class SlotUnavailable(Conflict):
     conflicts: list[datetime]  # the taken start times
 
 
+class SessionFull(Conflict):
+    """Every seat of the group session (staff member, service, start) is taken."""
+
+    code, title = "session_full", "This session has no seats left"
+    full: list[datetime]  # the starts whose sessions are full
+
+
+class AlreadyBooked(Conflict):
+    """The client already holds a seat of this group session."""
+
+    code, title = "already_booked", "You already have a seat in this session"
+    occurrences: list[datetime]  # the starts of the sessions they hold a seat in
+
+
 class InvalidTransition(Conflict):
     code, title = "invalid_transition", "The appointment cannot change to that status"
 

@@ -30,6 +30,7 @@ class ServiceForm(Form):
     requires_confirmation = BooleanField("Requires confirmation")
     min_notice_minutes = IntegerField("Minimum notice (minutes)", default=60)
     max_advance_days = IntegerField("Bookable up to (days ahead)", default=90)
+    capacity = IntegerField("Clients per session (above 1: a group session)", default=1)
     is_active = BooleanField("Active", default=True)
     cancel_future = BooleanField("When deactivating: cancel the future appointments that depend on it")
 
@@ -45,7 +46,14 @@ def _service_fields(data: dict[str, Any]) -> dict[str, Any]:
 
 class ServiceAdmin(ModelView, model=Service):
     name, name_plural, icon = "Service", "Services", "fa-solid fa-briefcase"
-    column_list = [Service.name, Service.duration_minutes, Service.price, Service.currency, Service.is_active]
+    column_list = [
+        Service.name,
+        Service.duration_minutes,
+        Service.capacity,
+        Service.price,
+        Service.currency,
+        Service.is_active,
+    ]
     column_details_exclude_list = [Service.staff]
     column_searchable_list = [Service.name]
     column_filters = [BooleanFilter(Service.is_active, title="Active")]

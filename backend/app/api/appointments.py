@@ -11,6 +11,7 @@ from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
 from app.errors import (
+    AlreadyBooked,
     AppointmentChanged,
     AppointmentNotStarted,
     CancellationWindowClosed,
@@ -19,6 +20,7 @@ from app.errors import (
     InvalidRecurrence,
     InvalidTransition,
     NotFound,
+    SessionFull,
     SlotNotOffered,
     SlotUnavailable,
 )
@@ -28,10 +30,12 @@ from app.schemas.appointment import (
     AppointmentOut,
     AppointmentPage,
     AppointmentUpdate,
+    Attendee,
+    AttendeeList,
     CancelRequest,
 )
 from app.schemas.inputs import Instant
-from app.services.booking import booking, single
+from app.services.booking import booking, seats, single
 from app.services.booking.appointments import get_visible, list_appointments
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
@@ -49,6 +53,8 @@ RESCHEDULE_ERRORS = problem_responses(
     SlotUnavailable,
     SlotNotOffered,
     AppointmentChanged,
+    SessionFull,
+    AlreadyBooked,
 )
 
 
@@ -59,7 +65,14 @@ RESCHEDULE_ERRORS = problem_responses(
     response_model=AppointmentOut,
     summary="Book an appointment",
     responses=problem_responses(
-        Forbidden, EmailNotVerified, NotFound, SlotUnavailable, SlotNotOffered, InvalidRecurrence
+        Forbidden,
+        EmailNotVerified,
+        NotFound,
+        SlotUnavailable,
+        SlotNotOffered,
+        InvalidRecurrence,
+        SessionFull,
+        AlreadyBooked,
     ),
 )
 async def create(
@@ -124,6 +137,34 @@ async def get_ics(appointment_id: uuid.UUID, user: CurrentUser, session: DbSessi
 async def get(appointment_id: uuid.UUID, user: CurrentUser, session: DbSession) -> AppointmentOut:
     """One appointment: its client, its staff member and admins may see it."""
     return AppointmentOut.model_validate(await get_visible(session, user, appointment_id))
+
+
+@router.get(
+    "/{appointment_id}/attendees",
+    operation_id="appointments-attendees",
+    summary="List a group session's attendees",
+    responses=problem_responses(NotFound, Forbidden),
+)
+async def attendees(appointment_id: uuid.UUID, user: CurrentUser, session: DbSession) -> AttendeeList:
+    """Every live seat of this appointment's group session with its client (an appointment that is
+    not a seat lists itself while live): its staff member and admins only, 403 for its client."""
+    appointment, service, seated = await seats.attendees(session, user, appointment_id)
+    return AttendeeList(
+        session_key=appointment.session_key,
+        capacity=service.capacity,
+        seats_taken=len(seated),
+        attendees=[
+            Attendee(
+                appointment_id=seat.id,
+                client_id=client.id,
+                full_name=client.full_name,
+                email=client.email,
+                status=seat.status,
+                seat=seat.seat,
+            )
+            for seat, client in seated
+        ],
+    )
 
 
 @router.patch(

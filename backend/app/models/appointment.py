@@ -65,6 +65,25 @@ class Appointment(UUIDPk, Timestamps, Base):
         # The lists' order: admins' (every appointment) and a staff member's.
         Index("ix_appointments_starts", "starts_at", "id"),
         Index("ix_appointments_staff_starts", "staff_id", "starts_at", "id"),
+        # A group session's live seats hold distinct numbers (1..capacity, chosen under the session
+        # lock: `booking.seats`); the index also serves counting a session's seats.
+        CheckConstraint("seat >= 1", name="seat"),
+        CheckConstraint("(session_key IS NULL) = (seat IS NULL)", name="seat_of_session"),
+        Index(
+            "uq_appointments_session_seat",
+            "session_key",
+            "seat",
+            unique=True,
+            postgresql_where=text(live_status_sql()),
+        ),
+        # One live seat per client and session.
+        Index(
+            "uq_appointments_session_client",
+            "session_key",
+            "client_id",
+            unique=True,
+            postgresql_where=text(live_status_sql()),
+        ),
     )
 
     series_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointment_series.id"), index=True)
@@ -83,6 +102,7 @@ class Appointment(UUIDPk, Timestamps, Base):
     sequence: Mapped[int] = mapped_column(default=0)
     # Seats of one group session share it; any other booking has none (see the class doc).
     session_key: Mapped[uuid.UUID | None]
+    seat: Mapped[int | None]  # the seat's number in its session (with `session_key`)
 
 
 class Reminder(Base):

@@ -114,6 +114,10 @@ class AppointmentOut(BaseModel):
     cancellation_reason: str | None
     cancelled_by: uuid.UUID | None
     sequence: int = Field(description="Version: bumped by every move, confirmation and cancellation")
+    session_key: uuid.UUID | None = Field(
+        description="A seat of a group session: the session's id, shared by its seats (else null)"
+    )
+    seat: int | None = Field(description="A seat of a group session: its number, 1 to the capacity (else null)")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 
@@ -132,3 +136,21 @@ class SeriesOut(BaseModel):
 def to_json(appointment: object) -> dict:
     """The appointment exactly as the API answers it, JSON-ready (for events and stored answers)."""
     return AppointmentOut.model_validate(appointment).model_dump(mode="json")
+
+
+class Attendee(BaseModel):
+    appointment_id: uuid.UUID = Field(description="The attendee's own appointment (their seat)")
+    client_id: uuid.UUID
+    full_name: str
+    email: str
+    status: AppointmentStatus
+    seat: int | None = Field(description="The seat's number (null for an appointment that is not a seat)")
+
+
+class AttendeeList(BaseModel):
+    """The live seats of a group session (for any other appointment: itself, while it is live)."""
+
+    session_key: uuid.UUID | None
+    capacity: int = Field(description="The service's seats per session as it is now")
+    seats_taken: int = Field(description="Live seats; may exceed `capacity` after the capacity was lowered")
+    attendees: list[Attendee] = Field(description="By seat number")

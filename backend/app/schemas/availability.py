@@ -131,6 +131,14 @@ class AvailableSlot(BaseModel):
     ends_at_local: datetime | SkipJsonSchema[None] = Field(
         None, description="Only with `tz`: the end in that zone, with its offset", examples=[_LOCAL_END]
     )
+    seats_left: int | SkipJsonSchema[None] = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Only for a group session service (`capacity` > 1): the seats still free in this session "
+        "(`capacity` for a session nobody has booked yet); absent for other services",
+        examples=[4],
+    )
 
 
 class Availability(BaseModel):
@@ -157,6 +165,21 @@ def render(slots: Sequence[tuple[int, int, uuid.UUID]], start: datetime, end: da
         if sid is None:
             sid = staff[slot[2]] = _staff_text(slot[2])
         parts.append(sid + text)
+    return _document(start, end, parts)
+
+
+def render_seats(
+    slots: Sequence[tuple[int, int, uuid.UUID, int]], start: datetime, end: datetime, zone: ZoneInfo | None
+) -> str:
+    """`render` for a group session service: each slot (start, end, staff, seats left) also carries
+    `seats_left`."""
+    times: dict[tuple[int, int], str] = {}
+    parts = []
+    for begin, finish, member, left in slots:
+        text = times.get((begin, finish))
+        if text is None:
+            text = times[begin, finish] = _times_text(begin, finish, zone)[:-1]
+        parts.append(f'{_staff_text(member)}{text},"seats_left":{left}}}')
     return _document(start, end, parts)
 
 

@@ -31,6 +31,15 @@ Duration = Annotated[Integer, Field(ge=5, le=1440)]
 Notice = Annotated[Integer, Field(ge=0, le=525600, description="How soon a booking may start, in minutes")]
 Advance = Annotated[Integer, Field(ge=1, le=730, description="How far ahead one may book, in days")]
 Description = Annotated[str, Field(max_length=5000)]
+Capacity = Annotated[
+    Integer,
+    Field(
+        ge=1,
+        le=1000,
+        description="Clients per session: above 1 each slot is a group session of that many seats "
+        "(availability then gives `seats_left`). Lowering it never removes seats already taken",
+    ),
+]
 StaffIds = Annotated[list[uuid.UUID], Field(max_length=500, description="Active staff users")]
 
 _EXAMPLE = {
@@ -59,6 +68,7 @@ class ServiceFields(StrictModel):
     min_notice_minutes: Notice = 60
     max_advance_days: Advance = 90
     is_active: Flag = True
+    capacity: Capacity = 1
     staff_ids: StaffIds = Field(default_factory=list)
 
 
@@ -83,6 +93,7 @@ class ServiceUpdate(StrictModel):
     min_notice_minutes: Omittable[Notice] = None
     max_advance_days: Omittable[Advance] = None
     is_active: Omittable[Flag] = None
+    capacity: Omittable[Capacity] = None
     staff_ids: Omittable[StaffIds] = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"price": "50.00", "staff_ids": []}]})
@@ -103,6 +114,7 @@ class ServiceOut(BaseModel):
     min_notice_minutes: int
     max_advance_days: int
     is_active: bool
+    capacity: int = Field(description="Clients per session (1: one client per slot)")
     staff_ids: list[uuid.UUID]
     created_at: UtcDatetime
     updated_at: UtcDatetime

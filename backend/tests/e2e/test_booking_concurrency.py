@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from datetime import time as wall
 from pathlib import Path
@@ -38,6 +39,13 @@ SERIES_PAIRS = 10
 @pytest.fixture(scope="module")
 def api_servers(service_urls, tmp_path_factory) -> Iterator[list[str]]:
     """Two independent API processes (their own pools, their own event loops) on the test database."""
+    with two_api_processes(service_urls, tmp_path_factory.mktemp("api")) as servers:
+        yield servers
+
+
+@contextmanager
+def two_api_processes(service_urls, logs: Path, **settings: str) -> Iterator[list[str]]:
+    """`api_servers` with these extra settings (environment variables); yield their base URLs."""
     env = {
         **os.environ,
         "DATABASE_URL": service_urls["database_url"],
@@ -45,8 +53,8 @@ def api_servers(service_urls, tmp_path_factory) -> Iterator[list[str]]:
         "SLOT_STEP_MINUTES": "15",
         "MAX_IN_FLIGHT_REQUESTS": str(REQUESTS),  # all 200 reach the database: this is about double booking
         "LOG_LEVEL": "WARNING",
+        **settings,
     }
-    logs = tmp_path_factory.mktemp("api")
     servers: list[tuple[subprocess.Popen, str, Path]] = []
     for n in range(2):
         port, log = free_port(), logs / f"api-{n}.log"

@@ -31,6 +31,7 @@ def service_body(**changes) -> dict:
         "min_notice_minutes": 120,
         "max_advance_days": 60,
         "is_active": True,
+        "capacity": 1,
         "staff_ids": [],
     }
     return body | changes

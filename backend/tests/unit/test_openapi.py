@@ -23,6 +23,7 @@ OPERATIONS = [
     ("GET", "/api/v1/appointments", "appointments-list"),
     ("GET", "/api/v1/appointments/{appointment_id}", "appointments-get"),
     ("GET", "/api/v1/appointments/{appointment_id}.ics", "appointments-get-ics"),
+    ("GET", "/api/v1/appointments/{appointment_id}/attendees", "appointments-attendees"),
     ("GET", "/api/v1/audit-log", "audit-list"),
     ("GET", "/api/v1/availability", "availability-list"),
     ("GET", "/api/v1/manage/{token}", "manage-get"),

@@ -785,6 +785,27 @@ export interface paths {
         patch: operations["appointments-update"];
         trace?: never;
     };
+    "/api/v1/appointments/{appointment_id}/attendees": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List a group session's attendees
+         * @description Every live seat of this appointment's group session with its client (an appointment that is
+         *     not a seat lists itself while live): its staff member and admins only, 403 for its client.
+         */
+        get: operations["appointments-attendees"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/appointments/{appointment_id}/confirm": {
         parameters: {
             query?: never;
@@ -1241,6 +1262,22 @@ export interface components {
             reason: string | null;
         };
         /**
+         * AlreadyBookedProblem
+         * @description `already_booked`: You already have a seat in this session
+         */
+        AlreadyBookedProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:already_booked";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "already_booked";
+            /** Occurrences */
+            occurrences: string[];
+        };
+        /**
          * AppointmentChangedProblem
          * @description `appointment_changed`: The appointment changed meanwhile
          */
@@ -1373,6 +1410,16 @@ export interface components {
              */
             sequence: number;
             /**
+             * Session Key
+             * @description A seat of a group session: the session's id, shared by its seats (else null)
+             */
+            session_key: string | null;
+            /**
+             * Seat
+             * @description A seat of a group session: its number, 1 to the capacity (else null)
+             */
+            seat: number | null;
+            /**
              * Created At
              * Format: date-time
              */
@@ -1422,6 +1469,53 @@ export interface components {
              * @description With `starts_at`: the appointment's `sequence` as you last saw it; if it has moved on (another reschedule, a confirmation or a cancellation won), 409 `appointment_changed`
              */
             sequence?: number | null;
+        };
+        /** Attendee */
+        Attendee: {
+            /**
+             * Appointment Id
+             * Format: uuid
+             * @description The attendee's own appointment (their seat)
+             */
+            appointment_id: string;
+            /**
+             * Client Id
+             * Format: uuid
+             */
+            client_id: string;
+            /** Full Name */
+            full_name: string;
+            /** Email */
+            email: string;
+            status: components["schemas"]["AppointmentStatus"];
+            /**
+             * Seat
+             * @description The seat's number (null for an appointment that is not a seat)
+             */
+            seat: number | null;
+        };
+        /**
+         * AttendeeList
+         * @description The live seats of a group session (for any other appointment: itself, while it is live).
+         */
+        AttendeeList: {
+            /** Session Key */
+            session_key: string | null;
+            /**
+             * Capacity
+             * @description The service's seats per session as it is now
+             */
+            capacity: number;
+            /**
+             * Seats Taken
+             * @description Live seats; may exceed `capacity` after the capacity was lowered
+             */
+            seats_taken: number;
+            /**
+             * Attendees
+             * @description By seat number
+             */
+            attendees: components["schemas"]["Attendee"][];
         };
         /**
          * AuditEntryOut
@@ -1532,6 +1626,12 @@ export interface components {
              * @example 2026-03-09T11:00:00-04:00
              */
             ends_at_local?: string;
+            /**
+             * Seats Left
+             * @description Only for a group session service (`capacity` > 1): the seats still free in this session (`capacity` for a session nobody has booked yet); absent for other services
+             * @example 4
+             */
+            seats_left?: number;
         };
         /** Body_auth-login */
         "Body_auth-login": {
@@ -2024,6 +2124,16 @@ export interface components {
              * @description Version: bumped by every move, confirmation and cancellation
              */
             sequence: number;
+            /**
+             * Session Key
+             * @description A seat of a group session: the session's id, shared by its seats (else null)
+             */
+            session_key: string | null;
+            /**
+             * Seat
+             * @description A seat of a group session: its number, 1 to the capacity (else null)
+             */
+            seat: number | null;
             /**
              * Created At
              * Format: date-time
@@ -3241,6 +3351,11 @@ export interface components {
              */
             is_active?: boolean;
             /**
+             * Capacity
+             * @description Clients per session: above 1 each slot is a group session of that many seats (availability then gives `seats_left`). Lowering it never removes seats already taken Default: `1`.
+             */
+            capacity?: number;
+            /**
              * Staff Ids
              * @description Active staff users
              */
@@ -3300,6 +3415,11 @@ export interface components {
             max_advance_days: number;
             /** Is Active */
             is_active: boolean;
+            /**
+             * Capacity
+             * @description Clients per session (1: one client per slot)
+             */
+            capacity: number;
             /** Staff Ids */
             staff_ids: string[];
             /**
@@ -3370,10 +3490,31 @@ export interface components {
             /** Is Active */
             is_active?: boolean;
             /**
+             * Capacity
+             * @description Clients per session: above 1 each slot is a group session of that many seats (availability then gives `seats_left`). Lowering it never removes seats already taken
+             */
+            capacity?: number;
+            /**
              * Staff Ids
              * @description Active staff users
              */
             staff_ids?: string[];
+        };
+        /**
+         * SessionFullProblem
+         * @description `session_full`: This session has no seats left
+         */
+        SessionFullProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:session_full";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "session_full";
+            /** Full */
+            full: string[];
         };
         /**
          * SlotNotOfferedProblem
@@ -8648,7 +8789,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `idempotency_key_in_progress`, `slot_unavailable` */
+            /** @description Conflict: `already_booked`, `idempotency_key_in_progress`, `session_full`, `slot_unavailable` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8656,7 +8797,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -8924,7 +9065,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `slot_unavailable` */
+            /** @description Conflict: `already_booked`, `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `session_full`, `slot_unavailable` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8932,7 +9073,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -8963,6 +9104,91 @@ export interface operations {
                 };
                 content: {
                     "application/problem+json": components["schemas"]["IdempotencyKeyReusedProblem"] | components["schemas"]["InvalidValueProblem"] | components["schemas"]["SlotNotOfferedProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "appointments-attendees": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                appointment_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AttendeeList"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
                 };
             };
             /** @description Internal Server Error: `internal_error` */

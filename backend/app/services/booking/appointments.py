@@ -7,18 +7,18 @@ change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected 
 """
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from app.database import after_commit
-from app.errors import InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
+from app.errors import AlreadyBooked, InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
 from app.metrics import APPOINTMENT_TRANSITIONS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, StaffProfile, User, service_staff
 from app.schemas.appointment import to_json
@@ -33,6 +33,7 @@ from app.services.scheduling.calendar_lock import lock_calendars
 from app.utils.time import utcnow
 
 EXCLUSION_VIOLATION = "23P01"
+DUPLICATE_SEAT = "uq_appointments_session_client"
 NEW = "new"  # the `from` of a booking in c3po_appointment_transitions_total
 
 
@@ -160,7 +161,11 @@ def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, date
 
 
 async def _taken(
-    session: AsyncSession, service: Service, staff_id: uuid.UUID, starts: Sequence[datetime], exclude: uuid.UUID | None
+    session: AsyncSession,
+    service: Service,
+    staff_id: uuid.UUID,
+    starts: Sequence[datetime],
+    exclude: Collection[uuid.UUID],
 ) -> list[datetime]:
     """The starts whose blocked range overlaps a live appointment of this staff member."""
     lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
@@ -170,8 +175,9 @@ async def _taken(
         Appointment.blocked_from < hi,
         Appointment.blocked_until > lo,
     )
-    if exclude is not None:
-        query = query.where(Appointment.id != exclude)
+    if exclude:
+        others = or_(Appointment.session_key.is_(None), Appointment.session_key.not_in(exclude))
+        query = query.where(Appointment.id.not_in(exclude), others)
     busy = (await session.execute(query)).all()
 
     def clashes(start: datetime) -> bool:
@@ -187,19 +193,20 @@ async def ensure_offered(
     staff_id: uuid.UUID,
     starts: Sequence[datetime],
     *,
-    exclude: uuid.UUID | None = None,
+    exclude: uuid.UUID | Collection[uuid.UUID] | None = None,
     staff: Mapping[uuid.UUID, str] | None = None,
 ) -> None:
     """422 `slot_not_offered` for times availability would never offer (hours, time off, policies);
     409 `slot_unavailable` when a live booking is the reason, so a lost race reads the same however
-    it was lost (here, or at the constraint)."""
-    excluded = () if exclude is None else (exclude,)
+    it was lost (here, or at the constraint). `exclude`: appointments that do not count as bookings
+    (the one being moved), or group sessions whose seats do not (the session a seat joins)."""
+    excluded = frozenset((exclude,) if isinstance(exclude, uuid.UUID) else exclude or ())
     missing = await availability.unoffered_starts(
         session, service, staff_id, starts, exclude_appointments=excluded, staff=staff
     )
     if not missing:
         return
-    taken = await _taken(session, service, staff_id, missing, exclude)
+    taken = await _taken(session, service, staff_id, missing, excluded)
     refused = [s for s in missing if s not in taken]
     if refused:
         raise SlotNotOffered(
@@ -213,6 +220,14 @@ def is_double_booking(exc: IntegrityError) -> bool:
     orig = exc.orig
     codes = {getattr(orig, "sqlstate", None), getattr(getattr(orig, "__cause__", None), "sqlstate", None)}
     return EXCLUSION_VIOLATION in codes
+
+
+def refuse_duplicate_seat(exc: IntegrityError, starts_at: datetime) -> None:
+    """409 `already_booked` when the violation is a client's second live seat of one session."""
+    orig = exc.orig
+    names = {getattr(orig, "constraint_name", None), getattr(getattr(orig, "__cause__", None), "constraint_name", None)}
+    if DUPLICATE_SEAT in names:
+        raise AlreadyBooked("You already have a seat in this session", occurrences=[iso_z(starts_at)]) from None
 
 
 # --- create -------------------------------------------------------------------------------------
@@ -253,6 +268,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
         try:
             await session.flush()
         except IntegrityError as exc:
+            refuse_duplicate_seat(exc, appointments[0].starts_at)
             if not is_double_booking(exc):
                 raise
             raise SlotUnavailable(conflicts=[iso_z(appointments[0].starts_at)]) from None
@@ -262,6 +278,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
                 async with session.begin_nested():
                     session.add(appointment)
             except IntegrityError as exc:
+                refuse_duplicate_seat(exc, appointment.starts_at)
                 if not is_double_booking(exc):
                     raise
                 conflicts.append(appointment.starts_at)

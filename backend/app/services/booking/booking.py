@@ -28,7 +28,7 @@ from app.metrics import BOOKING_REFUSALS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, cancellation, series
+from app.services.booking import appointments, cancellation, seats, series
 from app.services.booking.appointments import (
     can_see,
     compare_and_swap,
@@ -79,8 +79,9 @@ async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
         return booked[0]
     starts_at = data.starts_at.astimezone(UTC)
     appointments.ensure_within_horizon(service, starts_at)
-    await appointments.ensure_offered(session, service, data.staff_id, [starts_at], staff=staff)
-    appointment = appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes)
+    seat = await seats.claim(session, service, client.id, data.staff_id, [starts_at])
+    await appointments.ensure_offered(session, service, data.staff_id, [starts_at], staff=staff, exclude=seat.exclude)
+    appointment = seat.place(appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes))
     return (await appointments.insert_all(session, actor, [appointment]))[0]
 
 
@@ -123,7 +124,9 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
     service = await session.get(Service, appointment.service_id)
     assert service is not None
     appointments.ensure_within_horizon(service, starts_at)
-    await appointments.ensure_offered(session, service, appointment.staff_id, [starts_at], exclude=appointment.id)
+    seat = await seats.claim(session, service, appointment.client_id, appointment.staff_id, [starts_at])
+    excluded = {appointment.id, *seat.exclude}
+    await appointments.ensure_offered(session, service, appointment.staff_id, [starts_at], exclude=excluded)
     before = audit.snapshot(appointment)
     previous_start = appointment.starts_at
     blocked_from, blocked_until = appointments.blocked_range(service, starts_at)
@@ -133,6 +136,7 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
         "blocked_from": blocked_from,
         "blocked_until": blocked_until,
         "sequence": appointment.sequence + 1,
+        **seat.values(starts_at),
     }
     try:
         async with session.begin_nested():
@@ -140,6 +144,7 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
                 session, appointment, values, expected=appointment.status, sequence=appointment.sequence
             )
     except IntegrityError as exc:
+        appointments.refuse_duplicate_seat(exc, starts_at)
         if not appointments.is_double_booking(exc):
             raise
         raise SlotUnavailable(conflicts=[iso_z(starts_at)]) from None

@@ -23,7 +23,7 @@ from app.config import get_settings
 from app.errors import AppError, CancellationWindowClosed, Forbidden, NotFound
 from app.models import LIVE_STATUSES, Appointment, Role, Service, StaffProfile, User
 from app.schemas.appointment import AppointmentOut
-from app.schemas.availability import render
+from app.schemas.availability import render, render_seats
 from app.schemas.manage import (
     ActionState,
     ManageActions,
@@ -162,6 +162,13 @@ async def free_slots(session: AsyncSession, link: Link, query: ManageAvailabilit
     member, its own slot free, none inside the client's cut-off. The `GET /availability` shape."""
     appointment = await appointment_of(session, link, Action.reschedule)
     start, end = query.start_at, query.end_at
+    earliest = timestamp(cancellation.cut_off(), ceil=True)
+    service = await session.get(Service, appointment.service_id)
+    if service is not None and service.capacity > 1:  # a seat: into any session with seats left
+        seats = await availability.find_seat_slots(
+            session, service.id, start, end, appointment.staff_id, exclude_appointments=(appointment.id,)
+        )
+        return render_seats([slot for slot in seats if slot.start >= earliest], start, end, query.zone)
     slots = await availability.find_slots(
         session,
         appointment.service_id,
@@ -170,5 +177,4 @@ async def free_slots(session: AsyncSession, link: Link, query: ManageAvailabilit
         appointment.staff_id,
         exclude_appointments=(appointment.id,),
     )
-    earliest = timestamp(cancellation.cut_off(), ceil=True)
     return render([slot for slot in slots if slot.start >= earliest], start, end, query.zone)

@@ -14,7 +14,7 @@ from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, S
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.schemas.inputs import LATEST
-from app.services.booking import appointments, cancellation
+from app.services.booking import appointments, cancellation, seats
 from app.services.integrations import webhooks
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
@@ -160,11 +160,12 @@ async def book(
     The caller holds the staff member's calendar lock."""
     horizon = appointments.booking_horizon(service)
     starts = occurrences(parse_rrule(rrule), starts_at, await staff_zone(session, staff_id), horizon=horizon)
-    await appointments.ensure_offered(session, service, staff_id, starts)
+    seat = await seats.claim(session, service, client.id, staff_id, starts)
+    await appointments.ensure_offered(session, service, staff_id, starts, exclude=seat.exclude)
     series = AppointmentSeries(rrule=rrule.strip(), client_id=client.id, staff_id=staff_id, service_id=service.id)
     session.add(series)
     await session.flush()
-    booked = [appointments.new_appointment(service, client, staff_id, s, series.id, notes) for s in starts]
+    booked = [seat.place(appointments.new_appointment(service, client, staff_id, s, series.id, notes)) for s in starts]
     inserted = await appointments.insert_all(session, actor, booked)
     await _emit(session, "series.created", series, inserted)
     return inserted

@@ -22,11 +22,13 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
+from app.database import fetch_rows
 from app.errors import AppError, NotFound
 from app.models import Service
 from app.redis import get_redis
-from app.schemas.availability import render, render_starts
+from app.schemas.availability import render, render_seats, render_starts
 from app.services.scheduling import availability_cache as cache
+from app.services.scheduling import group_sessions
 from app.services.scheduling.availability_changes import bump_versions, invalidate_after_commit
 from app.services.scheduling.availability_engine import (
     ServiceRules,
@@ -116,6 +118,21 @@ async def find_slots(
     return free_slots(calendars, rules, start, end, utcnow())
 
 
+async def find_seat_slots(
+    session: AsyncSession,
+    service_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    staff_id: uuid.UUID | None = None,
+    *,
+    exclude_appointments: Collection[uuid.UUID] = (),
+) -> list[group_sessions.SeatSlot]:
+    """`find_slots` of a group session service, each slot with its seats left."""
+    validate_window(start, end)
+    service, staff = await service_and_staff(session, service_id, staff_id)
+    return await _seat_slots(service, staff, rules_for(service), start, end, utcnow(), exclude=exclude_appointments)
+
+
 async def availability_text(
     service_id: uuid.UUID,
     start: datetime,
@@ -145,13 +162,20 @@ async def availability_text(
     around = {member: zone_around[staff[member]] for member in days}
     versions = await cache.read_versions(around) if days else {}
     if versions is None:  # Redis is down: answer from the database alone
+        if service.capacity > 1:
+            return render_seats(await _seat_slots(service, staff, rules, start, end, now), start, end, zone)
         calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
         return render(free_slots(calendars, rules, start, end, now), start, end, zone)
     firsts = {m: dates[0] for m, dates in around.items()}
-    key = _answer_key(service.id, rules, staff, firsts, versions, start, end, zone)
+    key = _answer_key(service.id, rules, staff, firsts, versions, start, end, zone, service.capacity)
     cached = await _cache_get(key)
     if cached is not None:
         return cached
+    if service.capacity > 1:  # group sessions: computed fresh (the day cache keeps bare starts)
+        seat_slots = await _seat_slots(service, staff, rules, start, end, now)
+        body = render_seats(seat_slots, start, end, zone)
+        await _cache_set(key, body, _lifetime(seat_slots[0].start if seat_slots else None, rules, now))
+        return body
     tags = {m: cache.tags(versions[m], dates, reach, staff[m]) for m, dates in days.items()}
     rules_key = cache.rules_id(rules)
     found = await cache.read_days(days, rules_key, tags)
@@ -167,6 +191,26 @@ async def availability_text(
     first = min((member_starts[0] for member_starts in starts.values() if member_starts), default=None)
     await _cache_set(key, body, _lifetime(first, rules, now))
     return body
+
+
+async def _seat_slots(
+    service: ServiceTerms,
+    staff: dict[uuid.UUID, str],
+    rules: ServiceRules,
+    start: datetime,
+    end: datetime,
+    now: datetime,
+    *,
+    exclude: Collection[uuid.UUID] = (),
+) -> list[group_sessions.SeatSlot]:
+    """A group session service's slots with their seats left, on the read pool (`group_sessions`);
+    the appointments `exclude` do not count as bookings."""
+    margin = _margin(rules)
+    rows = await fetch_rows(group_sessions.SESSIONS_SQL, list(staff), service.id, start - margin, end + margin)
+    sessions = [group_sessions.Session(row) for row in rows]
+    excluded = [*group_sessions.exclusions(sessions), *exclude]
+    calendars = await load_calendars(None, staff, start, end, margin=margin, exclude_appointments=excluded)
+    return group_sessions.seat_slots(calendars, sessions, service.id, service.capacity, rules, start, end, now)
 
 
 def _local_days(earliest: datetime, latest: datetime, zone: ZoneInfo) -> list[date]:
@@ -282,11 +326,13 @@ def _answer_key(
     start: datetime,
     end: datetime,
     zone: ZoneInfo | None,
+    capacity: int = 1,
 ) -> str:
     material = json.dumps(
         [
             _FORMAT,
             str(service_id),
+            capacity,
             [str(value) for value in vars(rules).values()],
             # Whose versions, from which date on (a day's staff version first, then one per date).
             [[str(s), staff_zones[s], str(firsts.get(s)), "|".join(versions.get(s, ()))] for s in staff_zones],

@@ -31,6 +31,7 @@ from sqlalchemy import (
     func,
     literal_column,
     null,
+    or_,
     select,
     text,
     union_all,
@@ -129,6 +130,7 @@ def _merged_ranges(kind: str, staff_column, ranges, *conditions):
     ).group_by(merged.c.staff_id)
 
 
+_EXCLUDED = bindparam("excluded", type_=ARRAY(Uuid))
 _BLOCKED = func.tstzrange(Appointment.blocked_from, Appointment.blocked_until, _HALF_OPEN)
 
 
@@ -176,7 +178,9 @@ _CALENDARS = union_all(
         Appointment.staff_id == _IDS,
         _LIVE,
         _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
-        Appointment.id != all_(bindparam("excluded", type_=ARRAY(Uuid))),
+        Appointment.id != all_(_EXCLUDED),
+        # An excluded id may also name a group session: all its seats, however many have joined.
+        or_(Appointment.session_key.is_(None), Appointment.session_key != all_(_EXCLUDED)),
     ),
 )
 _CALENDARS_STATEMENT = _Statement(_CALENDARS)
@@ -210,6 +214,7 @@ class ServiceTerms(NamedTuple):
     buffer_after_minutes: int
     min_notice_minutes: int
     max_advance_days: int
+    capacity: int
 
 
 def _service_and_staff(one_member: bool) -> _Statement:
@@ -279,7 +284,7 @@ async def load_calendars(
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
-    moved does not block itself)."""
+    moved does not block itself; a session key there: none of that group session's seats)."""
     if not staff:
         return []
     if not isinstance(staff, Mapping):

@@ -13,8 +13,9 @@ Reads after taking it see everything the previous holder committed (READ COMMITT
 snapshot per statement), but objects loaded earlier in the session must be refreshed.
 
 Lock order, for every transaction that takes more than one kind: the client's lock (booking
-limits), then staff calendars, then resources; within one kind, in key order. The booking hot path
-takes only a calendar lock, and only for a booking that needs no other (`booking.paths`).
+limits), then staff calendars, then group session seats (`booking.seats`: a seat number's lock,
+one per session, sessions in key order), then resources; within one kind, in key order. The booking
+hot path takes only a calendar lock, and only for a booking that needs no other (`booking.paths`).
 """
 
 import uuid
