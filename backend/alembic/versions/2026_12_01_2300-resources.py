@@ -66,9 +66,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_resource_closures")),
     )
-    op.create_index(
-        "ix_resource_closures_resource_range", "resource_closures", ["resource_id", "starts_at", "ends_at"]
-    )
+    op.create_index("ix_resource_closures_resource_range", "resource_closures", ["resource_id", "starts_at", "ends_at"])
     op.add_column("appointments", sa.Column("resource_id", sa.Uuid(), nullable=True))
     op.create_foreign_key(
         op.f("fk_appointments_resource_id_resources"),

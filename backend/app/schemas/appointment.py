@@ -114,6 +114,9 @@ class AppointmentOut(BaseModel):
     cancellation_reason: str | None
     cancelled_by: uuid.UUID | None
     sequence: int = Field(description="Version: bumped by every move, confirmation and cancellation")
+    resource_id: uuid.UUID | None = Field(
+        None, description="The resource it takes (a room, a chair), when its service needs one"
+    )
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

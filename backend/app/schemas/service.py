@@ -32,6 +32,10 @@ Notice = Annotated[Integer, Field(ge=0, le=525600, description="How soon a booki
 Advance = Annotated[Integer, Field(ge=1, le=730, description="How far ahead one may book, in days")]
 Description = Annotated[str, Field(max_length=5000)]
 StaffIds = Annotated[list[uuid.UUID], Field(max_length=500, description="Active staff users")]
+ResourceIds = Annotated[
+    list[uuid.UUID],
+    Field(max_length=20, description="Resources a booking needs one of (a free one is taken with the staff member)"),
+]
 
 _EXAMPLE = {
     "name": "Haircut",
@@ -60,6 +64,7 @@ class ServiceFields(StrictModel):
     max_advance_days: Advance = 90
     is_active: Flag = True
     staff_ids: StaffIds = Field(default_factory=list)
+    resource_ids: ResourceIds = Field(default_factory=list)
 
 
 class ServiceCreate(ServiceFields):
@@ -70,7 +75,7 @@ class ServiceCreate(ServiceFields):
 
 
 class ServiceUpdate(StrictModel):
-    """Only the fields sent change; `staff_ids` replaces the whole list."""
+    """Only the fields sent change; `staff_ids` and `resource_ids` replace the whole list."""
 
     name: Omittable[ServiceName] = None
     description: Omittable[Description] = None
@@ -84,6 +89,7 @@ class ServiceUpdate(StrictModel):
     max_advance_days: Omittable[Advance] = None
     is_active: Omittable[Flag] = None
     staff_ids: Omittable[StaffIds] = None
+    resource_ids: Omittable[ResourceIds] = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"price": "50.00", "staff_ids": []}]})
 
@@ -104,6 +110,7 @@ class ServiceOut(BaseModel):
     max_advance_days: int
     is_active: bool
     staff_ids: list[uuid.UUID]
+    resource_ids: list[uuid.UUID] = Field(description="Resources a booking needs one of; empty: none")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -28,7 +28,7 @@ from app.metrics import BOOKING_REFUSALS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, cancellation, series
+from app.services.booking import appointments, cancellation, resources, series
 from app.services.booking.appointments import (
     can_see,
     compare_and_swap,
@@ -38,6 +38,7 @@ from app.services.booking.appointments import (
     record_change,
 )
 from app.services.messaging import notifications, reminders
+from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
 
 
@@ -81,6 +82,7 @@ async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     appointments.ensure_within_horizon(service, starts_at)
     await appointments.ensure_offered(session, service, data.staff_id, [starts_at], staff=staff)
     appointment = appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes)
+    await resources.assign(session, service, [appointment])
     return (await appointments.insert_all(session, actor, [appointment]))[0]
 
 
@@ -127,12 +129,17 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
     before = audit.snapshot(appointment)
     previous_start = appointment.starts_at
     blocked_from, blocked_until = appointments.blocked_range(service, starts_at)
+    moved = Appointment(
+        starts_at=starts_at, blocked_from=blocked_from, blocked_until=blocked_until, session_key=appointment.session_key
+    )
+    await resources.assign(session, service, [moved], exclude=appointment.id, keep=appointment.resource_id)
     values = {
         "starts_at": starts_at,
         "ends_at": starts_at + timedelta(minutes=service.duration_minutes),
         "blocked_from": blocked_from,
         "blocked_until": blocked_until,
         "sequence": appointment.sequence + 1,
+        "resource_id": moved.resource_id,
     }
     try:
         async with session.begin_nested():
@@ -142,6 +149,8 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
     except IntegrityError as exc:
         if not appointments.is_double_booking(exc):
             raise
+        if resources.is_resource_clash(exc):
+            raise ResourceUnavailable(conflicts=[iso_z(starts_at)]) from None
         raise SlotUnavailable(conflicts=[iso_z(starts_at)]) from None
     if updated is None:
         raise AppointmentChanged("The appointment was changed meanwhile (moved, confirmed or cancelled); reload it")

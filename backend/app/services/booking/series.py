@@ -14,7 +14,7 @@ from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, S
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.schemas.inputs import LATEST
-from app.services.booking import appointments, cancellation
+from app.services.booking import appointments, cancellation, resources
 from app.services.integrations import webhooks
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
@@ -165,6 +165,7 @@ async def book(
     session.add(series)
     await session.flush()
     booked = [appointments.new_appointment(service, client, staff_id, s, series.id, notes) for s in starts]
+    await resources.assign(session, service, booked)
     inserted = await appointments.insert_all(session, actor, booked)
     await _emit(session, "series.created", series, inserted)
     return inserted

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -27,6 +28,7 @@ from app.models import Service
 from app.redis import get_redis
 from app.schemas.availability import render, render_starts
 from app.services.scheduling import availability_cache as cache
+from app.services.scheduling import resource_busy
 from app.services.scheduling.availability_changes import bump_versions, invalidate_after_commit
 from app.services.scheduling.availability_engine import (
     ServiceRules,
@@ -113,7 +115,10 @@ async def find_slots(
     calendars = await load_calendars(
         session, staff, start, end, margin=_margin(rules), exclude_appointments=exclude_appointments
     )
-    return free_slots(calendars, rules, start, end, utcnow())
+    slots = free_slots(calendars, rules, start, end, utcnow())
+    if service.needs_resource:
+        return await with_resources(session, service.id, rules, slots, exclude=exclude_appointments)
+    return slots
 
 
 async def availability_text(
@@ -132,6 +137,12 @@ async def availability_text(
     service, staff = await service_and_staff(None, service_id, staff_id)
     rules = rules_for(service)
     now = utcnow()
+    if service.needs_resource:
+        # Its resources are taken by bookings with other staff members too, and closed, which no
+        # staff member's versions track: answered from the database alone, never cached.
+        calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
+        slots = free_slots(calendars, rules, start, end, now)
+        return render(await with_resources(None, service.id, rules, slots), start, end, zone)
     earliest, latest = max(start, now + rules.min_notice), min(end, now + rules.max_advance)
     # Dates depend on the zone, not the person: staff members in one zone share them.
     zone_days = {name: _local_days(earliest, latest, ZoneInfo(name)) for name in set(staff.values())}
@@ -167,6 +178,39 @@ async def availability_text(
     first = min((member_starts[0] for member_starts in starts.values() if member_starts), default=None)
     await _cache_set(key, body, _lifetime(first, rules, now))
     return body
+
+
+class ResourceSlot(NamedTuple):
+    """A free slot of a service that needs a resource, with the resource a booking would take."""
+
+    start: int
+    end: int
+    staff_id: uuid.UUID
+    resource_id: uuid.UUID
+
+
+async def with_resources(
+    session: AsyncSession | None,
+    service_id: uuid.UUID,
+    rules: ServiceRules,
+    slots: Sequence[Slot],
+    *,
+    exclude: Collection[uuid.UUID] = (),
+) -> list[ResourceSlot]:
+    """The staff slots some resource of the service's set is free for (its blocked range, buffers
+    included, clear of the resource's bookings and closures), each with the one a booking would take."""
+    if not slots:
+        return []
+    before, after = rules.buffer_before // _SECOND, rules.buffer_after // _SECOND
+    lo = from_timestamp(min(slot.start for slot in slots) - before)
+    hi = from_timestamp(max(slot.end for slot in slots) + after)
+    busy = await resource_busy.load(session, service_id, lo, hi, exclude=exclude)
+    free = []
+    for start, end, member in slots:
+        resource = busy.first_free(start - before, end + after)
+        if resource is not None:
+            free.append(ResourceSlot(start, end, member, resource))
+    return free
 
 
 def _local_days(earliest: datetime, latest: datetime, zone: ZoneInfo) -> list[date]:
