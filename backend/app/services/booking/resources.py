@@ -1,8 +1,9 @@
 """The resource each booking takes, chosen under the resource locks (`scheduling.resource_lock`).
 
-Called after the staff member's calendar lock and the staff checks: lock the service's candidate
+Called after the staff member's calendar lock and the staff checks: lock the service's active
 resources (exclusively, in key order), then give each appointment the first free one in the set's
-order (by name, then id), or refuse them all with 409 `resource_unavailable`. A seat joining a group
+order (by name, then id), or refuse them all with 409 `resource_unavailable` (at once, before any
+lock, when the committed bookings and closures already leave none). A seat joining a group
 session (`session_key`) takes the room its session already has; a moved appointment keeps its own
 if it is free at the new time. The exclusion constraint `no_resource_double_booking` is the
 guarantee: a clash there reads the same 409 (`is_resource_clash`).
@@ -16,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import LIVE_STATUSES, Appointment, Resource, Service, service_resources
+from app.models import LIVE_STATUSES, Appointment, Service
 from app.schemas.common import iso_z
 from app.services.scheduling import resource_busy
 from app.services.scheduling.resource_lock import lock_resources
@@ -24,16 +25,6 @@ from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import timestamp
 
 CONSTRAINT = "no_resource_double_booking"
-
-
-async def _resource_set(session: AsyncSession, service_id: uuid.UUID) -> dict[uuid.UUID, bool]:
-    """The service's set of resources, each with whether it is active (empty: it needs none)."""
-    query = (
-        select(Resource.id, Resource.is_active)
-        .join(service_resources, service_resources.c.resource_id == Resource.id)
-        .where(service_resources.c.service_id == service_id)
-    )
-    return {resource_id: active for resource_id, active in await session.execute(query)}
 
 
 async def assign(
@@ -46,18 +37,30 @@ async def assign(
 ) -> None:
     """Set `resource_id` on each appointment (not yet inserted, or `exclude`: the one being moved,
     keeping `keep` if it can); all or none: 409 `resource_unavailable` lists the starts without one."""
-    wanted = await _resource_set(session, service.id)
-    if not wanted:
+    lo = min(a.blocked_from for a in appointments)
+    hi = max(a.blocked_until for a in appointments)
+    excluded = () if exclude is None else (exclude,)
+    sessions = await _session_rooms(session, [a.session_key for a in appointments if a.session_key is not None])
+    # First without the locks: a start that committed bookings and closures leave no resource for
+    # is refused at once, so the crowd behind a taken room does not queue for its lock.
+    seen = await resource_busy.load(session, service.id, lo, hi, exclude=excluded)
+    if not seen.needed:
         for appointment in appointments:
             appointment.resource_id = None
         return
-    locked = [resource_id for resource_id, active in wanted.items() if active]
-    await lock_resources(session, locked)
-    lo = min(a.blocked_from for a in appointments)
-    hi = max(a.blocked_until for a in appointments)
-    busy = await resource_busy.load(session, service.id, lo, hi, exclude=() if exclude is None else (exclude,))
-    busy.restrict(locked)  # one added to the set since is not locked: not ours to take
-    sessions = await _session_rooms(session, [a.session_key for a in appointments if a.session_key is not None])
+    _pick(seen, appointments, sessions, keep)
+    await lock_resources(session, seen.ids)
+    busy = await resource_busy.load(session, service.id, lo, hi, exclude=excluded)
+    busy.restrict(seen.ids)  # one added to the set since is not locked: not ours to take
+    _pick(busy, appointments, sessions, keep)
+
+
+def _pick(
+    busy: resource_busy.ResourceBusy,
+    appointments: Sequence[Appointment],
+    sessions: dict[uuid.UUID, uuid.UUID],
+    keep: uuid.UUID | None,
+) -> None:
     missing: list[datetime] = []
     for appointment in appointments:
         start, end = timestamp(appointment.blocked_from), timestamp(appointment.blocked_until, ceil=True)

@@ -20,20 +20,21 @@ from app.models import live_status_sql
 
 _SQL = """
 WITH candidate AS (
-    SELECT r.id, r.name FROM service_resources AS sr JOIN resources AS r ON r.id = sr.resource_id
-    WHERE sr.service_id = {service} AND r.is_active
+    SELECT r.id, r.name, r.is_active FROM service_resources AS sr JOIN resources AS r ON r.id = sr.resource_id
+    WHERE sr.service_id = {service}
 )
-SELECT candidate.id, busy.lo, busy.hi, busy.session_key
+SELECT candidate.id, candidate.is_active, busy.lo, busy.hi, busy.session_key
 FROM candidate
 LEFT JOIN LATERAL (
     SELECT floor(date_part('epoch', starts_at))::bigint AS lo, ceil(date_part('epoch', ends_at))::bigint AS hi,
            NULL::uuid AS session_key
-    FROM resource_closures WHERE resource_id = candidate.id AND starts_at < {hi} AND ends_at > {lo}
+    FROM resource_closures
+    WHERE candidate.is_active AND resource_id = candidate.id AND starts_at < {hi} AND ends_at > {lo}
     UNION ALL
     SELECT floor(date_part('epoch', blocked_from))::bigint, ceil(date_part('epoch', blocked_until))::bigint,
            session_key
     FROM appointments
-    WHERE resource_id = candidate.id AND resource_id IS NOT NULL AND {live}
+    WHERE candidate.is_active AND resource_id = candidate.id AND resource_id IS NOT NULL AND {live}
       AND tstzrange(blocked_from, blocked_until, '[)') && tstzrange({lo}, {hi}, '[)') AND id <> ALL({excluded})
 ) AS busy ON true
 ORDER BY candidate.name, candidate.id, busy.lo
@@ -50,10 +51,11 @@ _POOL_SQL = _SQL.format(
 
 @dataclass
 class ResourceBusy:
-    """Per candidate resource (`ids`, in pick order): busy ranges [lo, hi) sorted by start, and the
-    session each belongs to (None: a closure, or a booking that is no group session)."""
+    """Per active resource of the set (`ids`, in pick order): busy ranges [lo, hi) sorted by start,
+    and the session each belongs to (None: a closure, or a booking that is no group session)."""
 
     ids: list[uuid.UUID]
+    needed: bool = False  # the service has a set of resources (maybe none of them active)
     ranges: dict[uuid.UUID, list[tuple[int, int, uuid.UUID | None]]] = field(default_factory=dict)
     _merged: dict[uuid.UUID, tuple[list[int], list[int]]] = field(default_factory=dict)
 
@@ -97,8 +99,10 @@ class ResourceBusy:
 
 
 def _collect(rows: Sequence[Sequence]) -> ResourceBusy:
-    busy = ResourceBusy(ids=[])
-    for resource_id, lo, hi, session_key in rows:
+    busy = ResourceBusy(ids=[], needed=bool(rows))
+    for resource_id, active, lo, hi, session_key in rows:
+        if not active:
+            continue
         if not busy.ids or busy.ids[-1] != resource_id:
             busy.ids.append(resource_id)
             busy.ranges[resource_id] = []
@@ -115,8 +119,8 @@ async def load(
     *,
     exclude: Collection[uuid.UUID] = (),
 ) -> ResourceBusy:
-    """The service's active candidate resources and what takes them in [lo, hi) (in the session, or
-    with None on the read pool); `exclude`d appointments do not count (one being moved)."""
+    """The service's set of resources, and what takes its active ones in [lo, hi) (in the session,
+    or with None on the read pool); `exclude`d appointments do not count (one being moved)."""
     if session is None:
         rows: Sequence[Sequence] = await fetch_rows(_POOL_SQL, service_id, lo, hi, list(exclude))
     else:
