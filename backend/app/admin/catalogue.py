@@ -46,7 +46,7 @@ def _service_fields(data: dict[str, Any]) -> dict[str, Any]:
 class ServiceAdmin(ModelView, model=Service):
     name, name_plural, icon = "Service", "Services", "fa-solid fa-briefcase"
     column_list = [Service.name, Service.duration_minutes, Service.price, Service.currency, Service.is_active]
-    column_details_exclude_list = [Service.staff]
+    column_details_exclude_list = [Service.staff, Service.resources]
     column_searchable_list = [Service.name]
     column_filters = [BooleanFilter(Service.is_active, title="Active")]
     column_default_sort = [(Service.name, False)]

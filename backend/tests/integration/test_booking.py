@@ -104,7 +104,7 @@ class TestCreate:
         body = response.json()
         assert set(body) == {
             "id", "series_id", "client_id", "staff_id", "service_id", "starts_at", "ends_at", "status",
-            "notes", "cancellation_reason", "cancelled_by", "sequence", "created_at", "updated_at",
+            "notes", "cancellation_reason", "cancelled_by", "sequence", "resource_id", "created_at", "updated_at",
         }  # fmt: skip
         assert body["status"] == "confirmed"
         assert body["starts_at"] == zulu(TEN) and body["ends_at"] == zulu(TEN + timedelta(hours=1))

@@ -419,3 +419,32 @@ class TestAvailability:
             room.is_active = False
         await session.commit()
         assert await self.slots(client, massage) == []
+
+
+class TestPanel:
+    async def test_resources_and_closures_through_the_resources_service(self, client, session, massage, alice, rooms):
+        from tests.integration.test_admin import csrf, post, signed_in_admin
+
+        room, _ = rooms
+        booked = (await book(client, massage, alice, TEN)).json()
+        await signed_in_admin(client, session)
+        assert (await client.get("/admin/resource/list")).status_code == 200
+        assert (await client.get("/admin/resource-closure/list")).status_code == 200
+        assert (await post(client, "/admin/resource/create", {"name": "Chair", "is_active": "y"})).status_code == 302
+        assert await session.scalar(select(Resource.id).where(Resource.name == "Chair")) is not None
+        refused = await post(client, f"/admin/resource/edit/{room.id}", {"name": "Room A"})  # unticked: deactivate
+        assert refused.status_code == 400 and "resource_in_use" in refused.text
+
+        block = {"resource_id": str(room.id), "starts_at": local(DAY, 9).isoformat(), "ends_at": TEN.isoformat()}
+        assert (await post(client, "/admin/resource-closure/create", block)).status_code == 302
+        bad = await post(client, "/admin/resource-closure/create", block | {"resource_id": "room"})
+        assert bad.status_code == 400 and "validation_error" in bad.text
+        closure = await session.scalar(select(ResourceClosure).where(ResourceClosure.resource_id == room.id))
+        token = {"X-CSRF-Token": await csrf(client, "/admin/")}
+        deleted = await client.delete(f"/admin/resource-closure/delete?pks={closure.id}", headers=token)
+        assert deleted.status_code == 200
+        cancelled = await client.post(f"{URL}/{booked['id']}/cancel", json={}, headers=await headers_for(alice))
+        assert cancelled.status_code == 200, cancelled.text
+        gone = await client.delete(f"/admin/resource/delete?pks={room.id}", headers=token)
+        assert gone.status_code == 200, gone.text
+        assert await session.scalar(select(func.count()).where(Resource.id == room.id)) == 0
