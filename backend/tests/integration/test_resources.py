@@ -10,11 +10,17 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from app.models import Appointment, AuditEntry, Resource, ResourceClosure, Role, service_resources
+from app.database import get_sessionmaker
+from app.models import Appointment, AuditEntry, Resource, ResourceClosure, Role, Service, service_resources
+from app.services.booking import appointments, resources
+from app.services.scheduling import availability
+from app.services.scheduling.resources import ResourceUnavailable
+from app.utils.time import timestamp
 from tests.assertions import assert_problem, assert_unauthorized
 from tests.factories import create_user
 from tests.scheduling import (
     URL,
+    add_appointment,
     booking_body,
     create_service,
     create_staff,
@@ -448,3 +454,58 @@ class TestPanel:
         gone = await client.delete(f"/admin/resource/delete?pks={room.id}", headers=token)
         assert gone.status_code == 200, gone.text
         assert await session.scalar(select(func.count()).where(Resource.id == room.id)) == 0
+
+
+class TestUnderTheHood:
+    """What the API cannot easily provoke: a clash at the resource constraint itself (the locks make
+    it rare), a seat taking its session's room, the fresh availability of a manage link."""
+
+    async def _taken_room(self, session, massage, rooms):
+        room_id, customer, carol = rooms[0].id, await create_user(session), await create_staff(session)
+        taken = await add_appointment(session, customer, carol, massage, TEN, commit=False)
+        taken.resource_id = room_id
+        await session.commit()
+        return room_id, customer
+
+    async def test_a_clash_at_the_resource_constraint_reads_resource_unavailable(self, session, massage, alice, rooms):
+        room_id, customer = await self._taken_room(session, massage, rooms)
+        actor = await create_user(session, role=Role.admin)
+        async with get_sessionmaker()() as other, other.begin():
+            one = appointments.new_appointment(massage, customer, alice.id, TEN)
+            one.resource_id = room_id
+            with pytest.raises(ResourceUnavailable):
+                await appointments.insert_all(other, actor, [one])
+        async with get_sessionmaker()() as other, other.begin():
+            week = [appointments.new_appointment(massage, customer, alice.id, TEN + timedelta(days=n)) for n in (0, 7)]
+            for occurrence in week:
+                occurrence.resource_id = room_id
+            with pytest.raises(ResourceUnavailable) as refused:
+                await appointments.insert_all(other, actor, week)
+            assert refused.value.extra["conflicts"] == [zulu(TEN)]
+
+    async def test_a_seat_takes_the_room_of_its_session(self, session, massage, alice, rooms):
+        room_a, room_b = rooms[0].id, rooms[1].id
+        customer = await create_user(session)
+        key = uuid.uuid4()
+        first_seat = await add_appointment(session, customer, alice, massage, TEN, commit=False)
+        first_seat.resource_id, first_seat.session_key = room_b, key
+        await session.commit()
+        async with get_sessionmaker()() as other, other.begin():
+            service = await other.get(Service, massage.id)
+            seat = appointments.new_appointment(service, customer, alice.id, TEN)
+            seat.session_key = key
+            stranger = appointments.new_appointment(service, customer, alice.id, TEN + timedelta(hours=3))
+            await resources.assign(other, service, [seat, stranger])
+            assert (seat.resource_id, stranger.resource_id) == (room_b, room_a)
+
+    async def test_manage_link_availability_intersects_too(self, session, massage, alice, bob, rooms):
+        room_id, customer = await self._taken_room(session, massage, rooms)
+        await close(session, rooms[1], local(DAY, 9), local(DAY, 11))
+        mine = await add_appointment(session, customer, alice, massage, local(DAY, 13), commit=False)
+        mine.resource_id = room_id
+        await session.commit()
+        window = (local(DAY, 0), local(DAY + timedelta(days=1), 0))
+        slots = await availability.find_slots(session, massage.id, *window, alice.id, exclude_appointments=[mine.id])
+        starts = {s.start: s.resource_id for s in slots}
+        assert timestamp(TEN) not in starts  # room A taken with Carol, room B closed
+        assert starts[timestamp(local(DAY, 13))] == room_id  # its own booking does not block it
