@@ -8,14 +8,16 @@ the free room. The others are 409: `slot_unavailable` for the winner's staff mem
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import func, insert, select
 
-from app.models import Appointment, Resource, ResourceClosure, service_resources
+from app.models import Appointment, Resource, ResourceClosure, Role, service_resources
 from tests.apiserver import api_process
 from tests.e2e.test_booking_concurrency import at, clients, fire
-from tests.scheduling import URL, add_appointment, create_service, create_staff, days_ahead
+from tests.factories import create_user
+from tests.scheduling import URL, add_appointment, create_service, create_staff, days_ahead, headers_for
 
 REQUESTS = 200
 
@@ -96,3 +98,49 @@ async def test_two_hundred_bookings_for_the_last_free_room(api_servers, session,
     assert await session.scalar(live) == 1
     booked = select(func.count()).where(Appointment.staff_id.in_([alice.id, bob.id]))
     assert await session.scalar(booked) == 1
+
+
+ROOMS_PAIRS = 12
+
+
+async def test_a_closure_lists_every_booking_that_raced_it(api_servers, session):
+    """Bookings and closures of the same rooms, fired together with crossing lock needs (each booking
+    locks both rooms, each closure one): nothing deadlocks or fails, and every closure lists exactly
+    the live bookings that take its room during it — a booking either landed first (and is listed)
+    or was checked against the closure (and took the other room, or was refused)."""
+    service, (alice, bob, carol), rooms = await _massage_with_two_rooms(session)
+    admin_headers = await headers_for(await create_user(session, role=Role.admin))
+    people = await clients(session, ROOMS_PAIRS * 3)
+    day = days_ahead(4)
+    requests, closures = [], []
+    for n in range(ROOMS_PAIRS):
+        start = at(day, 8) + timedelta(minutes=30 * n)  # hours 08:00..13:30, overlapping neighbours
+        for m, staff in enumerate((alice, bob, carol)):
+            body = {
+                "service_id": str(service.id),
+                "staff_id": str(staff.id),
+                "starts_at": at(day, 8 + n % 10).isoformat(),
+            }
+            requests.append(("POST", URL, body, people[3 * n + m][1]))
+        room = rooms[n % 2]
+        block = {"starts_at": start.isoformat(), "ends_at": (start + timedelta(hours=1)).isoformat()}
+        closures.append((len(requests), room))
+        requests.append(("POST", f"/api/v1/resources/{room.id}/closures", block, admin_headers))
+
+    responses = await fire(api_servers, requests)
+
+    for response in responses:
+        assert response.status_code in (201, 409), response.text
+        if response.status_code == 409:
+            assert response.json()["code"] in ("slot_unavailable", "resource_unavailable")
+    for index, room in closures:
+        answer = responses[index].json()
+        listed = {a["id"] for a in answer["conflicting_appointments"]}
+        closure = answer["closure"]
+        covered = select(Appointment.id).where(
+            Appointment.resource_id == room.id,
+            Appointment.status.in_(["pending", "confirmed"]),
+            Appointment.starts_at < datetime.fromisoformat(closure["ends_at"]),
+            Appointment.ends_at > datetime.fromisoformat(closure["starts_at"]),
+        )
+        assert listed == {str(i) for i in await session.scalars(covered)}
