@@ -17,6 +17,7 @@ from app.admin.feeds import CalendarFeedAdmin
 from app.admin.guard import csrf_token
 from app.admin.people import UserAdmin
 from app.admin.records import AuditAdmin, OutboxAdmin
+from app.admin.resources import ResourceAdmin, ResourceClosureAdmin
 from app.admin.webhooks import WebhookAttemptAdmin, WebhookDeliveryAdmin, WebhookEndpointAdmin
 from app.config import Settings
 from app.database import get_engine
@@ -29,6 +30,8 @@ VIEWS = (
     WeeklyIntervalAdmin,
     DateOverrideAdmin,
     TimeOffAdmin,
+    ResourceAdmin,
+    ResourceClosureAdmin,
     CalendarConnectionAdmin,
     AppointmentAdmin,
     AuditAdmin,

@@ -54,7 +54,7 @@ class ServiceAdmin(ModelView, model=Service):
         Service.currency,
         Service.is_active,
     ]
-    column_details_exclude_list = [Service.staff]
+    column_details_exclude_list = [Service.staff, Service.resources]
     column_searchable_list = [Service.name]
     column_filters = [BooleanFilter(Service.is_active, title="Active")]
     column_default_sort = [(Service.name, False)]

@@ -37,6 +37,7 @@ from app.schemas.appointment import (
 from app.schemas.inputs import Instant
 from app.services.booking import booking, seats, single
 from app.services.booking.appointments import get_visible, list_appointments
+from app.services.scheduling.resources import ResourceUnavailable
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
 
@@ -51,6 +52,7 @@ RESCHEDULE_ERRORS = problem_responses(
     InvalidTransition,
     CancellationWindowClosed,
     SlotUnavailable,
+    ResourceUnavailable,
     SlotNotOffered,
     AppointmentChanged,
     SessionFull,
@@ -69,6 +71,7 @@ RESCHEDULE_ERRORS = problem_responses(
         EmailNotVerified,
         NotFound,
         SlotUnavailable,
+        ResourceUnavailable,
         SlotNotOffered,
         InvalidRecurrence,
         SessionFull,

@@ -39,6 +39,7 @@ from app.services.booking.manage_links import (
     ManageLinkInvalid,
 )
 from app.services.scheduling.availability import InvalidWindow, WindowTooLarge
+from app.services.scheduling.resources import ResourceUnavailable
 
 NO_STORE = {"Cache-Control": "no-store"}
 ManageToken = Annotated[
@@ -114,7 +115,9 @@ async def cancel(
     operation_id="manage-reschedule",
     response_model=AppointmentOut,
     summary="Reschedule through a manage link",
-    responses=problem_responses(*CHANGE_ERRORS, SlotUnavailable, SlotNotOffered, AppointmentChanged),
+    responses=problem_responses(
+        *CHANGE_ERRORS, SlotUnavailable, ResourceUnavailable, SlotNotOffered, AppointmentChanged
+    ),
 )
 async def reschedule(link: OpenLink, session: DbSession, idem: LinkIdempotent, body: ManageReschedule) -> JSONResponse:
     """Move to `starts_at` as the client would signed in: a time `availability` offers, outside the cut-off."""

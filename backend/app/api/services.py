@@ -15,7 +15,7 @@ from app.schemas.service import ServiceCreate, ServiceOut, ServicePage, ServiceU
 from app.services.accounts import auth
 from app.services.booking import cancellation
 from app.services.scheduling import catalogue
-from app.services.scheduling.catalogue import UnknownStaff
+from app.services.scheduling.catalogue import UnknownResource, UnknownStaff
 
 router = APIRouter(prefix="/services", tags=["services"])
 
@@ -80,10 +80,11 @@ async def get(service_id: uuid.UUID, session: DbSession, caller: OptionalUser) -
     operation_id="services-create",
     status_code=status.HTTP_201_CREATED,
     summary="Create a service",
-    responses=problem_responses(UnknownStaff),
+    responses=problem_responses(UnknownStaff, UnknownResource),
 )
 async def create(body: ServiceCreate, admin: AdminUser, session: DbSession) -> ServiceOut:
-    """Add a service; `staff_ids` must name active staff members (else 422 `unknown_staff`)."""
+    """Add a service; `staff_ids` must name active staff members (else 422 `unknown_staff`),
+    `resource_ids` existing resources (else 422 `unknown_resource`): a booking takes one of them."""
     return ServiceOut.model_validate(await catalogue.create_service(session, admin, body.model_dump()))
 
 
@@ -91,7 +92,7 @@ async def create(body: ServiceCreate, admin: AdminUser, session: DbSession) -> S
     "/{service_id}",
     operation_id="services-update",
     summary="Edit a service",
-    responses=problem_responses(NotFound, UnknownStaff, ServiceHasBookings),
+    responses=problem_responses(NotFound, UnknownStaff, UnknownResource, ServiceHasBookings),
 )
 async def update(
     service_id: uuid.UUID,
@@ -100,7 +101,8 @@ async def update(
     session: DbSession,
     cancel_future: CancelFuture = False,
 ) -> ServiceOut:
-    """Change the fields sent; `staff_ids` replaces the whole list of providers."""
+    """Change the fields sent; `staff_ids` replaces the whole list of providers, `resource_ids`
+    the set of resources a booking needs one of (bookings made already keep theirs)."""
     changes = body.model_dump(exclude_unset=True)
     await cancellation.release_service(session, admin, service_id, changes, cancel_future=cancel_future)
     return ServiceOut.model_validate(await catalogue.update_service(session, admin, service_id, changes))

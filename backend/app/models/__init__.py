@@ -12,6 +12,7 @@ from app.models.calendar_connection import CalendarBusyBlock, CalendarConnection
 from app.models.feed import CalendarFeed
 from app.models.idempotency import IdempotencyKey
 from app.models.outbox import OutboxMessage
+from app.models.resource import Resource, ResourceClosure, service_resources
 from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInterval
 from app.models.service import Service, service_staff
 from app.models.totp import TotpCredential, TotpRecoveryCode
@@ -36,6 +37,8 @@ __all__ = [
     "IdempotencyKey",
     "OutboxMessage",
     "Reminder",
+    "Resource",
+    "ResourceClosure",
     "Role",
     "Service",
     "StaffProfile",
@@ -47,5 +50,6 @@ __all__ = [
     "WebhookEndpoint",
     "WeeklyInterval",
     "live_status_sql",
+    "service_resources",
     "service_staff",
 ]

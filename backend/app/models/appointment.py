@@ -57,6 +57,15 @@ class Appointment(UUIDPk, Timestamps, Base):
             using="gist",
             where=text(live_status_sql()),
         ),
+        # The same guarantee for the resource a booking takes (rooms, chairs: `models.resource`).
+        ExcludeConstraint(
+            ("resource_id", "="),
+            (text("tstzrange(blocked_from, blocked_until, '[)')"), "&&"),
+            (text("coalesce(session_key, id)"), "<>"),
+            name="no_resource_double_booking",
+            using="gist",
+            where=text(f"{live_status_sql()} AND resource_id IS NOT NULL"),
+        ),
         CheckConstraint("starts_at < ends_at", name="order"),
         CheckConstraint("blocked_from <= starts_at AND blocked_until >= ends_at", name="blocked_covers"),
         CheckConstraint("status IN ('pending', 'confirmed', 'completed', 'no_show', 'cancelled')", name="status"),
@@ -103,6 +112,8 @@ class Appointment(UUIDPk, Timestamps, Base):
     # Seats of one group session share it; any other booking has none (see the class doc).
     session_key: Mapped[uuid.UUID | None]
     seat: Mapped[int | None]  # the seat's number in its session (with `session_key`)
+    # The resource it takes when its service needs one (kept as history if the resource is deleted: NULL).
+    resource_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("resources.id", ondelete="SET NULL"))
 
 
 class Reminder(Base):

@@ -43,7 +43,15 @@ class Service(UUIDPk, Timestamps, Base):
     capacity: Mapped[int] = mapped_column(default=1, server_default="1")
 
     staff: Mapped[list["User"]] = relationship(secondary=service_staff, lazy="raise")  # noqa: F821
+    # The resources it needs one of (a massage: one of two massage rooms); empty: none.
+    resources: Mapped[list["Resource"]] = relationship(  # noqa: F821
+        secondary="service_resources", lazy="raise", order_by="Resource.id"
+    )
 
     @property
     def staff_ids(self) -> list[uuid.UUID]:
         return [member.id for member in self.staff]
+
+    @property
+    def resource_ids(self) -> list[uuid.UUID]:
+        return [resource.id for resource in self.resources]

@@ -118,6 +118,9 @@ class AppointmentOut(BaseModel):
         description="A seat of a group session: the session's id, shared by its seats (else null)"
     )
     seat: int | None = Field(description="A seat of a group session: its number, 1 to the capacity (else null)")
+    resource_id: uuid.UUID | None = Field(
+        None, description="The resource it takes (a room, a chair), when its service needs one"
+    )
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -139,6 +139,10 @@ class AvailableSlot(BaseModel):
         "(`capacity` for a session nobody has booked yet); absent for other services",
         examples=[4],
     )
+    resource_id: uuid.UUID | SkipJsonSchema[None] = Field(
+        None,
+        description="Only for a service that needs a resource: the one a booking of this slot would take now",
+    )
 
 
 class Availability(BaseModel):
@@ -156,6 +160,13 @@ def render(slots: Sequence[tuple[int, int, uuid.UUID]], start: datetime, end: da
     times: dict[tuple[int, int], str] = {}
     staff: dict[uuid.UUID, str] = {}
     parts = []
+    if slots and len(slots[0]) > 3:  # each slot names its resource (`availability.ResourceSlot`)
+        for start_, end_, member, resource in slots:  # type: ignore[misc]
+            text = times.get((start_, end_))
+            if text is None:
+                text = times[start_, end_] = _times_text(start_, end_, zone)
+            parts.append(f'{_staff_text(member)}{text[:-1]},"resource_id":"{resource}"}}')
+        return _document(start, end, parts)
     for slot in slots:
         pair = slot[:2]
         text = times.get(pair)

@@ -41,6 +41,10 @@ Capacity = Annotated[
     ),
 ]
 StaffIds = Annotated[list[uuid.UUID], Field(max_length=500, description="Active staff users")]
+ResourceIds = Annotated[
+    list[uuid.UUID],
+    Field(max_length=20, description="Resources a booking needs one of (a free one is taken with the staff member)"),
+]
 
 _EXAMPLE = {
     "name": "Haircut",
@@ -70,6 +74,7 @@ class ServiceFields(StrictModel):
     is_active: Flag = True
     capacity: Capacity = 1
     staff_ids: StaffIds = Field(default_factory=list)
+    resource_ids: ResourceIds = Field(default_factory=list)
 
 
 class ServiceCreate(ServiceFields):
@@ -80,7 +85,7 @@ class ServiceCreate(ServiceFields):
 
 
 class ServiceUpdate(StrictModel):
-    """Only the fields sent change; `staff_ids` replaces the whole list."""
+    """Only the fields sent change; `staff_ids` and `resource_ids` replace the whole list."""
 
     name: Omittable[ServiceName] = None
     description: Omittable[Description] = None
@@ -95,6 +100,7 @@ class ServiceUpdate(StrictModel):
     is_active: Omittable[Flag] = None
     capacity: Omittable[Capacity] = None
     staff_ids: Omittable[StaffIds] = None
+    resource_ids: Omittable[ResourceIds] = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"price": "50.00", "staff_ids": []}]})
 
@@ -116,6 +122,7 @@ class ServiceOut(BaseModel):
     is_active: bool
     capacity: int = Field(description="Clients per session (1: one client per slot)")
     staff_ids: list[uuid.UUID]
+    resource_ids: list[uuid.UUID] = Field(description="Resources a booking needs one of; empty: none")
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

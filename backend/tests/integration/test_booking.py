@@ -104,8 +104,8 @@ class TestCreate:
         body = response.json()
         assert set(body) == {
             "id", "series_id", "client_id", "staff_id", "service_id", "starts_at", "ends_at", "status",
-            "notes", "cancellation_reason", "cancelled_by", "sequence", "session_key", "seat", "created_at",
-            "updated_at",
+            "notes", "cancellation_reason", "cancelled_by", "sequence", "session_key", "seat", "resource_id",
+            "created_at", "updated_at",
         }  # fmt: skip
         assert body["session_key"] is None and body["seat"] is None
         assert body["status"] == "confirmed"

@@ -65,6 +65,7 @@ class TestCreateService:
         assert response.status_code == 201, response.text
         body = response.json()
         assert body == service_body(staff_ids=[str(staff.id)]) | {
+            "resource_ids": [],
             "id": body["id"],
             "created_at": body["created_at"],
             "updated_at": body["updated_at"],

@@ -13,6 +13,8 @@ from app.main import create_app
 
 # Every operation of the API. A new route adds its line; a changed id renames a client method: don't.
 OPERATIONS = [
+    ("DELETE", "/api/v1/resources/{resource_id}", "resources-delete"),
+    ("DELETE", "/api/v1/resources/{resource_id}/closures/{closure_id}", "resources-delete-closure"),
     ("DELETE", "/api/v1/services/{service_id}", "services-deactivate"),
     ("DELETE", "/api/v1/staff/{staff_id}/calendars/{calendar_id}", "staff-delete-calendar"),
     ("DELETE", "/api/v1/staff/{staff_id}/overrides/{override_id}", "staff-delete-override"),
@@ -29,6 +31,9 @@ OPERATIONS = [
     ("GET", "/api/v1/manage/{token}", "manage-get"),
     ("GET", "/api/v1/manage/{token}/availability", "manage-availability"),
     ("GET", "/api/v1/calendar-feeds/{token}.ics", "calendar-feeds-get"),
+    ("GET", "/api/v1/resources", "resources-list"),
+    ("GET", "/api/v1/resources/{resource_id}", "resources-get"),
+    ("GET", "/api/v1/resources/{resource_id}/closures", "resources-list-closures"),
     ("GET", "/api/v1/services", "services-list"),
     ("GET", "/api/v1/services/{service_id}", "services-get"),
     ("GET", "/api/v1/staff", "staff-list"),
@@ -50,6 +55,7 @@ OPERATIONS = [
     ("GET", "/health/db", "health-db"),
     ("GET", "/health/redis", "health-redis"),
     ("PATCH", "/api/v1/appointments/{appointment_id}", "appointments-update"),
+    ("PATCH", "/api/v1/resources/{resource_id}", "resources-update"),
     ("PATCH", "/api/v1/services/{service_id}", "services-update"),
     ("PATCH", "/api/v1/staff/{staff_id}/calendars/{calendar_id}", "staff-update-calendar"),
     ("PATCH", "/api/v1/users/me", "users-update-me"),
@@ -76,6 +82,8 @@ OPERATIONS = [
     ("POST", "/api/v1/auth/verify-email/resend", "auth-resend-verification"),
     ("POST", "/api/v1/manage/{token}/cancel", "manage-cancel"),
     ("POST", "/api/v1/manage/{token}/reschedule", "manage-reschedule"),
+    ("POST", "/api/v1/resources", "resources-create"),
+    ("POST", "/api/v1/resources/{resource_id}/closures", "resources-create-closure"),
     ("POST", "/api/v1/services", "services-create"),
     ("POST", "/api/v1/staff/{staff_id}/calendars", "staff-connect-calendar"),
     ("POST", "/api/v1/staff/{staff_id}/calendars/{calendar_id}/sync", "staff-sync-calendar"),

@@ -24,12 +24,14 @@ from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Serv
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
+from app.services.booking import resources
 from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
 from app.services.scheduling.availability_queries import active_staff, staff_zone
 from app.services.scheduling.calendar_lock import lock_calendars
+from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
 
 EXCLUSION_VIOLATION = "23P01"
@@ -263,6 +265,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
     """Insert each in its own SAVEPOINT so every clash is found and listed; any clash books nothing.
     A single appointment needs none: its clash is the whole answer, and the request rolls back."""
     conflicts: list[datetime] = []
+    resource_clashes = 0  # clashes at the resource constraint, not the staff member's
     if len(appointments) == 1:
         session.add(appointments[0])
         try:
@@ -271,7 +274,8 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
             refuse_duplicate_seat(exc, appointments[0].starts_at)
             if not is_double_booking(exc):
                 raise
-            raise SlotUnavailable(conflicts=[iso_z(appointments[0].starts_at)]) from None
+            refusal = ResourceUnavailable if resources.is_resource_clash(exc) else SlotUnavailable
+            raise refusal(conflicts=[iso_z(appointments[0].starts_at)]) from None
     else:
         for appointment in appointments:
             try:
@@ -282,8 +286,10 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
                 if not is_double_booking(exc):
                     raise
                 conflicts.append(appointment.starts_at)
+                resource_clashes += resources.is_resource_clash(exc)
     if conflicts:
-        raise SlotUnavailable(conflicts=[iso_z(s) for s in conflicts])
+        refusal = ResourceUnavailable if resource_clashes == len(conflicts) else SlotUnavailable
+        raise refusal(conflicts=[iso_z(s) for s in conflicts])
     # Audit rows, reminders and emails are flushed together, with the request's commit.
     created: list[webhooks.Event] = []
     for appointment in appointments:

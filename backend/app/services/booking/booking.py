@@ -28,7 +28,7 @@ from app.metrics import BOOKING_REFUSALS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, cancellation, seats, series
+from app.services.booking import appointments, cancellation, resources, seats, series
 from app.services.booking.appointments import (
     can_see,
     compare_and_swap,
@@ -38,6 +38,7 @@ from app.services.booking.appointments import (
     record_change,
 )
 from app.services.messaging import notifications, reminders
+from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
 
 
@@ -82,6 +83,7 @@ async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     seat = await seats.claim(session, service, client.id, data.staff_id, [starts_at])
     await appointments.ensure_offered(session, service, data.staff_id, [starts_at], staff=staff, exclude=seat.exclude)
     appointment = seat.place(appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes))
+    await resources.assign(session, service, [appointment])
     return (await appointments.insert_all(session, actor, [appointment]))[0]
 
 
@@ -130,6 +132,11 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
     before = audit.snapshot(appointment)
     previous_start = appointment.starts_at
     blocked_from, blocked_until = appointments.blocked_range(service, starts_at)
+    # The new time's session (a seat moves to another), so a seat takes that session's room.
+    moved = Appointment(
+        starts_at=starts_at, blocked_from=blocked_from, blocked_until=blocked_until, **seat.values(starts_at)
+    )
+    await resources.assign(session, service, [moved], exclude=appointment.id, keep=appointment.resource_id)
     values = {
         "starts_at": starts_at,
         "ends_at": starts_at + timedelta(minutes=service.duration_minutes),
@@ -137,6 +144,7 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
         "blocked_until": blocked_until,
         "sequence": appointment.sequence + 1,
         **seat.values(starts_at),
+        "resource_id": moved.resource_id,
     }
     try:
         async with session.begin_nested():
@@ -147,6 +155,8 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
         appointments.refuse_duplicate_seat(exc, starts_at)
         if not appointments.is_double_booking(exc):
             raise
+        if resources.is_resource_clash(exc):
+            raise ResourceUnavailable(conflicts=[iso_z(starts_at)]) from None
         raise SlotUnavailable(conflicts=[iso_z(starts_at)]) from None
     if updated is None:
         raise AppointmentChanged("The appointment was changed meanwhile (moved, confirmed or cancelled); reload it")

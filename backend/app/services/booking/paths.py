@@ -14,7 +14,10 @@ booking had come first.
 def full_path_sql(service: str, staff: str) -> str:
     """SQL: whether booking `service` with `staff` (SQL expressions, uuids) needs the full path."""
     # `staff` is in the statement's parameters whatever the rules read (none of them reads it yet).
-    return f"({staff})::uuid IS NOT NULL AND EXISTS (SELECT FROM services WHERE id = {service} AND capacity > 1)"
+    return (
+        f"({staff})::uuid IS NOT NULL AND (EXISTS (SELECT FROM services WHERE id = {service} AND capacity > 1)"
+        f" OR EXISTS (SELECT FROM service_resources WHERE service_id = {service}))"
+    )
 
 
 def always_full_path() -> bool:

@@ -14,7 +14,7 @@ from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, S
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.schemas.inputs import LATEST
-from app.services.booking import appointments, cancellation, seats
+from app.services.booking import appointments, cancellation, resources, seats
 from app.services.integrations import webhooks
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
@@ -166,6 +166,7 @@ async def book(
     session.add(series)
     await session.flush()
     booked = [seat.place(appointments.new_appointment(service, client, staff_id, s, series.id, notes)) for s in starts]
+    await resources.assign(session, service, booked)
     inserted = await appointments.insert_all(session, actor, booked)
     await _emit(session, "series.created", series, inserted)
     return inserted

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import date, datetime, timedelta
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from redis.exceptions import RedisError
@@ -28,7 +29,7 @@ from app.models import Service
 from app.redis import get_redis
 from app.schemas.availability import render, render_seats, render_starts
 from app.services.scheduling import availability_cache as cache
-from app.services.scheduling import group_sessions
+from app.services.scheduling import group_sessions, resource_busy
 from app.services.scheduling.availability_changes import bump_versions, invalidate_after_commit
 from app.services.scheduling.availability_engine import (
     ServiceRules,
@@ -115,7 +116,10 @@ async def find_slots(
     calendars = await load_calendars(
         session, staff, start, end, margin=_margin(rules), exclude_appointments=exclude_appointments
     )
-    return free_slots(calendars, rules, start, end, utcnow())
+    slots = free_slots(calendars, rules, start, end, utcnow())
+    if service.needs_resource:
+        return await with_resources(session, service.id, rules, slots, exclude=exclude_appointments)
+    return slots
 
 
 async def find_seat_slots(
@@ -130,7 +134,28 @@ async def find_seat_slots(
     """`find_slots` of a group session service, each slot with its seats left."""
     validate_window(start, end)
     service, staff = await service_and_staff(session, service_id, staff_id)
-    return await _seat_slots(service, staff, rules_for(service), start, end, utcnow(), exclude=exclude_appointments)
+    rules = rules_for(service)
+    slots = await _seat_slots(service, staff, rules, start, end, utcnow(), exclude=exclude_appointments)
+    if service.needs_resource:
+        return await _seats_with_resources(session, service, rules, slots, exclude=exclude_appointments)
+    return slots
+
+
+async def _seats_with_resources(
+    session: AsyncSession | None,
+    service: ServiceTerms,
+    rules: ServiceRules,
+    slots: Sequence[group_sessions.SeatSlot],
+    *,
+    exclude: Collection[uuid.UUID] = (),
+) -> list[group_sessions.SeatSlot]:
+    """A group session service that needs a resource: a session someone has booked has its room
+    (a seat joins it there); a new session is offered only if some resource is free for it."""
+    fresh = [Slot(slot.start, slot.end, slot.staff_id) for slot in slots if slot.seats_left >= service.capacity]
+    roomy = {
+        (slot.start, slot.staff_id) for slot in await with_resources(session, service.id, rules, fresh, exclude=exclude)
+    }
+    return [slot for slot in slots if slot.seats_left < service.capacity or (slot.start, slot.staff_id) in roomy]
 
 
 async def availability_text(
@@ -149,6 +174,15 @@ async def availability_text(
     service, staff = await service_and_staff(None, service_id, staff_id)
     rules = rules_for(service)
     now = utcnow()
+    if service.needs_resource:
+        # Its resources are taken by bookings with other staff members too, and closed, which no
+        # staff member's versions track: answered from the database alone, never cached.
+        if service.capacity > 1:
+            seat_slots = await _seat_slots(service, staff, rules, start, end, now)
+            return render_seats(await _seats_with_resources(None, service, rules, seat_slots), start, end, zone)
+        calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
+        slots = free_slots(calendars, rules, start, end, now)
+        return render(await with_resources(None, service.id, rules, slots), start, end, zone)
     earliest, latest = max(start, now + rules.min_notice), min(end, now + rules.max_advance)
     # Dates depend on the zone, not the person: staff members in one zone share them.
     zone_days = {name: _local_days(earliest, latest, ZoneInfo(name)) for name in set(staff.values())}
@@ -211,6 +245,39 @@ async def _seat_slots(
     excluded = [*group_sessions.exclusions(sessions), *exclude]
     calendars = await load_calendars(None, staff, start, end, margin=margin, exclude_appointments=excluded)
     return group_sessions.seat_slots(calendars, sessions, service.id, service.capacity, rules, start, end, now)
+
+
+class ResourceSlot(NamedTuple):
+    """A free slot of a service that needs a resource, with the resource a booking would take."""
+
+    start: int
+    end: int
+    staff_id: uuid.UUID
+    resource_id: uuid.UUID
+
+
+async def with_resources(
+    session: AsyncSession | None,
+    service_id: uuid.UUID,
+    rules: ServiceRules,
+    slots: Sequence[Slot],
+    *,
+    exclude: Collection[uuid.UUID] = (),
+) -> list[ResourceSlot]:
+    """The staff slots some resource of the service's set is free for (its blocked range, buffers
+    included, clear of the resource's bookings and closures), each with the one a booking would take."""
+    if not slots:
+        return []
+    before, after = rules.buffer_before // _SECOND, rules.buffer_after // _SECOND
+    lo = from_timestamp(min(slot.start for slot in slots) - before)
+    hi = from_timestamp(max(slot.end for slot in slots) + after)
+    busy = await resource_busy.load(session, service_id, lo, hi, exclude=exclude)
+    free = []
+    for start, end, member in slots:
+        resource = busy.first_free(start - before, end + after)
+        if resource is not None:
+            free.append(ResourceSlot(start, end, member, resource))
+    return free
 
 
 def _local_days(earliest: datetime, latest: datetime, zone: ZoneInfo) -> list[date]:

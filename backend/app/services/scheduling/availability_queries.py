@@ -28,6 +28,7 @@ from sqlalchemy import (
     any_,
     bindparam,
     cast,
+    exists,
     func,
     literal_column,
     null,
@@ -54,6 +55,7 @@ from app.models import (
     User,
     WeeklyInterval,
     live_status_sql,
+    service_resources,
 )
 from app.models import service_staff as offers
 from app.services.scheduling.availability_engine import Ranges, StaffCalendar
@@ -215,13 +217,18 @@ class ServiceTerms(NamedTuple):
     min_notice_minutes: int
     max_advance_days: int
     capacity: int
+    needs_resource: bool = False  # it has a set of resources: a booking takes one (`resource_busy`)
+
+
+_NEEDS_RESOURCE = exists().where(service_resources.c.service_id == Service.id)
 
 
 def _service_and_staff(one_member: bool) -> _Statement:
     member = [User.id == bindparam("staff_id", type_=Uuid)] if one_member else []
     offering = and_(User.id == offers.c.staff_id, *_ACTIVE_STAFF, *member)
+    columns = (getattr(Service, name) for name in ServiceTerms._fields[:-1])
     return _Statement(
-        select(*(getattr(Service, name) for name in ServiceTerms._fields), User.id, _ZONE)
+        select(*columns, _NEEDS_RESOURCE, User.id, _ZONE)
         .outerjoin(offers, offers.c.service_id == Service.id)
         .outerjoin(User, offering)
         .outerjoin(StaffProfile, StaffProfile.user_id == User.id)

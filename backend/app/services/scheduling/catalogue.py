@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from app.errors import AppError, NotFound
-from app.models import Role, Service, StaffProfile, User, service_staff
+from app.models import Resource, Role, Service, StaffProfile, User, service_staff
 from app.services import audit
 from app.services.pagination import paginate
 from app.services.scheduling.availability import invalidate_after_commit
@@ -23,6 +23,11 @@ class UnknownStaff(AppError):
     staff_ids: list[str]  # the ids that name no active staff member
 
 
+class UnknownResource(AppError):
+    status, code, title = 422, "unknown_resource", "No such resource"
+    resource_ids: list[str]  # the ids that name no resource
+
+
 def active_staff_filter():
     return (User.role == Role.staff.value, User.is_active.is_(True), User.deleted_at.is_(None))
 
@@ -31,7 +36,8 @@ def active_staff_filter():
 
 
 async def get_service(session: AsyncSession, service_id: uuid.UUID, *, include_inactive: bool = False) -> Service:
-    service = await session.scalar(select(Service).where(Service.id == service_id).options(selectinload(Service.staff)))
+    query = select(Service).where(Service.id == service_id)
+    service = await session.scalar(query.options(selectinload(Service.staff), selectinload(Service.resources)))
     if service is None or not (service.is_active or include_inactive):
         raise NotFound("No such service")
     return service
@@ -51,7 +57,7 @@ async def list_services(
     if staff_id is not None:
         offered = select(service_staff.c.service_id).where(service_staff.c.staff_id == staff_id)
         query = query.where(Service.id.in_(offered))
-    query = query.options(selectinload(Service.staff))
+    query = query.options(selectinload(Service.staff), selectinload(Service.resources))
     return await paginate(session, query, Service.name, Service.id, limit=limit, offset=offset)
 
 
@@ -72,8 +78,24 @@ async def _staff_members(
     return [found[i] for i in wanted]
 
 
+async def _resources(session: AsyncSession, resource_ids: list[uuid.UUID]) -> list[Resource]:
+    """The resources behind a service's `resource_ids`: each must exist (an inactive one stays in the
+    set but is never picked), else 422 `unknown_resource` naming the others."""
+    wanted = list(dict.fromkeys(resource_ids))
+    if not wanted:
+        return []
+    found = {r.id: r for r in await session.scalars(select(Resource).where(Resource.id.in_(wanted)))}
+    missing = [str(i) for i in wanted if i not in found]
+    if missing:
+        raise UnknownResource(f"No such resources: {', '.join(missing)}", resource_ids=missing)
+    return [found[i] for i in wanted]
+
+
 def _audit_view(service: Service) -> dict[str, Any]:
-    return audit.snapshot(service) | {"staff_ids": sorted(str(i) for i in service.staff_ids)}
+    return audit.snapshot(service) | {
+        "staff_ids": sorted(str(i) for i in service.staff_ids),
+        "resource_ids": sorted(str(i) for i in service.resource_ids),
+    }
 
 
 def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +107,8 @@ def _normalise(changes: dict[str, Any]) -> dict[str, Any]:
 async def create_service(session: AsyncSession, actor: User | None, data: dict[str, Any]) -> Service:
     data = _normalise(dict(data))
     staff = await _staff_members(session, data.pop("staff_ids", []))
-    service = Service(**data, staff=staff)
+    needed = await _resources(session, data.pop("resource_ids", []))
+    service = Service(**data, staff=staff, resources=needed)
     session.add(service)
     await session.flush()
     await audit.record(
@@ -107,8 +130,10 @@ async def _apply(
     staff_before = set(service.staff_ids)
     if changes.get("staff_ids") is not None:
         service.staff = await _staff_members(session, changes["staff_ids"], service.staff)
+    if changes.get("resource_ids") is not None:
+        service.resources = await _resources(session, changes["resource_ids"])
     for field, value in _normalise(changes).items():
-        if field != "staff_ids" and value is not None:
+        if field not in ("staff_ids", "resource_ids") and value is not None:
             setattr(service, field, value)
     await session.flush()
     await session.refresh(service, ["updated_at"])
