@@ -33,6 +33,7 @@ from app.schemas.appointment import (
 from app.schemas.inputs import Instant
 from app.services.booking import booking, single
 from app.services.booking.appointments import get_visible, list_appointments
+from app.services.booking.limits import LIMIT_ERRORS
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
 
@@ -49,6 +50,7 @@ RESCHEDULE_ERRORS = problem_responses(
     SlotUnavailable,
     SlotNotOffered,
     AppointmentChanged,
+    *LIMIT_ERRORS,
 )
 
 
@@ -59,7 +61,7 @@ RESCHEDULE_ERRORS = problem_responses(
     response_model=AppointmentOut,
     summary="Book an appointment",
     responses=problem_responses(
-        Forbidden, EmailNotVerified, NotFound, SlotUnavailable, SlotNotOffered, InvalidRecurrence
+        Forbidden, EmailNotVerified, NotFound, SlotUnavailable, SlotNotOffered, InvalidRecurrence, *LIMIT_ERRORS
     ),
 )
 async def create(

@@ -31,6 +31,16 @@ Duration = Annotated[Integer, Field(ge=5, le=1440)]
 Notice = Annotated[Integer, Field(ge=0, le=525600, description="How soon a booking may start, in minutes")]
 Advance = Annotated[Integer, Field(ge=1, le=730, description="How far ahead one may book, in days")]
 Description = Annotated[str, Field(max_length=5000)]
+BookingCap = Annotated[Integer, Field(ge=1, le=1000)]
+MinGap = Annotated[Integer, Field(ge=1, le=525600)]
+_LIMIT = "A client's bookings of this service per {} (the staff member's local calendar); null: no limit"
+PerDay = Annotated[BookingCap | None, Field(description=_LIMIT.format("day"))]
+PerWeek = Annotated[BookingCap | None, Field(description=_LIMIT.format("ISO week, Monday first"))]
+PerMonth = Annotated[BookingCap | None, Field(description=_LIMIT.format("month"))]
+Gap = Annotated[
+    MinGap | None,
+    Field(description="Least minutes between two of a client's bookings of this service (end to start); null: none"),
+]
 StaffIds = Annotated[list[uuid.UUID], Field(max_length=500, description="Active staff users")]
 
 _EXAMPLE = {
@@ -60,6 +70,10 @@ class ServiceFields(StrictModel):
     max_advance_days: Advance = 90
     is_active: Flag = True
     staff_ids: StaffIds = Field(default_factory=list)
+    max_bookings_per_client_day: PerDay = None
+    max_bookings_per_client_week: PerWeek = None
+    max_bookings_per_client_month: PerMonth = None
+    min_gap_minutes: Gap = None
 
 
 class ServiceCreate(ServiceFields):
@@ -84,6 +98,11 @@ class ServiceUpdate(StrictModel):
     max_advance_days: Omittable[Advance] = None
     is_active: Omittable[Flag] = None
     staff_ids: Omittable[StaffIds] = None
+    # Booking limits: `null` lifts one.
+    max_bookings_per_client_day: PerDay = None
+    max_bookings_per_client_week: PerWeek = None
+    max_bookings_per_client_month: PerMonth = None
+    min_gap_minutes: Gap = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"price": "50.00", "staff_ids": []}]})
 
@@ -104,6 +123,10 @@ class ServiceOut(BaseModel):
     max_advance_days: int
     is_active: bool
     staff_ids: list[uuid.UUID]
+    max_bookings_per_client_day: int | None
+    max_bookings_per_client_week: int | None
+    max_bookings_per_client_month: int | None
+    min_gap_minutes: int | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import selectinload
 
 from app.errors import AppError, NotFound
 from app.models import Role, Service, StaffProfile, User, service_staff
+from app.models.service import CLIENT_LIMIT_FIELDS
 from app.services import audit
 from app.services.pagination import paginate
 from app.services.scheduling.availability import invalidate_after_commit
@@ -108,7 +109,7 @@ async def _apply(
     if changes.get("staff_ids") is not None:
         service.staff = await _staff_members(session, changes["staff_ids"], service.staff)
     for field, value in _normalise(changes).items():
-        if field != "staff_ids" and value is not None:
+        if field != "staff_ids" and (value is not None or field in CLIENT_LIMIT_FIELDS):
             setattr(service, field, value)
     await session.flush()
     await session.refresh(service, ["updated_at"])
