@@ -272,7 +272,7 @@ def _check_period(
     for first in sorted(new):
         lo, hi = _bounds(first, period.next_first_day(first), zone)
         if sum(lo <= b < hi for b in booked) + len(new[first]) > limit:
-            _refuse(period.error, limit, period.name, new[first], period_start=first)
+            _refuse(period.error, limit, period.name, new[first], period_start=first.isoformat())
 
 
 def _check_gap(gap: timedelta, starts: Sequence[datetime], length: timedelta, booked: Sequence) -> None:
@@ -310,4 +310,4 @@ async def _check_staff(
     for day in sorted(new):
         lo, hi = days[day]
         if sum(lo <= b < hi for b in booked) + len(new[day]) > limit:
-            _refuse(StaffDailyLimit, limit, "day", new[day], period_start=day)
+            _refuse(StaffDailyLimit, limit, "day", new[day], period_start=day.isoformat())
