@@ -7,7 +7,7 @@ problem carries beside the standard ones (`NotRequired[...]` when only some rais
 """
 
 from datetime import date, datetime
-from typing import Any, ClassVar, NotRequired, TypedDict
+from typing import Any, ClassVar, Literal, NotRequired, TypedDict
 
 
 class AppError(Exception):
@@ -187,7 +187,7 @@ class BookingLimitReached(Conflict):
 
     code, title = "booking_limit_reached", "A booking limit was reached"
     limit: int  # the limit: a number of appointments, or for the gap minutes
-    period: str  # "day", "week", "month" (local to the staff member), "gap", or "future" (live ones)
+    period: Literal["day", "week", "month", "gap", "future"]  # periods local to the staff member; future: live ones
     period_start: NotRequired[date]  # the local date the day, week or month starts
     occurrences: list[datetime]  # the starts it refuses
 
