@@ -3,7 +3,8 @@ month and the least gap between them; per staff member appointments per day; per
 appointments. Refused with 409 and the limit's code, whatever the concurrency."""
 
 import asyncio
-from datetime import date, timedelta
+import uuid
+from datetime import date, datetime, timedelta
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from app.models import Appointment, Role, Service, StaffProfile
+from app.utils import manage_tokens
 from tests.apiserver import api_process
 from tests.assertions import assert_problem
 from tests.factories import create_user
@@ -326,6 +328,19 @@ class TestReschedule:
 
         assert monday.status_code == 201 and same_day.status_code == 200, same_day.text
         assert_problem(onto_monday, 409, "client_daily_limit")
+
+    async def test_a_manage_link_move_is_held_like_the_client(self, client, session, staff, customer, as_customer):
+        service = await limited_service(session, [staff], max_bookings_per_client_day=1)
+        await book(client, as_customer, service, staff, local(MONDAY, 10))
+        tuesday = (await book(client, as_customer, service, staff, local(MONDAY + timedelta(days=1), 10))).json()
+        ends_at = datetime.fromisoformat(tuesday["ends_at"])
+        token = manage_tokens.issue(uuid.UUID(tuesday["id"]), customer.id, ends_at, manage_tokens.EVERY_ACTION)
+
+        moved = await client.post(
+            f"/api/v1/manage/{token}/reschedule", json={"starts_at": local(MONDAY, 15).isoformat()}
+        )
+
+        assert_problem(moved, 409, "client_daily_limit")
 
     async def test_its_staff_member_may_move_it_past_a_limit(self, client, session, staff, customer, as_customer):
         service = await limited_service(session, [staff], max_bookings_per_client_day=1)
