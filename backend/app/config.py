@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     # A pending booking (its service needs confirmation) not confirmed within this many hours of being
     # made, or by its start if that comes first, is cancelled by the worker (app/services/booking/expiry.py).
     pending_expiry_hours: int = Field(default=48, ge=1)
+    # A client booking for themself may hold at most this many pending or confirmed appointments
+    # starting after now, of any service (app/services/booking/limits.py); unset: no limit.
+    max_live_appointments_per_client: int | None = Field(default=None, ge=1, le=10000)
     slot_step_minutes: int | None = None  # unset: slots step by the service's duration
     reminder_offsets: list[int] = Field(default_factory=lambda: [1440, 60])
 

@@ -6,8 +6,8 @@ problem carries beside the standard ones (`NotRequired[...]` when only some rais
 `documented_headers` the response headers it sets.
 """
 
-from datetime import datetime
-from typing import Any, ClassVar, NotRequired, TypedDict
+from datetime import date, datetime
+from typing import Any, ClassVar, Literal, NotRequired, TypedDict
 
 
 class AppError(Exception):
@@ -194,6 +194,40 @@ class AlreadyBooked(Conflict):
 
     code, title = "already_booked", "You already have a seat in this session"
     occurrences: list[datetime]  # the starts of the sessions they hold a seat in
+
+
+class BookingLimitReached(Conflict):
+    """A booking limit refuses the booking (app/services/booking/limits.py); each limit its own code."""
+
+    code, title = "booking_limit_reached", "A booking limit was reached"
+    limit: int  # the limit: a number of appointments, or for the gap minutes
+    period: Literal["day", "week", "month", "gap", "future"]  # periods local to the staff member; future: live ones
+    period_start: NotRequired[date]  # the local date the day, week or month starts
+    occurrences: list[datetime]  # the starts it refuses
+
+
+class ClientDailyLimit(BookingLimitReached):
+    code, title = "client_daily_limit", "You have reached this service's bookings for that day"
+
+
+class ClientWeeklyLimit(BookingLimitReached):
+    code, title = "client_weekly_limit", "You have reached this service's bookings for that week"
+
+
+class ClientMonthlyLimit(BookingLimitReached):
+    code, title = "client_monthly_limit", "You have reached this service's bookings for that month"
+
+
+class BookingGapTooShort(BookingLimitReached):
+    code, title = "booking_gap_too_short", "Too close to another booking of this service"
+
+
+class StaffDailyLimit(BookingLimitReached):
+    code, title = "staff_daily_limit", "This staff member is fully booked that day"
+
+
+class ClientLiveLimit(BookingLimitReached):
+    code, title = "client_live_limit", "You have as many upcoming appointments as one may hold"
 
 
 class InvalidTransition(Conflict):

@@ -8,9 +8,11 @@ from sqladmin import ModelView
 from sqladmin.filters import BooleanFilter
 from starlette.requests import Request
 from wtforms import BooleanField, DecimalField, Form, IntegerField, SelectField, StringField, TextAreaField
+from wtforms.validators import Optional
 
 from app.admin.calls import Refused, as_admin, parse
 from app.models import DateOverride, Service, TimeOff, WeeklyInterval
+from app.models.service import CLIENT_LIMIT_FIELDS
 from app.schemas.service import ServiceCreate, ServiceUpdate
 from app.schemas.staff import OverrideIn, Schedule, TimeOffIn
 from app.services.booking import cancellation
@@ -32,6 +34,11 @@ class ServiceForm(Form):
     max_advance_days = IntegerField("Bookable up to (days ahead)", default=90)
     capacity = IntegerField("Clients per session (above 1: a group session)", default=1)
     is_active = BooleanField("Active", default=True)
+    # Booking limits (blank: none).
+    max_bookings_per_client_day = IntegerField("Bookings per client a day", validators=[Optional()])
+    max_bookings_per_client_week = IntegerField("Bookings per client a week", validators=[Optional()])
+    max_bookings_per_client_month = IntegerField("Bookings per client a month", validators=[Optional()])
+    min_gap_minutes = IntegerField("Least gap between a client's bookings (minutes)", validators=[Optional()])
     cancel_future = BooleanField("When deactivating: cancel the future appointments that depend on it")
 
 
@@ -69,6 +76,7 @@ class ServiceAdmin(ModelView, model=Service):
 
     async def update_model(self, request: Request, pk: str, data: dict[str, Any]) -> Service:
         changes = parse(ServiceUpdate, _service_fields(data)).model_dump(exclude_unset=True)
+        changes |= {field: None for field in CLIENT_LIMIT_FIELDS if data.get(field) in ("", None)}  # blank: none
         cancel_future = bool(data.get("cancel_future"))
 
         async def work(session, actor):

@@ -37,6 +37,7 @@ from app.schemas.appointment import (
 from app.schemas.inputs import Instant
 from app.services.booking import booking, seats, single
 from app.services.booking.appointments import get_visible, list_appointments
+from app.services.booking.limits import LIMIT_ERRORS
 from app.services.scheduling.resources import ResourceUnavailable
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
@@ -57,6 +58,7 @@ RESCHEDULE_ERRORS = problem_responses(
     AppointmentChanged,
     SessionFull,
     AlreadyBooked,
+    *LIMIT_ERRORS,
 )
 
 
@@ -76,6 +78,7 @@ RESCHEDULE_ERRORS = problem_responses(
         InvalidRecurrence,
         SessionFull,
         AlreadyBooked,
+        *LIMIT_ERRORS,
     ),
 )
 async def create(

@@ -31,6 +31,7 @@ from app.schemas.availability import Availability
 from app.schemas.manage import ManageAvailabilityQuery, ManageCancel, ManagedAppointment, ManageReschedule
 from app.services import rate_limit
 from app.services.booking import idempotency, manage_links
+from app.services.booking.limits import LIMIT_ERRORS
 from app.services.booking.manage_links import (
     ActionNotInLink,
     AppointmentClosed,
@@ -116,7 +117,7 @@ async def cancel(
     response_model=AppointmentOut,
     summary="Reschedule through a manage link",
     responses=problem_responses(
-        *CHANGE_ERRORS, SlotUnavailable, ResourceUnavailable, SlotNotOffered, AppointmentChanged
+        *CHANGE_ERRORS, SlotUnavailable, ResourceUnavailable, SlotNotOffered, AppointmentChanged, *LIMIT_ERRORS
     ),
 )
 async def reschedule(link: OpenLink, session: DbSession, idem: LinkIdempotent, body: ManageReschedule) -> JSONResponse:

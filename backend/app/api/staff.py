@@ -17,6 +17,7 @@ from app.schemas.staff import (
     OverrideSaved,
     Schedule,
     ScheduleSaved,
+    StaffLimits,
     StaffOut,
     StaffPage,
     TimeOffCreated,
@@ -24,7 +25,7 @@ from app.schemas.staff import (
     TimeOffOut,
     TimeOffPage,
 )
-from app.services.scheduling import catalogue, schedules
+from app.services.scheduling import catalogue, schedules, staff_limits
 from app.services.scheduling.schedules import InvalidInterval, OverlappingIntervals
 
 router = APIRouter(prefix="/staff", tags=["staff"])
@@ -73,6 +74,25 @@ async def replace_schedule(staff_id: uuid.UUID, body: Schedule, user: CurrentUse
     week, outside = await schedules.replace_schedule(session, user, staff_id, body)
     covered = [CoveredAppointment.model_validate(a) for a in outside]
     return ScheduleSaved.model_validate({**week, "conflicting_appointments": covered})
+
+
+@router.get(
+    "/{staff_id}/limits", operation_id="staff-get-limits", summary="Get booking limits", responses=CALENDAR_ERRORS
+)
+async def get_limits(staff_id: uuid.UUID, user: CurrentUser, session: DbSession) -> StaffLimits:
+    """The staff member's booking limits (appointments per local day)."""
+    return StaffLimits.model_validate(await staff_limits.get_limits(session, user, staff_id))
+
+
+@router.put(
+    "/{staff_id}/limits",
+    operation_id="staff-replace-limits",
+    summary="Replace booking limits",
+    responses=CALENDAR_ERRORS,
+)
+async def replace_limits(staff_id: uuid.UUID, body: StaffLimits, user: CurrentUser, session: DbSession) -> StaffLimits:
+    """Set the staff member's booking limits; they hold from the next booking on (existing ones stay)."""
+    return StaffLimits.model_validate(await staff_limits.replace_limits(session, user, staff_id, body))
 
 
 @router.get(

@@ -13,10 +13,13 @@ class StaffProfile(Timestamps, Base):
     """A specialist's public face and the time zone their hours are written in."""
 
     __tablename__ = "staff_profiles"
+    __table_args__ = (CheckConstraint("max_appointments_per_day BETWEEN 1 AND 1000", name="daily_limit"),)
 
     user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     bio: Mapped[str] = mapped_column(Text, default="")
+    # A booking limit (app/services/booking/limits.py): appointments per local day, None = none.
+    max_appointments_per_day: Mapped[int | None]
 
 
 class WeeklyInterval(Base):

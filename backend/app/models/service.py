@@ -14,6 +14,15 @@ service_staff = Table(
 )
 
 
+# The service's booking limits: nullable (None = no limit), and sent as `null` to lift one.
+CLIENT_LIMIT_FIELDS = (
+    "max_bookings_per_client_day",
+    "max_bookings_per_client_week",
+    "max_bookings_per_client_month",
+    "min_gap_minutes",
+)
+
+
 class Service(UUIDPk, Timestamps, Base):
     """Something a client can book: how long it takes, what it costs, which policies apply."""
 
@@ -25,6 +34,11 @@ class Service(UUIDPk, Timestamps, Base):
         CheckConstraint("min_notice_minutes >= 0", name="min_notice"),
         CheckConstraint("max_advance_days BETWEEN 1 AND 730", name="max_advance"),
         CheckConstraint("capacity BETWEEN 1 AND 1000", name="capacity"),
+        CheckConstraint(
+            "max_bookings_per_client_day BETWEEN 1 AND 1000 AND max_bookings_per_client_week BETWEEN 1 AND 1000"
+            " AND max_bookings_per_client_month BETWEEN 1 AND 1000 AND min_gap_minutes BETWEEN 1 AND 525600",
+            name="client_limits",
+        ),
         Index("ix_services_name", "name", "id"),
     )
 
@@ -41,6 +55,12 @@ class Service(UUIDPk, Timestamps, Base):
     is_active: Mapped[bool] = mapped_column(default=True)
     # Clients per session: above 1 a staff time slot is a group session of that many seats.
     capacity: Mapped[int] = mapped_column(default=1, server_default="1")
+    # Booking limits (app/services/booking/limits.py), None = none: a client's bookings of this
+    # service per local day, ISO week and month of the staff member, and the least gap between two.
+    max_bookings_per_client_day: Mapped[int | None]
+    max_bookings_per_client_week: Mapped[int | None]
+    max_bookings_per_client_month: Mapped[int | None]
+    min_gap_minutes: Mapped[int | None]
 
     staff: Mapped[list["User"]] = relationship(secondary=service_staff, lazy="raise")  # noqa: F821
     # The resources it needs one of (a massage: one of two massage rooms); empty: none.

@@ -40,6 +40,16 @@ Capacity = Annotated[
         "(availability then gives `seats_left`). Lowering it never removes seats already taken",
     ),
 ]
+BookingCap = Annotated[Integer, Field(ge=1, le=1000)]
+MinGap = Annotated[Integer, Field(ge=1, le=525600)]
+_LIMIT = "A client's bookings of this service per {} (the staff member's local calendar); null: no limit"
+PerDay = Annotated[BookingCap | None, Field(description=_LIMIT.format("day"))]
+PerWeek = Annotated[BookingCap | None, Field(description=_LIMIT.format("ISO week, Monday first"))]
+PerMonth = Annotated[BookingCap | None, Field(description=_LIMIT.format("month"))]
+Gap = Annotated[
+    MinGap | None,
+    Field(description="Least minutes between two of a client's bookings of this service (end to start); null: none"),
+]
 StaffIds = Annotated[list[uuid.UUID], Field(max_length=500, description="Active staff users")]
 ResourceIds = Annotated[
     list[uuid.UUID],
@@ -75,6 +85,10 @@ class ServiceFields(StrictModel):
     capacity: Capacity = 1
     staff_ids: StaffIds = Field(default_factory=list)
     resource_ids: ResourceIds = Field(default_factory=list)
+    max_bookings_per_client_day: PerDay = None
+    max_bookings_per_client_week: PerWeek = None
+    max_bookings_per_client_month: PerMonth = None
+    min_gap_minutes: Gap = None
 
 
 class ServiceCreate(ServiceFields):
@@ -101,6 +115,11 @@ class ServiceUpdate(StrictModel):
     capacity: Omittable[Capacity] = None
     staff_ids: Omittable[StaffIds] = None
     resource_ids: Omittable[ResourceIds] = None
+    # Booking limits: `null` lifts one.
+    max_bookings_per_client_day: PerDay = None
+    max_bookings_per_client_week: PerWeek = None
+    max_bookings_per_client_month: PerMonth = None
+    min_gap_minutes: Gap = None
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"price": "50.00", "staff_ids": []}]})
 
@@ -123,6 +142,10 @@ class ServiceOut(BaseModel):
     capacity: int = Field(description="Clients per session (1: one client per slot)")
     staff_ids: list[uuid.UUID]
     resource_ids: list[uuid.UUID] = Field(description="Resources a booking needs one of; empty: none")
+    max_bookings_per_client_day: int | None
+    max_bookings_per_client_week: int | None
+    max_bookings_per_client_month: int | None
+    min_gap_minutes: int | None
     created_at: UtcDatetime
     updated_at: UtcDatetime
 

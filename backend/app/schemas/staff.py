@@ -172,3 +172,14 @@ class StaffOut(BaseModel):
 
 class StaffPage(Page[StaffOut]):
     pass
+
+
+class StaffLimits(StrictModel):
+    """A staff member's booking limits (`PUT` replaces them; `null` is no limit)."""
+
+    max_appointments_per_day: Annotated[Integer, Field(ge=1, le=1000)] | None = Field(
+        default=None,
+        description="Appointments a day, counted in the staff member's local calendar, whoever made them",
+    )
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"max_appointments_per_day": 8}]})

@@ -388,6 +388,17 @@ class TestForms:
         await session.refresh(service)
         assert service.is_active is False
 
+    async def test_a_services_booking_limits_are_set_and_lifted(self, client, session):
+        await signed_in_admin(client, session)
+        body = {"name": "Lesson", "duration_minutes": "30", "price": "10", "currency": "EUR", "is_active": "y"}
+        limits = {"max_bookings_per_client_week": "2", "min_gap_minutes": "600"}
+        assert (await post(client, "/admin/service/create", body | limits)).status_code == 302
+        service = await session.scalar(select(Service).where(Service.name == "Lesson"))
+        assert (service.max_bookings_per_client_week, service.min_gap_minutes) == (2, 600)
+        assert (await post(client, f"/admin/service/edit/{service.id}", body)).status_code == 302
+        await session.refresh(service)
+        assert (service.max_bookings_per_client_week, service.min_gap_minutes) == (None, None)
+
     async def test_an_appointment_is_booked_and_moved_through_the_booking_service(self, client, session):
         staff = await create_staff(session)
         service = await create_service(session, [staff])

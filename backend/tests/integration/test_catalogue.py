@@ -33,6 +33,10 @@ def service_body(**changes) -> dict:
         "is_active": True,
         "capacity": 1,
         "staff_ids": [],
+        "max_bookings_per_client_day": 2,
+        "max_bookings_per_client_week": 5,
+        "max_bookings_per_client_month": 10,
+        "min_gap_minutes": 30,
     }
     return body | changes
 
@@ -83,6 +87,7 @@ class TestCreateService:
         assert body["price"] == "0.00" and body["currency"] == "EUR"
         assert (body["buffer_before_minutes"], body["buffer_after_minutes"], body["staff_ids"]) == (0, 0, [])
         assert (body["min_notice_minutes"], body["max_advance_days"], body["is_active"]) == (60, 90, True)
+        assert body["max_bookings_per_client_day"] is body["min_gap_minutes"] is None
 
     @pytest.mark.parametrize(("sent", "answered"), [(45, "45.00"), (19.9, "19.90"), ("7.5", "7.50"), ("0", "0.00")])
     async def test_price_is_answered_as_a_two_decimal_string(self, client, admin_headers, sent, answered):

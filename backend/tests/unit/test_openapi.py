@@ -97,6 +97,8 @@ OPERATIONS = [
     ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", "webhooks-redeliver"),
     ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret", "webhooks-rotate-secret"),
     ("PUT", "/api/v1/staff/{staff_id}/schedule", "staff-replace-schedule"),
+    ("GET", "/api/v1/staff/{staff_id}/limits", "staff-get-limits"),
+    ("PUT", "/api/v1/staff/{staff_id}/limits", "staff-replace-limits"),
 ]
 PUBLIC = {
     "auth-register",

@@ -624,6 +624,30 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/staff/{staff_id}/limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get booking limits
+         * @description The staff member's booking limits (appointments per local day).
+         */
+        get: operations["staff-get-limits"];
+        /**
+         * Replace booking limits
+         * @description Set the staff member's booking limits; they hold from the next booking on (existing ones stay).
+         */
+        put: operations["staff-replace-limits"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/staff/{staff_id}/time-off": {
         parameters: {
             query?: never;
@@ -1778,6 +1802,34 @@ export interface components {
             totp_code?: string | null;
         };
         /**
+         * BookingGapTooShortProblem
+         * @description `booking_gap_too_short`: Too close to another booking of this service
+         */
+        BookingGapTooShortProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:booking_gap_too_short";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "booking_gap_too_short";
+            /** Limit */
+            limit: number;
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "week" | "month" | "gap" | "future";
+            /**
+             * Period Start
+             * Format: date
+             */
+            period_start?: string;
+            /** Occurrences */
+            occurrences: string[];
+        };
+        /**
          * CalendarConnectionIn
          * @example {
          *       "kind": "ics",
@@ -2017,6 +2069,118 @@ export interface components {
             detail: string;
             /** @enum {string} */
             code: "cancellation_window_closed";
+        };
+        /**
+         * ClientDailyLimitProblem
+         * @description `client_daily_limit`: You have reached this service's bookings for that day
+         */
+        ClientDailyLimitProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:client_daily_limit";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "client_daily_limit";
+            /** Limit */
+            limit: number;
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "week" | "month" | "gap" | "future";
+            /**
+             * Period Start
+             * Format: date
+             */
+            period_start?: string;
+            /** Occurrences */
+            occurrences: string[];
+        };
+        /**
+         * ClientLiveLimitProblem
+         * @description `client_live_limit`: You have as many upcoming appointments as one may hold
+         */
+        ClientLiveLimitProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:client_live_limit";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "client_live_limit";
+            /** Limit */
+            limit: number;
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "week" | "month" | "gap" | "future";
+            /**
+             * Period Start
+             * Format: date
+             */
+            period_start?: string;
+            /** Occurrences */
+            occurrences: string[];
+        };
+        /**
+         * ClientMonthlyLimitProblem
+         * @description `client_monthly_limit`: You have reached this service's bookings for that month
+         */
+        ClientMonthlyLimitProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:client_monthly_limit";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "client_monthly_limit";
+            /** Limit */
+            limit: number;
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "week" | "month" | "gap" | "future";
+            /**
+             * Period Start
+             * Format: date
+             */
+            period_start?: string;
+            /** Occurrences */
+            occurrences: string[];
+        };
+        /**
+         * ClientWeeklyLimitProblem
+         * @description `client_weekly_limit`: You have reached this service's bookings for that week
+         */
+        ClientWeeklyLimitProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:client_weekly_limit";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "client_weekly_limit";
+            /** Limit */
+            limit: number;
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "week" | "month" | "gap" | "future";
+            /**
+             * Period Start
+             * Format: date
+             */
+            period_start?: string;
+            /** Occurrences */
+            occurrences: string[];
         };
         /** ClosureCreated */
         ClosureCreated: {
@@ -3660,6 +3824,26 @@ export interface components {
              * @description Resources a booking needs one of (a free one is taken with the staff member)
              */
             resource_ids?: string[];
+            /**
+             * Max Bookings Per Client Day
+             * @description A client's bookings of this service per day (the staff member's local calendar); null: no limit
+             */
+            max_bookings_per_client_day?: number | null;
+            /**
+             * Max Bookings Per Client Week
+             * @description A client's bookings of this service per ISO week, Monday first (the staff member's local calendar); null: no limit
+             */
+            max_bookings_per_client_week?: number | null;
+            /**
+             * Max Bookings Per Client Month
+             * @description A client's bookings of this service per month (the staff member's local calendar); null: no limit
+             */
+            max_bookings_per_client_month?: number | null;
+            /**
+             * Min Gap Minutes
+             * @description Least minutes between two of a client's bookings of this service (end to start); null: none
+             */
+            min_gap_minutes?: number | null;
             /** Name */
             name: string;
             /** Duration Minutes */
@@ -3727,6 +3911,14 @@ export interface components {
              * @description Resources a booking needs one of; empty: none
              */
             resource_ids: string[];
+            /** Max Bookings Per Client Day */
+            max_bookings_per_client_day: number | null;
+            /** Max Bookings Per Client Week */
+            max_bookings_per_client_week: number | null;
+            /** Max Bookings Per Client Month */
+            max_bookings_per_client_month: number | null;
+            /** Min Gap Minutes */
+            min_gap_minutes: number | null;
             /**
              * Created At
              * Format: date-time
@@ -3809,6 +4001,26 @@ export interface components {
              * @description Resources a booking needs one of (a free one is taken with the staff member)
              */
             resource_ids?: string[];
+            /**
+             * Max Bookings Per Client Day
+             * @description A client's bookings of this service per day (the staff member's local calendar); null: no limit
+             */
+            max_bookings_per_client_day?: number | null;
+            /**
+             * Max Bookings Per Client Week
+             * @description A client's bookings of this service per ISO week, Monday first (the staff member's local calendar); null: no limit
+             */
+            max_bookings_per_client_week?: number | null;
+            /**
+             * Max Bookings Per Client Month
+             * @description A client's bookings of this service per month (the staff member's local calendar); null: no limit
+             */
+            max_bookings_per_client_month?: number | null;
+            /**
+             * Min Gap Minutes
+             * @description Least minutes between two of a client's bookings of this service (end to start); null: none
+             */
+            min_gap_minutes?: number | null;
         };
         /**
          * SessionFullProblem
@@ -3859,6 +4071,34 @@ export interface components {
             conflicts: string[];
         };
         /**
+         * StaffDailyLimitProblem
+         * @description `staff_daily_limit`: This staff member is fully booked that day
+         */
+        StaffDailyLimitProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:staff_daily_limit";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "staff_daily_limit";
+            /** Limit */
+            limit: number;
+            /**
+             * Period
+             * @enum {string}
+             */
+            period: "day" | "week" | "month" | "gap" | "future";
+            /**
+             * Period Start
+             * Format: date
+             */
+            period_start?: string;
+            /** Occurrences */
+            occurrences: string[];
+        };
+        /**
          * StaffHasBookingsProblem
          * @description `staff_has_bookings`: This staff member has future appointments
          */
@@ -3875,6 +4115,20 @@ export interface components {
             conflicting_appointments: components["schemas"]["ListedAppointment"][];
             /** Conflicting Total */
             conflicting_total: number;
+        };
+        /**
+         * StaffLimits
+         * @description A staff member's booking limits (`PUT` replaces them; `null` is no limit).
+         * @example {
+         *       "max_appointments_per_day": 8
+         *     }
+         */
+        StaffLimits: {
+            /**
+             * Max Appointments Per Day
+             * @description Appointments a day, counted in the staff member's local calendar, whoever made them
+             */
+            max_appointments_per_day?: number | null;
         };
         /**
          * StaffOut
@@ -8490,6 +8744,200 @@ export interface operations {
             };
         };
     };
+    "staff-get-limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StaffLimits"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
+    "staff-replace-limits": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                staff_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["StaffLimits"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["StaffLimits"];
+                };
+            };
+            /** @description Unauthorized: `invalid_token`, `not_authenticated` */
+            401: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "WWW-Authenticate": components["headers"]["WWW-Authenticate"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidTokenProblem"] | components["schemas"]["NotAuthenticatedProblem"];
+                };
+            };
+            /** @description Forbidden: `forbidden` */
+            403: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["ForbiddenProblem"];
+                };
+            };
+            /** @description Not Found: `not_found` */
+            404: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["NotFoundProblem"];
+                };
+            };
+            /** @description Request Entity Too Large: `payload_too_large` */
+            413: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["PayloadTooLargeProblem"];
+                };
+            };
+            /** @description Unsupported Media Type: `unsupported_media_type` */
+            415: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["UnsupportedMediaTypeProblem"];
+                };
+            };
+            /** @description Unprocessable Entity: `invalid_value`, `validation_error` */
+            422: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InvalidValueProblem"] | components["schemas"]["ValidationErrorProblem"];
+                };
+            };
+            /** @description Internal Server Error: `internal_error` */
+            500: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["InternalErrorProblem"];
+                };
+            };
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            503: {
+                headers: {
+                    "X-Request-ID": components["headers"]["X-Request-ID"];
+                    "Retry-After": components["headers"]["Retry-After"];
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                };
+            };
+        };
+    };
     "staff-list-time-off": {
         parameters: {
             query?: {
@@ -9876,7 +10324,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `already_booked`, `idempotency_key_in_progress`, `resource_unavailable`, `session_full`, `slot_unavailable` */
+            /** @description Conflict: `already_booked`, `booking_gap_too_short`, `client_daily_limit`, `client_live_limit`, `client_monthly_limit`, `client_weekly_limit`, `idempotency_key_in_progress`, `resource_unavailable`, `session_full`, `slot_unavailable`, `staff_daily_limit` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9884,7 +10332,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["BookingGapTooShortProblem"] | components["schemas"]["ClientDailyLimitProblem"] | components["schemas"]["ClientLiveLimitProblem"] | components["schemas"]["ClientMonthlyLimitProblem"] | components["schemas"]["ClientWeeklyLimitProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"] | components["schemas"]["StaffDailyLimitProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -10152,7 +10600,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `already_booked`, `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `resource_unavailable`, `session_full`, `slot_unavailable` */
+            /** @description Conflict: `already_booked`, `appointment_changed`, `booking_gap_too_short`, `cancellation_window_closed`, `client_daily_limit`, `client_live_limit`, `client_monthly_limit`, `client_weekly_limit`, `idempotency_key_in_progress`, `invalid_transition`, `resource_unavailable`, `session_full`, `slot_unavailable`, `staff_daily_limit` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10160,7 +10608,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["BookingGapTooShortProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["ClientDailyLimitProblem"] | components["schemas"]["ClientLiveLimitProblem"] | components["schemas"]["ClientMonthlyLimitProblem"] | components["schemas"]["ClientWeeklyLimitProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"] | components["schemas"]["StaffDailyLimitProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -11120,7 +11568,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["ManageLinkInvalidProblem"];
                 };
             };
-            /** @description Conflict: `appointment_changed`, `cancellation_window_closed`, `idempotency_key_in_progress`, `invalid_transition`, `resource_unavailable`, `slot_unavailable` */
+            /** @description Conflict: `appointment_changed`, `booking_gap_too_short`, `cancellation_window_closed`, `client_daily_limit`, `client_live_limit`, `client_monthly_limit`, `client_weekly_limit`, `idempotency_key_in_progress`, `invalid_transition`, `resource_unavailable`, `slot_unavailable`, `staff_daily_limit` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11128,7 +11576,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AppointmentChangedProblem"] | components["schemas"]["BookingGapTooShortProblem"] | components["schemas"]["CancellationWindowClosedProblem"] | components["schemas"]["ClientDailyLimitProblem"] | components["schemas"]["ClientLiveLimitProblem"] | components["schemas"]["ClientMonthlyLimitProblem"] | components["schemas"]["ClientWeeklyLimitProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["InvalidTransitionProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SlotUnavailableProblem"] | components["schemas"]["StaffDailyLimitProblem"];
                 };
             };
             /** @description Gone: `appointment_closed`, `manage_link_expired` */

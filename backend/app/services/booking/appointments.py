@@ -53,11 +53,11 @@ def handles(user: User, item: Party) -> bool:
     return user.role == Role.admin or (user.role == Role.staff and user.id == item.staff_id)
 
 
-async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID) -> None:
-    """Take the staff member's calendar lock (shared), then re-read the caller: permissions follow
-    their role as it is now (a demotion that committed while we waited counts), not as their token or an
-    earlier read in this request said."""
-    await lock_calendars(session, staff_id, shared=True)
+async def lock_calendar(session: AsyncSession, actor: User, staff_id: uuid.UUID, *, shared: bool = True) -> None:
+    """Take the staff member's calendar lock (shared unless a daily limit is counted), then re-read
+    the caller: permissions follow their role as it is now (a demotion that committed while we
+    waited counts), not as their token or an earlier read in this request said."""
+    await lock_calendars(session, staff_id, shared=shared)
     await session.refresh(actor, ["role", "is_active", "deleted_at"])
     if not actor.is_active or actor.deleted_at is not None:
         raise InactiveUser()
@@ -76,9 +76,12 @@ class Booking:
     provider: User | None
 
 
-async def lock_for_booking(session: AsyncSession, actor: User, service_id: uuid.UUID, staff_id: uuid.UUID) -> Booking:
-    """`lock_calendar`, then in one round trip: the caller re-read, the service and the staff member."""
-    await lock_calendars(session, staff_id, shared=True)
+async def lock_for_booking(
+    session: AsyncSession, actor: User, service_id: uuid.UUID, staff_id: uuid.UUID, *, shared: bool = True
+) -> Booking:
+    """`lock_calendar` (exclusive if not `shared`: a daily limit to count), then in one round trip:
+    the caller re-read, the service and the staff member."""
+    await lock_calendars(session, staff_id, shared=shared)
     offering = and_(
         service_staff.c.service_id == Service.id, service_staff.c.staff_id == staff_id, Service.is_active.is_(True)
     )

@@ -9,6 +9,7 @@ change takes the staff member's calendar lock first. The building blocks live in
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,7 +29,7 @@ from app.metrics import BOOKING_REFUSALS
 from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, User
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, cancellation, resources, seats, series
+from app.services.booking import appointments, cancellation, limits, resources, seats, series
 from app.services.booking.appointments import (
     can_see,
     compare_and_swap,
@@ -38,6 +39,7 @@ from app.services.booking.appointments import (
     record_change,
 )
 from app.services.messaging import notifications, reminders
+from app.services.scheduling.availability_queries import staff_zones
 from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
 
@@ -65,8 +67,13 @@ async def create(session: AsyncSession, actor: User, data: Any) -> Appointment:
 async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
-    # Locked first: everything below (the caller, the service, its providers, hours, time off) is read fresh.
-    locked = await appointments.lock_for_booking(session, actor, data.service_id, data.staff_id)
+    # Locked first (the client's lock, if limits hold them, then the calendar's): everything below
+    # (the caller, the service, its providers, hours, time off, the counts) is read fresh.
+    held = await limits.held_to(session, actor, data.client_id or actor.id, data.service_id, data.staff_id)
+    await limits.lock_client(session, held)
+    locked = await appointments.lock_for_booking(
+        session, actor, data.service_id, data.staff_id, shared=held.shared_calendar
+    )
     client = await _client_for(session, actor, data.client_id, data.staff_id)
     service, staff = locked.service, locked.staff
     if service is None:
@@ -75,13 +82,22 @@ async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
         raise SlotNotOffered("This staff member does not provide this service")
     if data.recurrence is not None:
         booked = await series.book(
-            session, actor, client, service, data.staff_id, data.recurrence.rrule, data.starts_at, notes=data.notes
+            session,
+            actor,
+            client,
+            service,
+            data.staff_id,
+            data.recurrence.rrule,
+            data.starts_at,
+            notes=data.notes,
+            held=held,
         )
         return booked[0]
     starts_at = data.starts_at.astimezone(UTC)
     appointments.ensure_within_horizon(service, starts_at)
     seat = await seats.claim(session, service, client.id, data.staff_id, [starts_at])
     await appointments.ensure_offered(session, service, data.staff_id, [starts_at], staff=staff, exclude=seat.exclude)
+    await limits.check(session, held, service, data.staff_id, ZoneInfo(staff[data.staff_id]), [starts_at])
     appointment = seat.place(appointments.new_appointment(service, client, data.staff_id, starts_at, notes=data.notes))
     await resources.assign(session, service, [appointment])
     return (await appointments.insert_all(session, actor, [appointment]))[0]
@@ -90,12 +106,13 @@ async def _create(session: AsyncSession, actor: User, data: Any) -> Appointment:
 async def update(session: AsyncSession, actor: User, appointment_id: uuid.UUID, changes: dict[str, Any]) -> Appointment:
     """`notes` (any time) and/or `starts_at` (a reschedule, with the same checks as booking), the
     latter conditional on `sequence` when the caller sends the version they saw."""
-    appointment = await _locked(session, actor, appointment_id)
-    if changes.get("starts_at") is not None:
+    moving = changes.get("starts_at") is not None
+    appointment, held = await _locked_for_change(session, actor, appointment_id, moving=moving)
+    if moving:
         seen = changes.get("sequence")
         if seen is not None and seen != appointment.sequence:
             raise AppointmentChanged("The appointment was changed since you last read it; reload it")
-        appointment = await reschedule(session, actor, appointment, changes["starts_at"].astimezone(UTC))
+        appointment = await reschedule(session, actor, appointment, changes["starts_at"].astimezone(UTC), held)
     if "notes" in changes and changes["notes"] != appointment.notes:
         before = audit.snapshot(appointment)
         updated = await compare_and_swap(session, appointment, {"notes": changes["notes"]}, expected=None)
@@ -106,18 +123,36 @@ async def update(session: AsyncSession, actor: User, appointment_id: uuid.UUID, 
 
 
 async def _locked(session: AsyncSession, actor: User, appointment_id: uuid.UUID) -> Appointment:
+    return (await _locked_for_change(session, actor, appointment_id))[0]
+
+
+async def _locked_for_change(
+    session: AsyncSession, actor: User, appointment_id: uuid.UUID, *, moving: bool = False
+) -> tuple[Appointment, limits.Held]:
     """The appointment as this request first read it (its version is what a reschedule compares
-    against), with its staff member's calendar locked and the caller re-read."""
+    against), with its staff member's calendar locked and the caller re-read; `moving` it, the
+    limits its client is held to as well (their lock taken first)."""
     appointment = await get_visible(session, actor, appointment_id)
-    await lock_calendar(session, actor, appointment.staff_id)
+    held = limits.NOT_HELD
+    if moving:
+        held = await limits.held_to(session, actor, appointment.client_id, appointment.service_id, appointment.staff_id)
+        await limits.lock_client(session, held)
+    await lock_calendar(session, actor, appointment.staff_id, shared=held.shared_calendar)
     if not can_see(actor, appointment):
         raise NotFound("No such appointment")
-    return appointment
+    return appointment, held
 
 
-async def reschedule(session: AsyncSession, actor: User, appointment: Appointment, starts_at: datetime) -> Appointment:
+async def reschedule(
+    session: AsyncSession,
+    actor: User,
+    appointment: Appointment,
+    starts_at: datetime,
+    held: limits.Held = limits.NOT_HELD,
+) -> Appointment:
     """Move a live appointment: a compare-and-swap on its version (`sequence`), so of two
-    simultaneous reschedules one wins and the other is 409 `appointment_changed`."""
+    simultaneous reschedules one wins and the other is 409 `appointment_changed`. `held`: the
+    limits the move counts against (the appointment itself left out of the counts)."""
     if appointment.status not in LIVE_STATUSES:
         raise InvalidTransition(f"A {appointment.status} appointment cannot be rescheduled")
     cancellation.check_client_window(actor, appointment, appointment.starts_at, new_start=starts_at)
@@ -129,6 +164,9 @@ async def reschedule(session: AsyncSession, actor: User, appointment: Appointmen
     seat = await seats.claim(session, service, appointment.client_id, appointment.staff_id, [starts_at])
     excluded = {appointment.id, *seat.exclude}
     await appointments.ensure_offered(session, service, appointment.staff_id, [starts_at], exclude=excluded)
+    if held != limits.NOT_HELD:
+        zone = ZoneInfo((await staff_zones(session, [appointment.staff_id]))[appointment.staff_id])
+        await limits.check(session, held, service, appointment.staff_id, zone, [starts_at], exclude=appointment.id)
     before = audit.snapshot(appointment)
     previous_start = appointment.starts_at
     blocked_from, blocked_until = appointments.blocked_range(service, starts_at)

@@ -10,16 +10,18 @@ Reads before any lock: a service made a group session a moment later books as it
 booking had come first.
 """
 
+from app.services.booking import limits
+
 
 def full_path_sql(service: str, staff: str) -> str:
     """SQL: whether booking `service` with `staff` (SQL expressions, uuids) needs the full path."""
-    # `staff` is in the statement's parameters whatever the rules read (none of them reads it yet).
-    return (
-        f"({staff})::uuid IS NOT NULL AND (EXISTS (SELECT FROM services WHERE id = {service} AND capacity > 1)"
-        f" OR EXISTS (SELECT FROM service_resources WHERE service_id = {service}))"
-    )
+    # `staff` is in the statement's parameters whatever the rules read.
+    seats = f"EXISTS (SELECT FROM services WHERE id = {service} AND capacity > 1)"
+    needs_resource = f"EXISTS (SELECT FROM service_resources WHERE service_id = {service})"
+    rules = [seats, needs_resource, limits.full_path_sql(service, staff)]
+    return f"({staff})::uuid IS NOT NULL AND ({' OR '.join(rules)})"
 
 
 def always_full_path() -> bool:
     """Whether every booking takes the full path (a rule that concerns every booking is set)."""
-    return False
+    return limits.any_global_limit()

@@ -14,7 +14,7 @@ from app.models import LIVE_STATUSES, Appointment, AppointmentSeries, Service, S
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.schemas.inputs import LATEST
-from app.services.booking import appointments, cancellation, resources, seats
+from app.services.booking import appointments, cancellation, limits, resources, seats
 from app.services.integrations import webhooks
 from app.utils.time import local_bound_to_utc, local_to_utc, utcnow
 
@@ -155,13 +155,17 @@ async def book(
     rrule: str,
     starts_at: datetime,
     notes: str | None = None,
+    held: limits.Held = limits.NOT_HELD,
 ) -> list[Appointment]:
     """Every occurrence checked and inserted in this transaction; one clash and nothing is booked.
-    The caller holds the staff member's calendar lock."""
+    The caller holds the staff member's calendar lock (and the locks `held`'s limits need); every
+    occurrence counts against them, the others included."""
     horizon = appointments.booking_horizon(service)
-    starts = occurrences(parse_rrule(rrule), starts_at, await staff_zone(session, staff_id), horizon=horizon)
+    zone = await staff_zone(session, staff_id)
+    starts = occurrences(parse_rrule(rrule), starts_at, zone, horizon=horizon)
     seat = await seats.claim(session, service, client.id, staff_id, starts)
     await appointments.ensure_offered(session, service, staff_id, starts, exclude=seat.exclude)
+    await limits.check(session, held, service, staff_id, zone, starts)
     series = AppointmentSeries(rrule=rrule.strip(), client_id=client.id, staff_id=staff_id, service_id=service.id)
     session.add(series)
     await session.flush()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import selectinload
 
 from app.errors import AppError, NotFound
 from app.models import Resource, Role, Service, StaffProfile, User, service_staff
+from app.models.service import CLIENT_LIMIT_FIELDS
 from app.services import audit
 from app.services.pagination import paginate
 from app.services.scheduling.availability import invalidate_after_commit
@@ -133,7 +134,7 @@ async def _apply(
     if changes.get("resource_ids") is not None:
         service.resources = await _resources(session, changes["resource_ids"])
     for field, value in _normalise(changes).items():
-        if field not in ("staff_ids", "resource_ids") and value is not None:
+        if field not in ("staff_ids", "resource_ids") and (value is not None or field in CLIENT_LIMIT_FIELDS):
             setattr(service, field, value)
     await session.flush()
     await session.refresh(service, ["updated_at"])
