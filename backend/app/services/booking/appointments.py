@@ -7,12 +7,12 @@ change is a compare-and-swap (`UPDATE ... WHERE id = :id AND status = :expected 
 """
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -20,10 +20,22 @@ from sqlalchemy.orm import aliased
 from app.database import after_commit
 from app.errors import InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
 from app.metrics import APPOINTMENT_TRANSITIONS
-from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, StaffProfile, User, service_staff
+from app.models import (
+    LIVE_STATUSES,
+    Appointment,
+    AppointmentStatus,
+    Role,
+    Service,
+    StaffProfile,
+    User,
+    WaitlistOffer,
+    live_hold_sql,
+    service_staff,
+)
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
+from app.services.booking import waitlist_holds
 from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
@@ -160,9 +172,14 @@ def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, date
 
 
 async def _taken(
-    session: AsyncSession, service: Service, staff_id: uuid.UUID, starts: Sequence[datetime], exclude: uuid.UUID | None
+    session: AsyncSession,
+    service: Service,
+    staff_id: uuid.UUID,
+    starts: Sequence[datetime],
+    exclude: uuid.UUID | None,
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> list[datetime]:
-    """The starts whose blocked range overlaps a live appointment of this staff member."""
+    """The starts whose blocked range overlaps a live appointment or waitlist hold of this staff member."""
     lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
     query = select(Appointment.blocked_from, Appointment.blocked_until).where(
         Appointment.staff_id == staff_id,
@@ -172,7 +189,14 @@ async def _taken(
     )
     if exclude is not None:
         query = query.where(Appointment.id != exclude)
-    busy = (await session.execute(query)).all()
+    held = select(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until).where(
+        WaitlistOffer.staff_id == staff_id,
+        text(live_hold_sql()),
+        WaitlistOffer.blocked_from < hi,
+        WaitlistOffer.blocked_until > lo,
+        WaitlistOffer.id.not_in(list(exclude_holds)),
+    )
+    busy = (await session.execute(query.union_all(held))).all()
 
     def clashes(start: datetime) -> bool:
         lo, hi = blocked_range(service, start)
@@ -189,17 +213,19 @@ async def ensure_offered(
     *,
     exclude: uuid.UUID | None = None,
     staff: Mapping[uuid.UUID, str] | None = None,
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> None:
     """422 `slot_not_offered` for times availability would never offer (hours, time off, policies);
-    409 `slot_unavailable` when a live booking is the reason, so a lost race reads the same however
-    it was lost (here, or at the constraint)."""
+    409 `slot_unavailable` when a live booking (or a waitlist hold) is the reason, so a lost race
+    reads the same however it was lost (here, or at the constraint). `exclude_holds`: the caller's
+    own holds (a waiter claiming their offer)."""
     excluded = () if exclude is None else (exclude,)
     missing = await availability.unoffered_starts(
-        session, service, staff_id, starts, exclude_appointments=excluded, staff=staff
+        session, service, staff_id, starts, exclude_appointments=excluded, staff=staff, exclude_holds=exclude_holds
     )
     if not missing:
         return
-    taken = await _taken(session, service, staff_id, missing, exclude)
+    taken = await _taken(session, service, staff_id, missing, exclude, exclude_holds)
     refused = [s for s in missing if s not in taken]
     if refused:
         raise SlotNotOffered(
@@ -267,6 +293,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
                 conflicts.append(appointment.starts_at)
     if conflicts:
         raise SlotUnavailable(conflicts=[iso_z(s) for s in conflicts])
+    await waitlist_holds.close_for_bookings(session, [(a.client_id, a.service_id) for a in appointments])
     # Audit rows, reminders and emails are flushed together, with the request's commit.
     created: list[webhooks.Event] = []
     for appointment in appointments:
@@ -283,7 +310,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
         created.append(webhooks.Event(data, webhooks.appointment_people(appointment)))
         count_transition(session, NEW, appointment.status)
     await webhooks.emit(session, "appointment.created", created)
-    availability.invalidate_after_commit(session, appointments[0].staff_id)
+    availability.invalidate_after_commit(session, appointments[0].staff_id, announce=False)
     await notifications.booked(session, appointments)
     return appointments
 
