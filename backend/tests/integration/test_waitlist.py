@@ -457,7 +457,7 @@ class TestAcceptance:
     the first waiter; the second is offered only once the first hold has expired or was declined."""
 
     REPETITIONS = int(os.environ.get("WAITLIST_REPETITIONS", "50"))
-    HOLD_MINUTES = 0.03  # 1.8 s, for the repetitions that let the hold run out
+    HOLD_MINUTES = 0.05  # 3 s, for the repetitions that let the hold run out
 
     async def scan_with_workers(self, staff: User) -> None:
         """Two arq workers side by side, each running the startup cron (expire and scan everything)
@@ -484,11 +484,14 @@ class TestAcceptance:
             await self.scan_with_workers(staff)
 
             offered = [o for o in await offers_of(first) if o.starts_at == local(day, 10)]
-            assert [o.status for o in offered] == ["offered"], repetition
-            assert [o for o in await offers_of(second) if o.starts_at == local(day, 10)] == [], repetition
+            assert len(offered) == 1, repetition
             (held,) = offered
-            await self.scan_with_workers(staff)  # while it is held, nobody else gets it
-            assert len([o for o in await offers_of(second) if o.starts_at == local(day, 10)]) == 0, repetition
+            if datetime.now(UTC) < held.expires_at - timedelta(seconds=0.5):
+                assert held.status == "offered", repetition
+                assert [o for o in await offers_of(second) if o.starts_at == local(day, 10)] == [], repetition
+                await self.scan_with_workers(staff)  # while it is held, nobody else gets it
+            if datetime.now(UTC) < held.expires_at:
+                assert [o for o in await offers_of(second) if o.starts_at == local(day, 10)] == [], repetition
 
             if expire:
                 await asyncio.sleep(max(0.0, (held.expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
@@ -502,8 +505,9 @@ class TestAcceptance:
             passed = [o for o in await offers_of(second) if o.starts_at == local(day, 10)]
             assert [o.status for o in passed] == ["offered"], repetition
             assert passed[0].created_at >= (gone.expires_at if expire else gone.updated_at), repetition
-            # Close the second hold so the next repetition starts clean.
-            assert (await client.post(f"{OFFERS}/{passed[0].id}/decline", headers=second_headers)).status_code == 200
+            # Close the second hold so the next repetition starts clean (a short one may have run out already).
+            closed = await client.post(f"{OFFERS}/{passed[0].id}/decline", headers=second_headers)
+            assert closed.status_code in (200, 410), closed.text
 
         offers = [m["To"] for m in smtp.messages if "held for you" in str(m["Subject"])]
         assert sorted(offers) == sorted([first.email, second.email] * self.REPETITIONS)  # one email per offer
