@@ -17,6 +17,7 @@ from app.admin.feeds import CalendarFeedAdmin
 from app.admin.guard import csrf_token
 from app.admin.people import UserAdmin
 from app.admin.records import AuditAdmin, OutboxAdmin
+from app.admin.waitlist import WaitlistEntryAdmin, WaitlistOfferAdmin
 from app.admin.webhooks import WebhookAttemptAdmin, WebhookDeliveryAdmin, WebhookEndpointAdmin
 from app.config import Settings
 from app.database import get_engine
@@ -37,6 +38,8 @@ VIEWS = (
     WebhookEndpointAdmin,
     WebhookDeliveryAdmin,
     WebhookAttemptAdmin,
+    WaitlistEntryAdmin,
+    WaitlistOfferAdmin,
 )
 
 
