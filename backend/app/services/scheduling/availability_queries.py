@@ -284,7 +284,7 @@ async def load_calendars(
     exclude_appointment: uuid.UUID | None = None,
     exclude_holds: Collection[uuid.UUID] = (),
 ) -> list[StaffCalendar]:
-    """Hours, overrides, time off (with external busy blocks) and live bookings of these staff
+    """Hours, overrides, time off (with external busy blocks) and live bookings and waitlist holds of these staff
     around [start, end), in one query (in the session, or with None on the read pool). `staff` maps
     ids to IANA zones (as `offering_staff` answers), or is just ids.
 
