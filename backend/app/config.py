@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     # A client booking for themself may hold at most this many pending or confirmed appointments
     # starting after now, of any service (app/services/booking/limits.py); unset: no limit.
     max_live_appointments_per_client: int | None = Field(default=None, ge=1, le=10000)
+    # Waitlist (app/services/booking/waitlist.py): how long a freed slot is held for the waiter it is
+    # offered to (minutes, fractions allowed), the longest window of dates one may wait for, and how many
+    # open entries (waiting or holding an offer) a client may have at once.
+    waitlist_hold_minutes: float = Field(default=30, gt=0, le=1440)
+    waitlist_max_days: int = Field(default=90, ge=1, le=366)
+    waitlist_entries_per_client: int = Field(default=20, ge=1, le=1000)
     slot_step_minutes: int | None = None  # unset: slots step by the service's duration
     reminder_offsets: list[int] = Field(default_factory=lambda: [1440, 60])
 

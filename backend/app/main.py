@@ -27,6 +27,7 @@ from app.api import (
     services,
     staff,
     users,
+    waitlist,
     webhooks,
     ws,
 )
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         calendar_feeds,
         audit,
         webhooks,
+        waitlist,
         ws,
     ):
         app.include_router(module.router, prefix=API_PREFIX)

@@ -18,6 +18,7 @@ from app.admin.guard import csrf_token
 from app.admin.people import UserAdmin
 from app.admin.records import AuditAdmin, OutboxAdmin
 from app.admin.resources import ResourceAdmin, ResourceClosureAdmin
+from app.admin.waitlist import WaitlistEntryAdmin, WaitlistOfferAdmin
 from app.admin.webhooks import WebhookAttemptAdmin, WebhookDeliveryAdmin, WebhookEndpointAdmin
 from app.config import Settings
 from app.database import get_engine
@@ -40,6 +41,8 @@ VIEWS = (
     WebhookEndpointAdmin,
     WebhookDeliveryAdmin,
     WebhookAttemptAdmin,
+    WaitlistEntryAdmin,
+    WaitlistOfferAdmin,
 )
 
 

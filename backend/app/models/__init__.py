@@ -17,10 +17,19 @@ from app.models.schedule import DateOverride, StaffProfile, TimeOff, WeeklyInter
 from app.models.service import Service, service_staff
 from app.models.totp import TotpCredential, TotpRecoveryCode
 from app.models.user import ActionToken, ActionTokenPurpose, Role, User
+from app.models.waitlist import (
+    OPEN_ENTRY_STATUSES,
+    OfferStatus,
+    WaitlistEntry,
+    WaitlistOffer,
+    WaitlistStatus,
+    live_hold_sql,
+)
 from app.models.webhook import WEBHOOK_EVENT_TYPES, WebhookAttempt, WebhookEndpoint
 
 __all__ = [
     "LIVE_STATUSES",
+    "OPEN_ENTRY_STATUSES",
     "WEBHOOK_EVENT_TYPES",
     "ActionToken",
     "ActionTokenPurpose",
@@ -46,9 +55,14 @@ __all__ = [
     "TotpCredential",
     "TotpRecoveryCode",
     "User",
+    "OfferStatus",
+    "WaitlistEntry",
+    "WaitlistOffer",
+    "WaitlistStatus",
     "WebhookAttempt",
     "WebhookEndpoint",
     "WeeklyInterval",
+    "live_hold_sql",
     "live_status_sql",
     "service_resources",
     "service_staff",

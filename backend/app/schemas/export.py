@@ -11,6 +11,7 @@ from app.schemas.common import UtcDatetime
 from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut, WeeklyInterval
 from app.schemas.user import UserOut
+from app.schemas.waitlist import WaitlistEntryOut, WaitlistOfferOut
 
 Part = Literal["client", "staff"]
 
@@ -123,6 +124,12 @@ class ExportWebhookDelivery(BaseModel):
     delivered_at: UtcDatetime | None
 
 
+class ExportWaitlistEntry(WaitlistEntryOut):
+    """A waitlist entry of the caller's, with the offers it was made."""
+
+    offers: list[WaitlistOfferOut]
+
+
 class UserExport(BaseModel):
     user: UserOut
     email_verified_at: UtcDatetime | None
@@ -139,3 +146,4 @@ class UserExport(BaseModel):
     webhook_deliveries: list[ExportWebhookDelivery] = Field(
         description="Webhook deliveries about the caller's appointments and series, oldest first"
     )
+    waitlist: list[ExportWaitlistEntry] = Field(description="The caller's waitlist entries, oldest first")

@@ -21,6 +21,7 @@ OPERATIONS = [
     ("DELETE", "/api/v1/staff/{staff_id}/time-off/{time_off_id}", "staff-delete-time-off"),
     ("DELETE", "/api/v1/users/me", "users-delete-me"),
     ("DELETE", "/api/v1/users/{user_id}", "users-deactivate"),
+    ("DELETE", "/api/v1/waitlist/{entry_id}", "waitlist-leave"),
     ("DELETE", "/api/v1/webhooks/{webhook_id}", "webhooks-delete"),
     ("GET", "/api/v1/appointments", "appointments-list"),
     ("GET", "/api/v1/appointments/{appointment_id}", "appointments-get"),
@@ -48,6 +49,8 @@ OPERATIONS = [
     ("GET", "/api/v1/users/me/calendar-feed", "calendar-feeds-get-mine"),
     ("GET", "/api/v1/users/me/export", "users-export-me"),
     ("GET", "/api/v1/users/{user_id}", "users-get"),
+    ("GET", "/api/v1/waitlist", "waitlist-list"),
+    ("GET", "/api/v1/waitlist/offers/{offer_id}", "waitlist-get-offer"),
     ("GET", "/api/v1/webhooks", "webhooks-list"),
     ("GET", "/api/v1/webhooks/{webhook_id}", "webhooks-get"),
     ("GET", "/api/v1/webhooks/{webhook_id}/deliveries", "webhooks-deliveries"),
@@ -93,6 +96,9 @@ OPERATIONS = [
     ("POST", "/api/v1/users/me/calendar-feed/rotate", "calendar-feeds-rotate-mine"),
     ("POST", "/api/v1/users/me/email", "users-change-email"),
     ("POST", "/api/v1/users/me/password", "users-change-password"),
+    ("POST", "/api/v1/waitlist", "waitlist-join"),
+    ("POST", "/api/v1/waitlist/offers/{offer_id}/claim", "waitlist-claim-offer"),
+    ("POST", "/api/v1/waitlist/offers/{offer_id}/decline", "waitlist-decline-offer"),
     ("POST", "/api/v1/webhooks", "webhooks-create"),
     ("POST", "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", "webhooks-redeliver"),
     ("POST", "/api/v1/webhooks/{webhook_id}/rotate-secret", "webhooks-rotate-secret"),
@@ -132,6 +138,7 @@ IDEMPOTENT = {
     "appointment-series-cancel",
     "manage-cancel",
     "manage-reschedule",
+    "waitlist-claim-offer",
 }
 PROBLEM = "application/problem+json"
 

@@ -4,7 +4,8 @@ Gone: the profile's email, name and phone; the notes of their appointments as cl
 cancellation reasons of those and of any appointment they cancelled; a staff member's bio and
 time-off reasons; their calendar feed (its URL stops working); their external calendar
 connections (URLs, sealed passwords) and busy blocks; the `data` of every webhook delivery about
-them (ids only remain); the content of every email to them (those not yet sent never will be);
+them (ids only remain); their waitlist entries and offers (a slot held for them passes on); the
+content of every email to them (those not yet sent never will be);
 and, in every email about them and every audit entry by or about them, their name, address and
 phone (replaced by "Deleted user", the account's anonymous address, "[erased]") and those notes.
 Kept: the appointments themselves (the other party's calendar and history), series, schedules,
@@ -38,7 +39,7 @@ from app.models import (
 from app.services import audit
 from app.services.accounts import auth, second_factor
 from app.services.accounts.traces import ERASED, ERASED_NAME, Traces, sweep
-from app.services.booking import cancellation, idempotency
+from app.services.booking import cancellation, idempotency, waitlist_holds
 from app.services.integrations import webhook_deliveries, webhooks
 from app.services.messaging import outbox
 from app.utils.ics import refold, unfold
@@ -82,6 +83,7 @@ async def erase(session: AsyncSession, user: User) -> None:
     await _erase_written_text(session, user.id, involvement)
     await _scrub_outbox(session, user.id, traces, involvement)
     await webhook_deliveries.forget_person(session, user.id)
+    await waitlist_holds.forget_client(session, user.id)
     await _scrub_audit_trail(session, user.id, traces, involvement)
     await audit.record(
         session,

@@ -22,6 +22,8 @@ from app.models import (
     StaffProfile,
     TimeOff,
     User,
+    WaitlistEntry,
+    WaitlistOffer,
     WeeklyInterval,
     service_staff,
 )
@@ -38,6 +40,7 @@ from app.schemas.export import (
     ExportSeries,
     ExportService,
     ExportStaff,
+    ExportWaitlistEntry,
     ExportWebhookDelivery,
     UserExport,
 )
@@ -45,6 +48,7 @@ from app.schemas.feed import ExportCalendarFeed
 from app.schemas.staff import OverrideOut, TimeOffOut
 from app.schemas.staff import WeeklyInterval as WeeklyIntervalOut
 from app.schemas.user import UserOut
+from app.schemas.waitlist import WaitlistEntryOut, WaitlistOfferOut
 from app.services.integrations import webhook_deliveries
 from app.services.messaging import mailer
 
@@ -72,7 +76,24 @@ async def export(session: AsyncSession, user: User) -> UserExport:
             ExportWebhookDelivery.model_validate(webhook_deliveries.export_view(row))
             for row in await webhook_deliveries.of_person(session, user.id)
         ],
+        waitlist=await _waitlist(session, user.id),
     )
+
+
+async def _waitlist(session: AsyncSession, user_id: uuid.UUID) -> list[ExportWaitlistEntry]:
+    entries = await session.scalars(
+        select(WaitlistEntry).where(WaitlistEntry.client_id == user_id).order_by(WaitlistEntry.created_at)
+    )
+    offers: dict[uuid.UUID, list[WaitlistOfferOut]] = {}
+    query = select(WaitlistOffer).where(WaitlistOffer.client_id == user_id).order_by(WaitlistOffer.created_at)
+    for offer in await session.scalars(query):
+        offers.setdefault(offer.entry_id, []).append(WaitlistOfferOut.model_validate(offer))
+    return [
+        ExportWaitlistEntry.model_validate(
+            WaitlistEntryOut.model_validate(entry).model_dump() | {"offers": offers.get(entry.id, [])}
+        )
+        for entry in entries
+    ]
 
 
 async def _calendar_feed(session: AsyncSession, user_id: uuid.UUID) -> ExportCalendarFeed | None:

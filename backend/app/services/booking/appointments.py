@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -20,11 +20,22 @@ from sqlalchemy.orm import aliased
 from app.database import after_commit
 from app.errors import AlreadyBooked, InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
 from app.metrics import APPOINTMENT_TRANSITIONS
-from app.models import LIVE_STATUSES, Appointment, AppointmentStatus, Role, Service, StaffProfile, User, service_staff
+from app.models import (
+    LIVE_STATUSES,
+    Appointment,
+    AppointmentStatus,
+    Role,
+    Service,
+    StaffProfile,
+    User,
+    WaitlistOffer,
+    live_hold_sql,
+    service_staff,
+)
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import resources
+from app.services.booking import resources, waitlist_holds
 from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
@@ -171,8 +182,9 @@ async def _taken(
     staff_id: uuid.UUID,
     starts: Sequence[datetime],
     exclude: Collection[uuid.UUID],
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> list[datetime]:
-    """The starts whose blocked range overlaps a live appointment of this staff member."""
+    """The starts whose blocked range overlaps a live appointment or waitlist hold of this staff member."""
     lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
     query = select(Appointment.blocked_from, Appointment.blocked_until).where(
         Appointment.staff_id == staff_id,
@@ -183,7 +195,14 @@ async def _taken(
     if exclude:
         others = or_(Appointment.session_key.is_(None), Appointment.session_key.not_in(exclude))
         query = query.where(Appointment.id.not_in(exclude), others)
-    busy = (await session.execute(query)).all()
+    held = select(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until).where(
+        WaitlistOffer.staff_id == staff_id,
+        text(live_hold_sql()),
+        WaitlistOffer.blocked_from < hi,
+        WaitlistOffer.blocked_until > lo,
+        WaitlistOffer.id.not_in(list(exclude_holds)),
+    )
+    busy = (await session.execute(query.union_all(held))).all()
 
     def clashes(start: datetime) -> bool:
         lo, hi = blocked_range(service, start)
@@ -200,18 +219,20 @@ async def ensure_offered(
     *,
     exclude: uuid.UUID | Collection[uuid.UUID] | None = None,
     staff: Mapping[uuid.UUID, str] | None = None,
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> None:
     """422 `slot_not_offered` for times availability would never offer (hours, time off, policies);
-    409 `slot_unavailable` when a live booking is the reason, so a lost race reads the same however
-    it was lost (here, or at the constraint). `exclude`: appointments that do not count as bookings
-    (the one being moved), or group sessions whose seats do not (the session a seat joins)."""
+    409 `slot_unavailable` when a live booking (or a waitlist hold) is the reason, so a lost race
+    reads the same however it was lost (here, or at the constraint). `exclude`: appointments that do
+    not count as bookings (the one being moved), or group sessions whose seats do not (the session a
+    seat joins); `exclude_holds`: the caller's own holds (a waiter claiming their offer)."""
     excluded = frozenset((exclude,) if isinstance(exclude, uuid.UUID) else exclude or ())
     missing = await availability.unoffered_starts(
-        session, service, staff_id, starts, exclude_appointments=excluded, staff=staff
+        session, service, staff_id, starts, exclude_appointments=excluded, staff=staff, exclude_holds=exclude_holds
     )
     if not missing:
         return
-    taken = await _taken(session, service, staff_id, missing, excluded)
+    taken = await _taken(session, service, staff_id, missing, excluded, exclude_holds)
     refused = [s for s in missing if s not in taken]
     if refused:
         raise SlotNotOffered(
@@ -293,6 +314,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
     if conflicts:
         refusal = ResourceUnavailable if resource_clashes == len(conflicts) else SlotUnavailable
         raise refusal(conflicts=[iso_z(s) for s in conflicts])
+    await waitlist_holds.close_for_bookings(session, [(a.client_id, a.service_id) for a in appointments])
     # Audit rows, reminders and emails are flushed together, with the request's commit.
     created: list[webhooks.Event] = []
     for appointment in appointments:
@@ -309,7 +331,7 @@ async def insert_all(session: AsyncSession, actor: User, appointments: list[Appo
         created.append(webhooks.Event(data, webhooks.appointment_people(appointment)))
         count_transition(session, NEW, appointment.status)
     await webhooks.emit(session, "appointment.created", created)
-    availability.invalidate_after_commit(session, appointments[0].staff_id)
+    availability.invalidate_after_commit(session, appointments[0].staff_id, announce=False)
     await notifications.booked(session, appointments)
     return appointments
 

@@ -25,7 +25,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -38,12 +38,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.database import after_commit, driver_connection, raw_execute, raw_fetchrow
 from app.errors import AppError, EmailNotVerified, Forbidden, InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
 from app.metrics import BOOKING_REFUSALS
-from app.models import Appointment, Role, Service, User, service_staff
+from app.models import OPEN_ENTRY_STATUSES, Appointment, OfferStatus, Role, Service, User, WaitlistStatus, service_staff
 from app.redis import get_pubsub_redis, get_redis
 from app.schemas.appointment import to_json
 from app.schemas.common import iso_z
 from app.services import audit
-from app.services.booking import appointments, booking, idempotency, paths
+from app.services.booking import appointments, booking, idempotency, paths, waitlist_holds
 from app.services.booking.idempotency import Answer, TryLock
 from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, outbox, reminders
@@ -100,8 +100,11 @@ WHERE actor.id = $1
 """
 
 _CREATED_EVENT = "appointment.created"
+_OPEN_ENTRIES = ", ".join(f"'{status.value}'" for status in OPEN_ENTRY_STATUSES)
 # Everything the booking writes, or (a clash at the exclusion constraint) nothing. The webhook rows
-# (`webhooks.emit`'s, one per endpoint subscribed to appointment.created) come from the same statement.
+# (`webhooks.emit`'s, one per endpoint subscribed to appointment.created) come from the same statement,
+# and so does leaving the service's waitlist (`waitlist_holds.close_for_bookings`: the client's open
+# entries become `booked`, their holds are released).
 _INSERT = f"""
 WITH appointment AS (
     INSERT INTO appointments (id, client_id, staff_id, service_id, starts_at, ends_at, blocked_from, blocked_until,
@@ -134,12 +137,21 @@ WITH appointment AS (
     WHERE e.is_active AND '{_CREATED_EVENT}' = ANY(e.event_types)
     ORDER BY e.id
     RETURNING id
+), waiting AS (
+    UPDATE waitlist_entries SET status = '{WaitlistStatus.booked.value}', updated_at = now()
+    WHERE client_id = $2 AND service_id = $4 AND status IN ({_OPEN_ENTRIES}) AND EXISTS (SELECT FROM appointment)
+    RETURNING id
+), released AS (
+    UPDATE waitlist_offers SET status = '{OfferStatus.withdrawn.value}', updated_at = now()
+    WHERE entry_id IN (SELECT id FROM waiting) AND status = '{OfferStatus.offered.value}'
+    RETURNING staff_id, blocked_from, blocked_until
 ), answer AS (
     UPDATE idempotency_keys SET status = 'done', response_status = {CREATED}, response_body = $17::json
     WHERE user_id = $14 AND key = $18 AND EXISTS (SELECT FROM appointment)
 )
 SELECT EXISTS (SELECT FROM appointment) AS booked,
-       ARRAY(SELECT id FROM email UNION ALL SELECT id FROM webhook ORDER BY id) AS outbox_ids
+       ARRAY(SELECT id FROM email UNION ALL SELECT id FROM webhook ORDER BY id) AS outbox_ids,
+       ARRAY(SELECT ARRAY[staff_id::text, blocked_from::text, blocked_until::text] FROM released) AS released
 """
 
 
@@ -296,6 +308,8 @@ async def _insert(
     assert row is not None
     if not row["booked"]:
         raise SlotUnavailable(conflicts=[iso_z(appointment.starts_at)])
+    if row["released"]:  # the client's holds for this service, released: their slots pass on
+        waitlist_holds.freed(session, [(uuid.UUID(staff), *_instants(a, b)) for staff, a, b in row["released"]])
     appointments.count_transition(session, appointments.NEW, appointment.status)
     message = events.encode("appointment.created", body)
     dates = cache.touched_dates([(appointment.blocked_from, appointment.blocked_until)], ZoneInfo(zone))
@@ -309,6 +323,11 @@ async def _insert(
         ),
     )
     return Answer(CREATED, body)
+
+
+def _instants(*values: str) -> tuple[datetime, ...]:
+    """timestamptz text as PostgreSQL writes it (`2026-12-03 09:00:00+00`)."""
+    return tuple(datetime.fromisoformat(value) for value in values)
 
 
 async def hand_over(

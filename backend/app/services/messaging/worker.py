@@ -1,6 +1,8 @@
 """The worker: delivers the outbox (each row once, retried with backoff, relayed from Postgres) and
 runs the reminder cron (`app.services.messaging.reminders`) and, every minute, the expiry of pending
-appointments nobody confirmed in time (`app.services.booking.expiry`), purges expired idempotency keys every ten
+appointments nobody confirmed in time (`app.services.booking.expiry`) and of waitlist offers nobody
+claimed, with a scan of the waitlist (`app.services.booking.waitlist`, also queued by every calendar
+change), purges expired idempotency keys every ten
 minutes, syncs staff members' external calendars (`app.services.integrations.calendar_sync`, due
 ones every minute and on demand) and, daily, everything past its retention (`app.services.retention`).
 
@@ -54,6 +56,7 @@ from app.metrics import EMAIL_FAILURES, EMAIL_SEND_SECONDS, EMAILS_GIVEN_UP, EMA
 from app.models import OutboxMessage
 from app.redis import get_redis, warn_unless_noeviction
 from app.sentry import init_sentry
+from app.services.booking import waitlist
 from app.services.booking.expiry import expire_pending_appointments
 from app.services.integrations import calendar_sync, webhook_delivery
 from app.services.messaging.mailer import send_email
@@ -69,6 +72,7 @@ from app.services.messaging.outbox import (
 from app.services.messaging.probe import HEARTBEAT, start_probe
 from app.services.messaging.reminders import send_due_reminders
 from app.services.retention import purge_expired_idempotency_keys, purge_retained
+from app.services.scheduling.availability_changes import CALENDAR_CHANGED_JOB
 
 SUPERVISED = "supervised"  # ctx flag: the caller runs the relay and owns logging and the engine
 JOB_TIMEOUT_SECONDS = 60
@@ -409,6 +413,8 @@ def _functions() -> list[Function]:
     return [
         func(deliver_outbox, name=DELIVER_JOB, max_tries=3),  # tries again only if cancelled
         func(sync_calendar, name=calendar_sync.SYNC_JOB, max_tries=1, timeout=calendar_sync.LEASE.total_seconds()),
+        # A calendar changed (`availability.invalidate_after_commit`): offer what it freed to the waitlist.
+        func(waitlist.scan_changed_calendars, name=CALENDAR_CHANGED_JOB, max_tries=1, keep_result=0),
     ]
 
 
@@ -417,6 +423,7 @@ def _cron_jobs() -> list[CronJob]:
     return [
         cron(send_due_reminders, second=0, run_at_startup=True, keep_result=120),
         cron(expire_pending_appointments, second=5, run_at_startup=True, keep_result=120),
+        cron(waitlist.expire_and_scan, second=25, run_at_startup=True, keep_result=120),
         # Idempotency keys live 24 h; a sweep every ten minutes keeps the table small.
         cron(sync_due_calendars, second=15, run_at_startup=True, timeout=300, keep_result=120),
         cron(purge_expired_idempotency_keys, minute=set(range(0, 60, 10)), second=30, keep_result=600),

@@ -337,12 +337,14 @@ async def unoffered_starts(
     *,
     exclude_appointments: Collection[uuid.UUID] = (),
     staff: Mapping[uuid.UUID, str] | None = None,
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> list[datetime]:
     """The starts availability would not offer right now (fresh, uncached), in the order given.
 
     `staff`: `{staff_id: zone}` if the caller has just read (under the calendar lock) that they offer
     the service, `{}` if they do not; None to read it here.
-    `exclude_appointments` are ignored as bookings (an appointment being moved does not block itself).
+    `exclude_appointments` are ignored as bookings (an appointment being moved does not block itself),
+    `exclude_holds` as waitlist holds (a waiter claiming their own).
     One load covers every start, so a recurring series of 52 is checked in a handful of queries.
     """
     if not starts:
@@ -354,7 +356,13 @@ async def unoffered_starts(
     rules = rules_for(service)
     lo, hi = min(starts) - timedelta(days=1), max(starts) + timedelta(days=1)
     (calendar,) = await load_calendars(
-        session, staff, lo, hi, margin=_margin(rules), exclude_appointments=exclude_appointments
+        session,
+        staff,
+        lo,
+        hi,
+        margin=_margin(rules),
+        exclude_appointments=exclude_appointments,
+        exclude_holds=exclude_holds,
     )
     now = utcnow()
     return [s for s in starts if not offers(calendar, rules, s, now)]

@@ -6,6 +6,7 @@
   Recorded by ORM events; with nothing recorded, the whole staff version is bumped.
 - Time off: `ranges=` (multi-day ones bump every date they cover); overrides: `dates=`;
   weekly hours and zone: `whole=True`.
+After the commit the worker is told too (`CALENDAR_CHANGED_JOB`): a freed slot is offered to the waitlist.
 Dates are the staff member's local dates, their zones read in the transaction just before it
 commits; a range whose zone is unknown bumps the whole staff version (never nothing).
 """
@@ -16,16 +17,20 @@ from datetime import date, datetime
 from functools import partial
 from zoneinfo import ZoneInfo
 
+from loguru import logger
+from redis.exceptions import RedisError
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session, object_session
 
 from app.database import after_commit
 from app.models import Appointment
+from app.services.messaging.outbox import get_arq_pool
 from app.services.scheduling import availability_cache as cache
 from app.services.scheduling.availability_queries import ZONES
 
 _SEEN, _PENDING = "availability_ranges", "availability_pending"
+CALENDAR_CHANGED_JOB = "calendar_changed"  # the worker's job told which calendars changed
 Range = tuple[datetime, datetime]
 # staff -> None (every day) or (local dates, UTC ranges still to map to local dates)
 Changes = dict[uuid.UUID, tuple[set[date], list[Range]] | None]
@@ -50,11 +55,15 @@ def invalidate_after_commit(
     dates: Iterable[date] = (),
     ranges: Iterable[Range] = (),
     whole: bool = False,
+    announce: bool = True,
 ) -> None:
     """Every change that can move a slot calls this; the bump waits for the commit, so no answer
-    computed from the old data can be cached under the new versions."""
+    computed from the old data can be cached under the new versions. Then (unless `announce` is
+    False: a change that only takes time) the worker is told, so a slot it freed goes to the waitlist."""
     if not staff_ids:
         return
+    if announce:
+        after_commit(session, partial(announce_changes, staff_ids))
     dates, ranges = set(dates), list(ranges)
     seen = session.info.get(_SEEN, {})
     changes: Changes = {}
@@ -68,6 +77,16 @@ def invalidate_after_commit(
             changes[staff_id] = (set(), list(recorded)) if recorded else None
     session.info.setdefault(_PENDING, []).append(changes)
     after_commit(session, partial(_bump, changes))
+
+
+async def announce_changes(staff_ids: Iterable[uuid.UUID]) -> None:
+    """Queue `CALENDAR_CHANGED_JOB` for these staff members (the waitlist's scan, `booking.waitlist`).
+    Best effort: the worker's cron scans the whole waitlist every minute anyway."""
+    try:
+        pool = await get_arq_pool()
+        await pool.enqueue_job(CALENDAR_CHANGED_JOB, sorted(str(staff_id) for staff_id in staff_ids))
+    except (RedisError, OSError) as exc:
+        logger.warning("could not announce a calendar change to the worker: {}", exc)
 
 
 @event.listens_for(Session, "before_commit")

@@ -53,7 +53,9 @@ from app.models import (
     StaffProfile,
     TimeOff,
     User,
+    WaitlistOffer,
     WeeklyInterval,
+    live_hold_sql,
     live_status_sql,
     service_resources,
 )
@@ -142,6 +144,24 @@ def _away(table) -> Executable:
     )
 
 
+_HELD = func.tstzrange(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until, _HALF_OPEN)
+# Busy: live bookings and live waitlist holds (a hold blocks its slot exactly like a booking).
+_BUSY = union_all(
+    select(Appointment.staff_id, _BLOCKED.label("blocked")).where(
+        Appointment.staff_id == _IDS,
+        _LIVE,
+        _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
+        Appointment.id != all_(_EXCLUDED),
+        # An excluded id may also name a group session: all its seats, however many have joined.
+        or_(Appointment.session_key.is_(None), Appointment.session_key != all_(_EXCLUDED)),
+    ),
+    select(WaitlistOffer.staff_id, _HELD).where(
+        WaitlistOffer.staff_id == _IDS,
+        text(live_hold_sql()),
+        _HELD.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
+        WaitlistOffer.id != all_(bindparam("excluded_holds", type_=ARRAY(Uuid))),
+    ),
+).subquery("busy")
 # Time away: time off and the busy blocks of external calendars (calendar_sync), which block exactly alike.
 _AWAY = union_all(_away(TimeOff), _away(CalendarBusyBlock)).subquery("away")
 # A whole calendar in one round trip: weekly hours, date overrides, merged time away and bookings,
@@ -173,17 +193,7 @@ _CALENDARS = union_all(
         DateOverride.date.between(bindparam("first_day", type_=Date), bindparam("last_day", type_=Date)),
     ),
     _merged_ranges("time_off", _AWAY.c.staff_id, func.tstzrange(_AWAY.c.starts_at, _AWAY.c.ends_at, _HALF_OPEN)),
-    _merged_ranges(
-        "busy",
-        Appointment.staff_id,
-        _BLOCKED,
-        Appointment.staff_id == _IDS,
-        _LIVE,
-        _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
-        Appointment.id != all_(_EXCLUDED),
-        # An excluded id may also name a group session: all its seats, however many have joined.
-        or_(Appointment.session_key.is_(None), Appointment.session_key != all_(_EXCLUDED)),
-    ),
+    _merged_ranges("busy", _BUSY.c.staff_id, _BUSY.c.blocked),
 )
 _CALENDARS_STATEMENT = _Statement(_CALENDARS)
 ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id == _IDS)
@@ -284,14 +294,16 @@ async def load_calendars(
     margin: timedelta,
     exclude_appointments: Collection[uuid.UUID] = (),
     exclude_appointment: uuid.UUID | None = None,
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> list[StaffCalendar]:
-    """Hours, overrides, time off (with external busy blocks) and live bookings of these staff
+    """Hours, overrides, time off (with external busy blocks) and live bookings and waitlist holds of these staff
     around [start, end), in one query (in the session, or with None on the read pool). `staff` maps
     ids to IANA zones (as `offering_staff` answers), or is just ids.
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
-    moved does not block itself; a session key there: none of that group session's seats)."""
+    moved does not block itself; a session key there: none of that group session's seats), nor do the
+    `exclude_holds` (waitlist offers being claimed)."""
     if not staff:
         return []
     if not isinstance(staff, Mapping):
@@ -310,6 +322,7 @@ async def load_calendars(
         "lo": start - margin,
         "hi": end + margin,
         "excluded": excluded,
+        "excluded_holds": list(exclude_holds),
     }
     for member, kind, weekday, opens, closes, day, intervals, lowers, uppers in await _CALENDARS_STATEMENT.rows(
         session, params
@@ -362,15 +375,17 @@ def one_calendar_sql(staff: str, first_day: str, last_day: str, lo: str, hi: str
         " time_off.time_off_lo, time_off.time_off_hi, busy.busy_lo, busy.busy_hi"
     )
     blocked = "tstzrange(blocked_from, blocked_until, '[)')"
+    overlapping = f"staff_id = {staff} AND {blocked} && tstzrange({lo}, {hi}, '[)')"
+    # Live bookings and live waitlist holds, as `_BUSY`.
+    busy = (
+        f"(SELECT blocked_from, blocked_until FROM appointments WHERE {overlapping} AND {live_status_sql()}"
+        f" UNION ALL SELECT blocked_from, blocked_until FROM {WaitlistOffer.__tablename__}"
+        f" WHERE {overlapping} AND {live_hold_sql()}) AS busy_ranges"
+    )
     joins = " ".join(
         [
             _merged_epochs("time_off", "tstzrange(starts_at, ends_at, '[)')", _away_sql(staff, lo, hi), "true"),
-            _merged_epochs(
-                "busy",
-                blocked,
-                "appointments",
-                f"staff_id = {staff} AND {live_status_sql()} AND {blocked} && tstzrange({lo}, {hi}, '[)')",
-            ),
+            _merged_epochs("busy", blocked, busy, "true"),
         ]
     )
     return columns, joins
