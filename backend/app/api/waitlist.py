@@ -19,6 +19,7 @@ from app.services.booking.waitlist import (
     OfferExpired,
     WaitlistEntryClosed,
     WaitlistFull,
+    WaitlistUnavailable,
 )
 
 router = APIRouter(prefix="/waitlist", tags=["waitlist"])
@@ -34,7 +35,7 @@ def _offer_out(offer: WaitlistOffer) -> WaitlistOfferOut:
     status_code=status.HTTP_201_CREATED,
     summary="Join a waitlist",
     responses=problem_responses(
-        Forbidden, EmailNotVerified, NotFound, SlotNotOffered, InvalidWaitlistWindow, WaitlistFull
+        Forbidden, EmailNotVerified, NotFound, SlotNotOffered, InvalidWaitlistWindow, WaitlistFull, WaitlistUnavailable
     ),
 )
 async def join(body: WaitlistJoin, user: CurrentUser, session: DbSession) -> WaitlistEntryOut:

@@ -136,6 +136,12 @@ class TestServiceChanges:
             "max_advance_days": 90,
             "is_active": True,
             "staff_ids": [],
+            "capacity": 1,
+            "max_bookings_per_client_day": None,
+            "max_bookings_per_client_week": None,
+            "max_bookings_per_client_month": None,
+            "min_gap_minutes": None,
+            "resource_ids": [],
         }
         assert (updated["action"], updated["before"], updated["after"]) == (
             "service.update",

@@ -7,10 +7,19 @@ import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 
 from app.database import get_sessionmaker
-from app.models import Appointment, Role, User, WaitlistEntry, WaitlistOffer
+from app.models import (
+    Appointment,
+    Resource,
+    ResourceClosure,
+    Role,
+    User,
+    WaitlistEntry,
+    WaitlistOffer,
+    service_resources,
+)
 from app.services.booking import waitlist
 from app.services.messaging.outbox import get_arq_pool
 from app.services.scheduling.availability_changes import CALENDAR_CHANGED_JOB
@@ -204,6 +213,43 @@ class TestJoin:
             WAITLIST, json=window(service, days_ahead(5)), headers=await headers_for(unverified)
         )
         assert_problem(response, 403, "email_not_verified")
+
+
+class TestOtherServices:
+    async def test_a_group_session_service_has_no_waitlist(self, client, session, staff, service, first):
+        service.capacity = 5
+        await session.commit()
+        response = await client.post(WAITLIST, json=window(service, days_ahead(5)), headers=await headers_for(first))
+        assert_problem(response, 409, "waitlist_unavailable")
+
+    async def test_a_service_made_a_group_session_later_offers_nothing(
+        self, client, session, staff, service, other, first
+    ):
+        day = days_ahead(5)
+        taken = await add_appointment(session, other, staff, service, local(day, 10))
+        await join(client, first, window(service, day, timezone="Europe/Berlin"))
+        service.capacity = 5
+        await session.commit()
+        await cancel(client, staff, taken)
+        assert await waitlist.scan() == 0 and await offers_of(first) == []
+
+    async def test_a_slot_no_resource_is_free_for_is_not_offered(self, client, session, staff, service, other, first):
+        room = Resource(name="Room", description="", is_active=True)
+        session.add(room)
+        await session.flush()
+        await session.execute(insert(service_resources).values(service_id=service.id, resource_id=room.id))
+        day = days_ahead(5)
+        taken = await add_appointment(session, other, staff, service, local(day, 10))
+        session.add(ResourceClosure(resource_id=room.id, starts_at=local(day, 9), ends_at=local(day, 12), reason="x"))
+        await session.commit()
+        await join(client, first, window(service, day, timezone="Europe/Berlin"))
+        await cancel(client, staff, taken)
+        assert await waitlist.scan() == 0  # the staff member is free at 10:00, the room is not
+        await session.execute(delete(ResourceClosure).where(ResourceClosure.resource_id == room.id))
+        await session.commit()
+        assert await waitlist.scan() == 1
+        (offer,) = await offers_of(first)
+        assert offer.starts_at == local(day, 10)
 
 
 class TestLeave:

@@ -74,6 +74,10 @@ class OfferExpired(AppError):
     status, code, title = 410, "offer_expired", "This offer has expired"
 
 
+class WaitlistUnavailable(Conflict):
+    code, title = "waitlist_unavailable", "This service has no waitlist"
+
+
 class OfferClosed(Conflict):
     code, title = "offer_closed", "This offer was already claimed, declined or withdrawn"
 
@@ -100,6 +104,9 @@ async def join(session: AsyncSession, actor: User, data: Any) -> WaitlistEntry:
     service, staff = await service_and_staff(session, data.service_id, data.staff_id)
     if not staff:
         raise SlotNotOffered("Nobody provides this service")
+    if service.capacity > 1:
+        # A hold would take the whole session from everyone else: group sessions wait for seat holds.
+        raise WaitlistUnavailable("Group sessions have no waitlist: book a seat while one is free")
     settings = get_settings()
     zone = data.timezone or client.timezone
     now = utcnow()
@@ -324,7 +331,7 @@ async def _scan(session: AsyncSession, service_id: uuid.UUID) -> int:
         return 0
     staff = {member: zone for member, zone in now_staff.items() if member in staff}
     entries = list(await session.scalars(_waiting(service_id)))
-    if not staff or not entries:
+    if not staff or not entries or terms.capacity > 1:  # made a group session since they joined
         return 0
     rules = availability.rules_for(terms)
     now = utcnow()
@@ -335,7 +342,11 @@ async def _scan(session: AsyncSession, service_id: uuid.UUID) -> int:
     margin = rules.duration + rules.buffer_before + rules.buffer_after
     calendars = await load_calendars(session, staff, lo, hi, margin=margin)
     before, after = rules.buffer_before // timedelta(seconds=1), rules.buffer_after // timedelta(seconds=1)
-    free = _Free(free_slots(calendars, rules, lo, hi, now), before, after)
+    slots = free_slots(calendars, rules, lo, hi, now)
+    if terms.needs_resource:  # only slots some resource is free for (the hold does not take it)
+        roomy = await availability.with_resources(session, service_id, rules, slots)
+        slots = [Slot(slot.start, slot.end, slot.staff_id) for slot in roomy]
+    free = _Free(slots, before, after)
     offered = 0
     for entry in entries:
         slot = free.first_for(entry)
