@@ -58,11 +58,14 @@ def assert_one_webhook_id_per_event(requests: list[Request], secret: str) -> Non
     assert len(set().union(*ids_by_event.values())) == EVENTS
 
 
-def worker_env(stack, schedule: str) -> None:
+def worker_env(stack, set_env, schedule: str) -> None:
+    """The worker's settings; the loopback receiver's address is allowed here too (an IP literal is
+    checked when the endpoint is added)."""
     stack.env.update(EGRESS_ALLOWED_NETWORKS="127.0.0.0/8", WEBHOOK_RETRY_SCHEDULE=schedule)
+    set_env(EGRESS_ALLOWED_NETWORKS="127.0.0.0/8")
 
 
-async def test_a_worker_killed_mid_delivery_loses_nothing_and_each_event_keeps_one_webhook_id(stack):
+async def test_a_worker_killed_mid_delivery_loses_nothing_and_each_event_keeps_one_webhook_id(stack, set_env):
     held = threading.Event()
     release = threading.Event()
 
@@ -71,7 +74,7 @@ async def test_a_worker_killed_mid_delivery_loses_nothing_and_each_event_keeps_o
         release.wait(20)
         return 200, {}, b"ok"
 
-    worker_env(stack, "0.5,0.5,1,1,2,2,2")
+    worker_env(stack, set_env, "0.5,0.5,1,1,2,2,2")
     with serve(hold) as receiver:
         try:
             secret = await add_endpoint(f"{receiver.url}/hooks")
@@ -88,8 +91,8 @@ async def test_a_worker_killed_mid_delivery_loses_nothing_and_each_event_keeps_o
         assert_one_webhook_id_per_event(receiver.requests, secret)
 
 
-async def test_a_receiver_refusing_connections_for_30_s_gets_every_event_afterwards(stack):
-    worker_env(stack, "1,2,4,8,8,8,8")
+async def test_a_receiver_refusing_connections_for_30_s_gets_every_event_afterwards(stack, set_env):
+    worker_env(stack, set_env, "1,2,4,8,8,8,8")
     port = free_port()
     secret = await add_endpoint(f"http://127.0.0.1:{port}/hooks")
     stack.start_worker()

@@ -5103,6 +5103,20 @@ export interface components {
             offset: number;
         };
         /**
+         * WaitlistUnavailableProblem
+         * @description `waitlist_unavailable`: This service has no waitlist
+         */
+        WaitlistUnavailableProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:waitlist_unavailable";
+            title: string;
+            /** @enum {integer} */
+            status: 409;
+            detail: string;
+            /** @enum {string} */
+            code: "waitlist_unavailable";
+        };
+        /**
          * WeakPasswordProblem
          * @description `weak_password`: Password is too common
          */
@@ -13322,14 +13336,14 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `waitlist_full` */
+            /** @description Conflict: `waitlist_full`, `waitlist_unavailable` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["WaitlistFullProblem"];
+                    "application/problem+json": components["schemas"]["WaitlistFullProblem"] | components["schemas"]["WaitlistUnavailableProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
