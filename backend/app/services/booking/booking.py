@@ -39,7 +39,6 @@ from app.services.booking.appointments import (
     record_change,
 )
 from app.services.messaging import notifications, reminders
-from app.services.scheduling.availability_queries import staff_zones
 from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
 
@@ -165,7 +164,7 @@ async def reschedule(
     excluded = {appointment.id, *seat.exclude}
     await appointments.ensure_offered(session, service, appointment.staff_id, [starts_at], exclude=excluded)
     if held != limits.NOT_HELD:
-        zone = ZoneInfo((await staff_zones(session, [appointment.staff_id]))[appointment.staff_id])
+        zone = await series.staff_zone(session, appointment.staff_id)
         await limits.check(session, held, service, appointment.staff_id, zone, [starts_at], exclude=appointment.id)
     before = audit.snapshot(appointment)
     previous_start = appointment.starts_at
