@@ -28,7 +28,7 @@ from app.utils.security import (
     verify_password,
 )
 from tests.assertions import assert_problem
-from tests.contract import PROBLEM, check_problem
+from tests.contract import PROBLEM, check_problem, prepare
 from tests.e2e.conftest import RedisServer
 from tests.factories import PASSWORD, bearer, create_user, start_session
 from tests.smtp import settings_env
@@ -49,11 +49,16 @@ def _contract_checked(app) -> dict:
 
 @asynccontextmanager
 async def app_with(**settings: str) -> AsyncIterator[AsyncClient]:
-    """A fresh app (and database pool) built with these settings; a client for it."""
-    with settings_env(**settings):
+    """A fresh app (and database pool) built with these settings; a client for it.
+
+    Held requests wait on the test's table lock until the test lets go, however loaded the machine:
+    the database's `lock_timeout` (5 s, tested in test_db_timeouts.py) is lifted past the hang guard.
+    """
+    with settings_env(DB_LOCK_TIMEOUT_SECONDS=str(HANG_GUARD * 2), **settings):
         await dispose_engine()
         reset_hashing_gate()
         app = create_app()
+        prepare(app)
         transport = ASGITransport(app=app, client=("203.0.113.9", 50000))
         try:
             async with AsyncClient(transport=transport, base_url="http://t", event_hooks=_contract_checked(app)) as c:
