@@ -8,7 +8,16 @@ from fastapi.responses import JSONResponse
 from app.api.deps import CurrentUser, DbSession, Limit, Offset
 from app.api.idempotent import IdempotentChange
 from app.api.problems import problem_responses
-from app.errors import EmailNotVerified, Forbidden, InactiveUser, NotFound, SlotNotOffered, SlotUnavailable
+from app.errors import (
+    AlreadyBooked,
+    EmailNotVerified,
+    Forbidden,
+    InactiveUser,
+    NotFound,
+    SessionFull,
+    SlotNotOffered,
+    SlotUnavailable,
+)
 from app.models import WaitlistOffer
 from app.schemas.appointment import AppointmentOut
 from app.schemas.waitlist import EntryStatus, WaitlistEntryOut, WaitlistJoin, WaitlistOfferOut, WaitlistPage
@@ -19,7 +28,6 @@ from app.services.booking.waitlist import (
     OfferExpired,
     WaitlistEntryClosed,
     WaitlistFull,
-    WaitlistUnavailable,
 )
 
 router = APIRouter(prefix="/waitlist", tags=["waitlist"])
@@ -35,7 +43,7 @@ def _offer_out(offer: WaitlistOffer) -> WaitlistOfferOut:
     status_code=status.HTTP_201_CREATED,
     summary="Join a waitlist",
     responses=problem_responses(
-        Forbidden, EmailNotVerified, NotFound, SlotNotOffered, InvalidWaitlistWindow, WaitlistFull, WaitlistUnavailable
+        Forbidden, EmailNotVerified, NotFound, SlotNotOffered, InvalidWaitlistWindow, WaitlistFull
     ),
 )
 async def join(body: WaitlistJoin, user: CurrentUser, session: DbSession) -> WaitlistEntryOut:
@@ -101,7 +109,15 @@ async def get_offer(offer_id: uuid.UUID, user: CurrentUser, session: DbSession) 
     response_model=AppointmentOut,
     summary="Claim a waitlist offer",
     responses=problem_responses(
-        NotFound, EmailNotVerified, InactiveUser, OfferExpired, OfferClosed, SlotUnavailable, SlotNotOffered
+        NotFound,
+        EmailNotVerified,
+        InactiveUser,
+        OfferExpired,
+        OfferClosed,
+        SlotUnavailable,
+        SlotNotOffered,
+        SessionFull,
+        AlreadyBooked,
     ),
 )
 async def claim(offer_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange) -> JSONResponse:

@@ -24,6 +24,7 @@ from app.models.waitlist import (
     WaitlistOffer,
     WaitlistStatus,
     live_hold_sql,
+    live_seat_holds,
 )
 from app.models.webhook import WEBHOOK_EVENT_TYPES, WebhookAttempt, WebhookEndpoint
 
@@ -63,6 +64,7 @@ __all__ = [
     "WebhookEndpoint",
     "WeeklyInterval",
     "live_hold_sql",
+    "live_seat_holds",
     "live_status_sql",
     "service_resources",
     "service_staff",

@@ -1,8 +1,9 @@
 import enum
 import uuid
+from collections.abc import Collection
 from datetime import date, datetime, time
 
-from sqlalchemy import CheckConstraint, Date, ForeignKey, Index, String, Time, func, text
+from sqlalchemy import CheckConstraint, ColumnElement, Date, ForeignKey, Index, String, Time, and_, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.models.base import Base, UUIDPk
@@ -35,6 +36,11 @@ def _in(column: str, values: type[enum.StrEnum]) -> str:
 def live_hold_sql(table: str = "waitlist_offers") -> str:
     """SQL text: an offer still holding its slot (a hold blocks the slot like a booking)."""
     return f"{table}.status = '{OfferStatus.offered.value}' AND {table}.expires_at > now()"
+
+
+def live_seat_holds(keys: Collection[uuid.UUID]) -> ColumnElement[bool]:
+    """Offers still holding a seat of one of these group sessions (each takes one seat of it)."""
+    return and_(WaitlistOffer.session_key.in_(list(keys)), text(live_hold_sql()))
 
 
 class WaitlistEntry(UUIDPk, Base):
@@ -72,7 +78,9 @@ class WaitlistEntry(UUIDPk, Base):
 
 class WaitlistOffer(UUIDPk, Base):
     """A slot held for one waiter until `expires_at`: while `offered` and unexpired it blocks
-    `[blocked_from, blocked_until)` of the staff member's calendar exactly like a booking."""
+    `[blocked_from, blocked_until)` of the staff member's calendar exactly like a booking. Of a
+    group session service it holds one seat of the session `session_key` (`booking.seats`): a seat
+    taken like a booked one, and like one it leaves the session's time free for its other seats."""
 
     __tablename__ = "waitlist_offers"
     __table_args__ = (
@@ -86,6 +94,7 @@ class WaitlistOffer(UUIDPk, Base):
             postgresql_where=text("status = 'offered'"),
         ),
         Index("ix_waitlist_offers_expiry", "expires_at", postgresql_where=text("status = 'offered'")),
+        Index("ix_waitlist_offers_session", "session_key", postgresql_where=text("status = 'offered'")),
         Index("ix_waitlist_offers_entry", "entry_id"),
         Index("ix_waitlist_offers_client", "client_id"),
     )
@@ -100,6 +109,7 @@ class WaitlistOffer(UUIDPk, Base):
     blocked_until: Mapped[datetime]
     expires_at: Mapped[datetime]
     status: Mapped[str] = mapped_column(String(16), default=OfferStatus.offered.value)
+    session_key: Mapped[uuid.UUID | None]  # a seat hold: the group session it holds a seat of
     appointment_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("appointments.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())

@@ -20,7 +20,7 @@ from app.models import (
     WaitlistOffer,
     service_resources,
 )
-from app.services.booking import waitlist
+from app.services.booking import seats, waitlist
 from app.services.messaging.outbox import get_arq_pool
 from app.services.scheduling.availability_changes import CALENDAR_CHANGED_JOB
 from app.utils.time import utcnow
@@ -216,13 +216,13 @@ class TestJoin:
 
 
 class TestOtherServices:
-    async def test_a_group_session_service_has_no_waitlist(self, client, session, staff, service, first):
+    async def test_a_group_session_service_has_a_waitlist(self, client, session, staff, service, first):
         service.capacity = 5
         await session.commit()
-        response = await client.post(WAITLIST, json=window(service, days_ahead(5)), headers=await headers_for(first))
-        assert_problem(response, 409, "waitlist_unavailable")
+        entry = await join(client, first, window(service, days_ahead(5)))
+        assert entry["status"] == "waiting"  # seat holds: see test_waitlist_seats
 
-    async def test_a_service_made_a_group_session_later_offers_nothing(
+    async def test_a_service_made_a_group_session_later_offers_a_seat(
         self, client, session, staff, service, other, first
     ):
         day = days_ahead(5)
@@ -231,7 +231,10 @@ class TestOtherServices:
         service.capacity = 5
         await session.commit()
         await cancel(client, staff, taken)
-        assert await waitlist.scan() == 0 and await offers_of(first) == []
+        assert await waitlist.scan() == 1
+        (offer,) = await offers_of(first)
+        assert offer.starts_at == local(day, 10)
+        assert offer.session_key == seats.key_of(service, staff.id, local(day, 10))  # one seat of it
 
     async def test_a_slot_no_resource_is_free_for_is_not_offered(self, client, session, staff, service, other, first):
         room = Resource(name="Room", description="", is_active=True)

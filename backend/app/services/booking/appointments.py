@@ -176,6 +176,10 @@ def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, date
     )
 
 
+def _outside_sessions(session_key, excluded: Collection[uuid.UUID]):
+    return or_(session_key.is_(None), session_key.not_in(excluded))
+
+
 async def _taken(
     session: AsyncSession,
     service: Service,
@@ -184,7 +188,9 @@ async def _taken(
     exclude: Collection[uuid.UUID],
     exclude_holds: Collection[uuid.UUID] = (),
 ) -> list[datetime]:
-    """The starts whose blocked range overlaps a live appointment or waitlist hold of this staff member."""
+    """The starts whose blocked range overlaps a live appointment or waitlist hold of this staff
+    member; `exclude` as `availability_queries.load_calendars` takes it (a session key there: that
+    session's seats and seat holds)."""
     lo, hi = blocked_range(service, min(starts))[0], blocked_range(service, max(starts))[1]
     query = select(Appointment.blocked_from, Appointment.blocked_until).where(
         Appointment.staff_id == staff_id,
@@ -192,9 +198,6 @@ async def _taken(
         Appointment.blocked_from < hi,
         Appointment.blocked_until > lo,
     )
-    if exclude:
-        others = or_(Appointment.session_key.is_(None), Appointment.session_key.not_in(exclude))
-        query = query.where(Appointment.id.not_in(exclude), others)
     held = select(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until).where(
         WaitlistOffer.staff_id == staff_id,
         text(live_hold_sql()),
@@ -202,6 +205,9 @@ async def _taken(
         WaitlistOffer.blocked_until > lo,
         WaitlistOffer.id.not_in(list(exclude_holds)),
     )
+    if exclude:
+        query = query.where(Appointment.id.not_in(exclude), _outside_sessions(Appointment.session_key, exclude))
+        held = held.where(_outside_sessions(WaitlistOffer.session_key, exclude))
     busy = (await session.execute(query.union_all(held))).all()
 
     def clashes(start: datetime) -> bool:

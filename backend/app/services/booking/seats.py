@@ -8,19 +8,26 @@ numbers apart (a unique index on `(session_key, seat)`). A full session is 409 `
 client who already holds a seat of it 409 `already_booked` (a unique index on `(session_key,
 client_id)` settles two simultaneous requests of one client). Lowering a service's capacity keeps
 the seats already taken: the session is full until enough of them cancel.
+
+A seat hold (a live waitlist offer with the session's key) takes a seat too, without a number: a
+booking may take only the first `capacity - holds - seats` free numbers (`_seat`), its own holds
+not counted. Holds are made only under the calendar lock taken exclusively (`waitlist.scan`), so
+while bookings hold it shared the holds they read can only go (expire, be released), never come:
+each reads the same holds or fewer, and their lists of numbers nest, so holds and seats together
+never pass the capacity.
 """
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import Integer, cast, null, select, text, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.errors import AlreadyBooked, Forbidden, SessionFull
-from app.models import LIVE_STATUSES, Appointment, Service, User
+from app.models import LIVE_STATUSES, Appointment, Service, User, WaitlistOffer, live_seat_holds
 from app.schemas.common import iso_z
 from app.services.booking.appointments import blocked_range, get_visible, handles
 from app.services.scheduling.group_sessions import session_key
@@ -76,18 +83,25 @@ NO_SEATS = Seats()
 
 
 async def claim(
-    session: AsyncSession, service: Service, client_id: uuid.UUID, staff_id: uuid.UUID, starts: Sequence[datetime]
+    session: AsyncSession,
+    service: Service,
+    client_id: uuid.UUID,
+    staff_id: uuid.UUID,
+    starts: Sequence[datetime],
+    *,
+    exclude_holds: Collection[uuid.UUID] = (),
 ) -> Seats:
     """For a group session service: a seat of each start's session, or refuse them all (409
     `already_booked`, then 409 `session_full`, naming the starts). The caller holds the calendar
-    lock and still checks the starts are offered (with `exclude` set aside)."""
+    lock and still checks the starts are offered (with `exclude` set aside). The client's own seat
+    holds do not count, nor do `exclude_holds` (the one being claimed)."""
     if service.capacity <= 1:
         return NO_SEATS
     keys = {start: key_of(service, staff_id, start) for start in starts}
     taken: dict[datetime, tuple[uuid.UUID, int]] = {}
     held, full = [], []
     for start, key in sorted(keys.items(), key=lambda item: item[1]):  # sessions in key order
-        outcome = await _seat(session, key, service.capacity, client_id)
+        outcome = await _seat(session, key, service.capacity, client_id, exclude_holds)
         if outcome == HELD:
             held.append(start)
         elif outcome == FULL:
@@ -104,7 +118,30 @@ async def claim(
 HELD, FULL = "held", "full"
 
 
-async def _seat(session: AsyncSession, key: uuid.UUID, capacity: int, client_id: uuid.UUID) -> str | int:
+def _occupying(keys: Collection[uuid.UUID], exclude_holds: Collection[uuid.UUID] = ()):
+    """(session_key, client_id, seat) of each live seat of these sessions, and of each of their
+    live seat holds (seat None) but `exclude_holds`: everyone taking a seat of them."""
+    booked = select(Appointment.session_key, Appointment.client_id, Appointment.seat).where(
+        Appointment.session_key.in_(list(keys)), Appointment.status.in_(LIVE_STATUSES)
+    )
+    held = select(WaitlistOffer.session_key, WaitlistOffer.client_id, cast(null(), Integer)).where(
+        live_seat_holds(keys), WaitlistOffer.id.not_in(list(exclude_holds))
+    )
+    return union_all(booked, held)
+
+
+async def occupants(session: AsyncSession, keys: Collection[uuid.UUID]) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """The clients with a live seat or seat hold of each of these sessions."""
+    found: dict[uuid.UUID, set[uuid.UUID]] = {}
+    if keys:
+        for key, client_id, _ in await session.execute(_occupying(keys)):
+            found.setdefault(key, set()).add(client_id)
+    return found
+
+
+async def _seat(
+    session: AsyncSession, key: uuid.UUID, capacity: int, client_id: uuid.UUID, exclude_holds: Collection[uuid.UUID]
+) -> str | int:
     """A free seat number of the session, whose lock this transaction holds; or HELD (the client has
     one), or FULL.
 
@@ -114,17 +151,18 @@ async def _seat(session: AsyncSession, key: uuid.UUID, capacity: int, client_id:
     them to be released (without taking them), then reads again: so a session is refused as full
     only once its seats are taken by committed bookings, and bookings of one session wait for each
     other only while it is nearly full. A transaction holds at most one number per session, and
-    sessions come in key order: no deadlock."""
+    sessions come in key order: no deadlock. Of the free numbers only the first `capacity - holds -
+    seats` are offered, the others being the holds' (other clients' live seat holds, read afresh
+    with the seats each time)."""
     mine: int | None = None
     while True:
-        query = select(Appointment.client_id, Appointment.seat).where(
-            Appointment.session_key == key, Appointment.status.in_(LIVE_STATUSES)
-        )
-        rows = (await session.execute(query)).all()
-        if any(row.client_id == client_id for row in rows):
+        rows = (await session.execute(_occupying([key], exclude_holds))).all()
+        if any(row.client_id == client_id and row.seat is not None for row in rows):
             return HELD
-        used = {row.seat for row in rows}
-        free = [n for n in range(1, capacity + 1) if n not in used]
+        seats = [row for row in rows if row.seat is not None]
+        holds = sum(1 for row in rows if row.seat is None and row.client_id != client_id)
+        used = {row.seat for row in seats}
+        free = [n for n in range(1, capacity + 1) if n not in used][: max(0, capacity - holds - len(seats))]
         if not free:
             return FULL
         if mine in free:

@@ -12,13 +12,20 @@ locks and each reads what the previous one committed, so a freed slot gets exact
 however many workers and changes there are; the next waiter gets it only once the hold is gone
 (expired: `expire_offers`, every minute; declined; or released).
 
+A group session service's waiters are offered seats (`_Seats`): the slots availability shows, seat
+holds counted, each waiter in order the earliest with a seat left in a session they have no seat
+or hold of; the hold takes ONE seat of that session (`WaitlistOffer.session_key`), blocks the staff
+member's time for everything but that session's other seats, and leaves its other seats bookable.
+
 Claiming books the held slot for the waiter (`claim`: the booking rules, the waiter's own hold
-not counted); an expired offer is 410, a closed one 409. Any booking of the service by the client
-closes their entries (`waitlist_holds.close_for_bookings`, and the hot path's `_INSERT`).
+not counted; a seat hold: a seat of its session); an expired offer is 410, a closed one 409. Any
+booking of the service by the client closes their entries (`waitlist_holds.close_for_bookings`, and
+the hot path's `_INSERT`), which releases their holds.
 """
 
 import bisect
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, time, timedelta
 from functools import partial
 from typing import Any
@@ -42,15 +49,16 @@ from app.models import (
     WaitlistStatus,
     service_staff,
 )
-from app.services.booking import appointments, waitlist_holds
+from app.services.booking import appointments, seats, waitlist_holds
 from app.services.messaging import outbox
 from app.services.messaging.notifications import format_when
 from app.services.pagination import paginate
 from app.services.scheduling import availability
 from app.services.scheduling.availability_changes import announce_changes
-from app.services.scheduling.availability_engine import Slot, free_slots
-from app.services.scheduling.availability_queries import load_calendars, service_and_staff
+from app.services.scheduling.availability_engine import ServiceRules, Slot, free_slots
+from app.services.scheduling.availability_queries import ServiceTerms, load_calendars, service_and_staff
 from app.services.scheduling.calendar_lock import lock_calendars
+from app.services.scheduling.group_sessions import SeatSlot, session_key
 from app.utils.time import from_timestamp, timestamp, utcnow
 
 OFFER_TEMPLATE = "waitlist_offer"
@@ -72,10 +80,6 @@ class WaitlistEntryClosed(Conflict):
 
 class OfferExpired(AppError):
     status, code, title = 410, "offer_expired", "This offer has expired"
-
-
-class WaitlistUnavailable(Conflict):
-    code, title = "waitlist_unavailable", "This service has no waitlist"
 
 
 class OfferClosed(Conflict):
@@ -104,9 +108,6 @@ async def join(session: AsyncSession, actor: User, data: Any) -> WaitlistEntry:
     service, staff = await service_and_staff(session, data.service_id, data.staff_id)
     if not staff:
         raise SlotNotOffered("Nobody provides this service")
-    if service.capacity > 1:
-        # A hold would take the whole session from everyone else: group sessions wait for seat holds.
-        raise WaitlistUnavailable("Group sessions have no waitlist: book a seat while one is free")
     settings = get_settings()
     zone = data.timezone or client.timezone
     now = utcnow()
@@ -211,7 +212,8 @@ async def _locked_offer(session: AsyncSession, user: User, offer_id: uuid.UUID) 
 
 
 async def claim(session: AsyncSession, actor: User, offer_id: uuid.UUID) -> Appointment:
-    """Book the held slot for its waiter: the booking's rules and locks, their own hold not counted."""
+    """Book the held slot for its waiter: the booking's rules and locks, their own hold not counted
+    (a seat hold: a seat of its session, the hold's seat taken by the booking)."""
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
     offer = await session.get(WaitlistOffer, offer_id)
@@ -225,10 +227,12 @@ async def claim(session: AsyncSession, actor: User, offer_id: uuid.UUID) -> Appo
     if not staff:
         raise SlotNotOffered("This staff member does not provide this service")
     appointments.ensure_within_horizon(service, offer.starts_at)
+    own = [offer.id]
+    seat = await seats.claim(session, service, actor.id, offer.staff_id, [offer.starts_at], exclude_holds=own)
     await appointments.ensure_offered(
-        session, service, offer.staff_id, [offer.starts_at], staff=staff, exclude_holds=[offer.id]
+        session, service, offer.staff_id, [offer.starts_at], staff=staff, exclude=seat.exclude, exclude_holds=own
     )
-    appointment = appointments.new_appointment(service, actor, offer.staff_id, offer.starts_at)
+    appointment = seat.place(appointments.new_appointment(service, actor, offer.staff_id, offer.starts_at))
     offer.status = OfferStatus.claimed.value
     await session.flush()
     (booked,) = await appointments.insert_all(session, actor, [appointment])  # closes the entry (`booked`)
@@ -284,31 +288,71 @@ def _matches(entry: WaitlistEntry, slot: Slot, zone: ZoneInfo) -> bool:
     )
 
 
+AnySlot = Slot | SeatSlot
+
+
 class _Free:
     """The free slots of a scan, by start; a slot given to one entry is blocked for the next ones."""
 
-    def __init__(self, slots: list[Slot], before: int, after: int) -> None:
+    def __init__(self, slots: Sequence[AnySlot], before: int, after: int) -> None:
         self.slots, self.starts = slots, [slot.start for slot in slots]
         self.before, self.after = before, after
-        self.held: list[tuple[uuid.UUID, int, int]] = []
+        self.held: list[tuple[uuid.UUID, int, int, uuid.UUID | None]] = []
 
-    def blocked(self, slot: Slot) -> tuple[int, int]:
+    def blocked(self, slot: AnySlot) -> tuple[int, int]:
         return slot.start - self.before, slot.end + self.after
 
-    def first_for(self, entry: WaitlistEntry) -> Slot | None:
+    def session_of(self, slot: AnySlot) -> uuid.UUID | None:
+        """The group session a hold of this slot takes a seat of (None: it holds the whole slot)."""
+        return None
+
+    def first_for(self, entry: WaitlistEntry) -> AnySlot | None:
         lo, hi = (timestamp(bound) for bound in _window(entry))
         zone = ZoneInfo(entry.timezone)
         for slot in self.slots[bisect.bisect_left(self.starts, lo) : bisect.bisect_left(self.starts, hi)]:
-            if _matches(entry, slot, zone) and not self._clashes(slot):
+            if _matches(entry, slot, zone) and self._open(slot, entry):
                 return slot
         return None
 
-    def _clashes(self, slot: Slot) -> bool:
+    def _open(self, slot: AnySlot, entry: WaitlistEntry) -> bool:
+        """Nothing given in this scan overlaps it (but seats of its own session)."""
         low, high = self.blocked(slot)
-        return any(staff == slot.staff_id and a < high and b > low for staff, a, b in self.held)
+        key = self.session_of(slot)
+        return not any(
+            staff == slot.staff_id and a < high and b > low and (key is None or other != key)
+            for staff, a, b, other in self.held
+        )
 
-    def take(self, slot: Slot) -> None:
-        self.held.append((slot.staff_id, *self.blocked(slot)))
+    def take(self, slot: AnySlot, entry: WaitlistEntry) -> None:
+        self.held.append((slot.staff_id, *self.blocked(slot), self.session_of(slot)))
+
+
+class _Seats(_Free):
+    """The seat slots of a group session service's scan. A slot is open to an entry while its
+    session has a seat left and the entry's client neither a seat nor a hold of it; each offer takes
+    one of its seats. A fresh start given (a new session) blocks the others overlapping it."""
+
+    def __init__(self, slots: Sequence[SeatSlot], before: int, after: int, service_id: uuid.UUID) -> None:
+        super().__init__(slots, before, after)
+        self.keys = {
+            (slot.staff_id, slot.start): session_key(service_id, slot.staff_id, slot.start, self.blocked(slot))
+            for slot in slots
+        }
+        self.left = {self.keys[slot.staff_id, slot.start]: slot.seats_left for slot in slots}
+        self.occupants: dict[uuid.UUID, set[uuid.UUID]] = {}
+
+    def session_of(self, slot: AnySlot) -> uuid.UUID:
+        return self.keys[slot.staff_id, slot.start]
+
+    def _open(self, slot: AnySlot, entry: WaitlistEntry) -> bool:
+        key = self.session_of(slot)
+        return self.left[key] > 0 and entry.client_id not in self.occupants.get(key, ()) and super()._open(slot, entry)
+
+    def take(self, slot: AnySlot, entry: WaitlistEntry) -> None:
+        key = self.session_of(slot)
+        self.left[key] -= 1
+        self.occupants.setdefault(key, set()).add(entry.client_id)
+        super().take(slot, entry)
 
 
 async def scan_service(service_id: uuid.UUID) -> int:
@@ -331,7 +375,7 @@ async def _scan(session: AsyncSession, service_id: uuid.UUID) -> int:
         return 0
     staff = {member: zone for member, zone in now_staff.items() if member in staff}
     entries = list(await session.scalars(_waiting(service_id)))
-    if not staff or not entries or terms.capacity > 1:  # made a group session since they joined
+    if not staff or not entries:
         return 0
     rules = availability.rules_for(terms)
     now = utcnow()
@@ -339,25 +383,52 @@ async def _scan(session: AsyncSession, service_id: uuid.UUID) -> int:
     lo, hi = max(now, min(w[0] for w in windows)), min(now + rules.max_advance, max(w[1] for w in windows))
     if lo >= hi:
         return 0
-    margin = rules.duration + rules.buffer_before + rules.buffer_after
-    calendars = await load_calendars(session, staff, lo, hi, margin=margin)
-    before, after = rules.buffer_before // timedelta(seconds=1), rules.buffer_after // timedelta(seconds=1)
-    slots = free_slots(calendars, rules, lo, hi, now)
-    if terms.needs_resource:  # only slots some resource is free for (the hold does not take it)
-        roomy = await availability.with_resources(session, service_id, rules, slots)
-        slots = [Slot(slot.start, slot.end, slot.staff_id) for slot in roomy]
-    free = _Free(slots, before, after)
+    find = _free_seats if terms.capacity > 1 else _free_slots
+    free = await find(session, terms, staff, rules, lo, hi, now)
     offered = 0
     for entry in entries:
         slot = free.first_for(entry)
         if slot is not None and await _offer(session, entry, slot, free):
-            free.take(slot)
+            free.take(slot, entry)
             offered += 1
     return offered
 
 
-async def _offer(session: AsyncSession, entry: WaitlistEntry, slot: Slot, free: _Free) -> bool:
-    """Hold the slot for the entry (if it is still waiting) and email them the link."""
+def _buffers(rules: ServiceRules) -> tuple[int, int]:
+    return rules.buffer_before // timedelta(seconds=1), rules.buffer_after // timedelta(seconds=1)
+
+
+async def _free_slots(
+    session: AsyncSession, terms: ServiceTerms, staff: dict[uuid.UUID, str], rules: ServiceRules, *window: datetime
+) -> _Free:
+    """A plain service's free slots in the window (lo, hi, now); if it needs a resource, only those
+    some resource is free for (the hold does not take it)."""
+    lo, hi, now = window
+    margin = rules.duration + rules.buffer_before + rules.buffer_after
+    calendars = await load_calendars(session, staff, lo, hi, margin=margin)
+    slots = free_slots(calendars, rules, lo, hi, now)
+    if terms.needs_resource:
+        roomy = await availability.with_resources(session, terms.id, rules, slots)
+        slots = [Slot(slot.start, slot.end, slot.staff_id) for slot in roomy]
+    return _Free(slots, *_buffers(rules))
+
+
+async def _free_seats(
+    session: AsyncSession, terms: ServiceTerms, staff: dict[uuid.UUID, str], rules: ServiceRules, *window: datetime
+) -> _Seats:
+    """A group session service's seat slots in the window (lo, hi, now) as availability shows
+    them (holds counted), with who already sits in or holds a seat of each session."""
+    slots = await availability.seat_slots(session, terms, staff, rules, *window)
+    if terms.needs_resource:
+        slots = await availability.seats_with_resources(session, terms, rules, slots)
+    free = _Seats(slots, *_buffers(rules), terms.id)
+    free.occupants = await seats.occupants(session, set(free.keys.values()))
+    return free
+
+
+async def _offer(session: AsyncSession, entry: WaitlistEntry, slot: AnySlot, free: _Free) -> bool:
+    """Hold the slot (a seat of its session, for a group session service) for the entry (if it is
+    still waiting) and email them the link."""
     moved = await session.execute(
         update(WaitlistEntry)
         .where(WaitlistEntry.id == entry.id, WaitlistEntry.status == WaitlistStatus.waiting.value)
@@ -378,6 +449,7 @@ async def _offer(session: AsyncSession, entry: WaitlistEntry, slot: Slot, free: 
         ends_at=from_timestamp(slot.end),
         blocked_from=low,
         blocked_until=high,
+        session_key=free.session_of(slot),
         expires_at=utcnow() + timedelta(minutes=get_settings().waitlist_hold_minutes),
         status=OfferStatus.offered.value,
     )

@@ -135,13 +135,13 @@ async def find_seat_slots(
     validate_window(start, end)
     service, staff = await service_and_staff(session, service_id, staff_id)
     rules = rules_for(service)
-    slots = await _seat_slots(service, staff, rules, start, end, utcnow(), exclude=exclude_appointments)
+    slots = await seat_slots(None, service, staff, rules, start, end, utcnow(), exclude=exclude_appointments)
     if service.needs_resource:
-        return await _seats_with_resources(session, service, rules, slots, exclude=exclude_appointments)
+        return await seats_with_resources(session, service, rules, slots, exclude=exclude_appointments)
     return slots
 
 
-async def _seats_with_resources(
+async def seats_with_resources(
     session: AsyncSession | None,
     service: ServiceTerms,
     rules: ServiceRules,
@@ -178,8 +178,8 @@ async def availability_text(
         # Its resources are taken by bookings with other staff members too, and closed, which no
         # staff member's versions track: answered from the database alone, never cached.
         if service.capacity > 1:
-            seat_slots = await _seat_slots(service, staff, rules, start, end, now)
-            return render_seats(await _seats_with_resources(None, service, rules, seat_slots), start, end, zone)
+            found = await seat_slots(None, service, staff, rules, start, end, now)
+            return render_seats(await seats_with_resources(None, service, rules, found), start, end, zone)
         calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
         slots = free_slots(calendars, rules, start, end, now)
         return render(await with_resources(None, service.id, rules, slots), start, end, zone)
@@ -197,7 +197,7 @@ async def availability_text(
     versions = await cache.read_versions(around) if days else {}
     if versions is None:  # Redis is down: answer from the database alone
         if service.capacity > 1:
-            return render_seats(await _seat_slots(service, staff, rules, start, end, now), start, end, zone)
+            return render_seats(await seat_slots(None, service, staff, rules, start, end, now), start, end, zone)
         calendars = await load_calendars(None, staff, start, end, margin=_margin(rules))
         return render(free_slots(calendars, rules, start, end, now), start, end, zone)
     firsts = {m: dates[0] for m, dates in around.items()}
@@ -206,9 +206,9 @@ async def availability_text(
     if cached is not None:
         return cached
     if service.capacity > 1:  # group sessions: computed fresh (the day cache keeps bare starts)
-        seat_slots = await _seat_slots(service, staff, rules, start, end, now)
-        body = render_seats(seat_slots, start, end, zone)
-        await _cache_set(key, body, _lifetime(seat_slots[0].start if seat_slots else None, rules, now))
+        found = await seat_slots(None, service, staff, rules, start, end, now)
+        body = render_seats(found, start, end, zone)
+        await _cache_set(key, body, _lifetime(found[0].start if found else None, rules, now))
         return body
     tags = {m: cache.tags(versions[m], dates, reach, staff[m]) for m, dates in days.items()}
     rules_key = cache.rules_id(rules)
@@ -227,7 +227,8 @@ async def availability_text(
     return body
 
 
-async def _seat_slots(
+async def seat_slots(
+    session: AsyncSession | None,
     service: ServiceTerms,
     staff: dict[uuid.UUID, str],
     rules: ServiceRules,
@@ -237,13 +238,18 @@ async def _seat_slots(
     *,
     exclude: Collection[uuid.UUID] = (),
 ) -> list[group_sessions.SeatSlot]:
-    """A group session service's slots with their seats left, on the read pool (`group_sessions`);
-    the appointments `exclude` do not count as bookings."""
+    """A group session service's slots with their seats left (`group_sessions`), in the session or
+    (None) on the read pool; the appointments `exclude` do not count as bookings."""
     margin = _margin(rules)
-    rows = await fetch_rows(group_sessions.SESSIONS_SQL, list(staff), service.id, start - margin, end + margin)
+    lo, hi = start - margin, end + margin
+    if session is None:
+        rows: Sequence[Sequence] = await fetch_rows(group_sessions.SESSIONS_SQL, list(staff), service.id, lo, hi)
+    else:
+        params = {"staff": list(staff), "service": service.id, "lo": lo, "hi": hi}
+        rows = (await session.execute(group_sessions.SESSIONS_STATEMENT, params)).all()
     sessions = [group_sessions.Session(row) for row in rows]
     excluded = [*group_sessions.exclusions(sessions), *exclude]
-    calendars = await load_calendars(None, staff, start, end, margin=margin, exclude_appointments=excluded)
+    calendars = await load_calendars(session, staff, start, end, margin=margin, exclude_appointments=excluded)
     return group_sessions.seat_slots(calendars, sessions, service.id, service.capacity, rules, start, end, now)
 
 

@@ -144,6 +144,12 @@ def _away(table) -> Executable:
     )
 
 
+def _outside_excluded_sessions(session_key):
+    """An excluded id may also name a group session: none of its seats, however many have joined,
+    nor its seat holds, are busy (a seat joining it does not clash with them)."""
+    return or_(session_key.is_(None), session_key != all_(_EXCLUDED))
+
+
 _HELD = func.tstzrange(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until, _HALF_OPEN)
 # Busy: live bookings and live waitlist holds (a hold blocks its slot exactly like a booking).
 _BUSY = union_all(
@@ -152,14 +158,14 @@ _BUSY = union_all(
         _LIVE,
         _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
         Appointment.id != all_(_EXCLUDED),
-        # An excluded id may also name a group session: all its seats, however many have joined.
-        or_(Appointment.session_key.is_(None), Appointment.session_key != all_(_EXCLUDED)),
+        _outside_excluded_sessions(Appointment.session_key),
     ),
     select(WaitlistOffer.staff_id, _HELD).where(
         WaitlistOffer.staff_id == _IDS,
         text(live_hold_sql()),
         _HELD.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
         WaitlistOffer.id != all_(bindparam("excluded_holds", type_=ARRAY(Uuid))),
+        _outside_excluded_sessions(WaitlistOffer.session_key),
     ),
 ).subquery("busy")
 # Time away: time off and the busy blocks of external calendars (calendar_sync), which block exactly alike.
@@ -302,8 +308,8 @@ async def load_calendars(
 
     `margin` widens the window for busy time (a booking ending just before `start` still blocks a
     slot through its buffers); the `exclude_appointment(s)` do not count as busy (a booking being
-    moved does not block itself; a session key there: none of that group session's seats), nor do the
-    `exclude_holds` (waitlist offers being claimed)."""
+    moved does not block itself; a session key there: none of that group session's seats and seat
+    holds), nor do the `exclude_holds` (waitlist offers being claimed)."""
     if not staff:
         return []
     if not isinstance(staff, Mapping):
@@ -376,7 +382,8 @@ def one_calendar_sql(staff: str, first_day: str, last_day: str, lo: str, hi: str
     )
     blocked = "tstzrange(blocked_from, blocked_until, '[)')"
     overlapping = f"staff_id = {staff} AND {blocked} && tstzrange({lo}, {hi}, '[)')"
-    # Live bookings and live waitlist holds, as `_BUSY`.
+    # Live bookings and live waitlist holds, as `_BUSY` (nothing excluded: the hot path books plain
+    # services only, for which a seat hold is busy like any other).
     busy = (
         f"(SELECT blocked_from, blocked_until FROM appointments WHERE {overlapping} AND {live_status_sql()}"
         f" UNION ALL SELECT blocked_from, blocked_until FROM {WaitlistOffer.__tablename__}"

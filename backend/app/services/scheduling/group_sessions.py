@@ -8,7 +8,9 @@ buffers changed starts a session of its own, which then clashes with the old one
 Availability of such a service (`seat_slots`): a fresh start (nothing booked around it) has
 `capacity` seats left; a live session of this service with seats left is offered at its start,
 with what is left, if its start would be offered with its own seats set aside (hours, time off and
-every other booking still count); a full session is not offered.
+every other booking still count); a full session is not offered. A seat hold (a waitlist offer
+of such a service) takes one seat of its session like a booked seat: it counts in `seats_left`,
+and a session only held is a session.
 """
 
 import uuid
@@ -17,7 +19,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from app.models import live_status_sql
+from sqlalchemy import text
+
+from app.models import live_hold_sql, live_status_sql
 from app.services.scheduling.availability_engine import ServiceRules, StaffCalendar, staff_starts
 from app.utils.time import from_timestamp
 
@@ -39,21 +43,40 @@ def session_key(service_id: uuid.UUID, staff_id: uuid.UUID, start: int, blocked:
     return uuid.uuid5(_NAMESPACE, f"{staff_id}|{service_id}|{start}|{blocked[0]}|{blocked[1]}")
 
 
-# The live sessions of one service for these staff members around a window: one row per session.
-SESSIONS_SQL = f"""
+# The live sessions of one service for these staff members around a window: one row per session,
+# its seats taken counting its live seats and its live seat holds (a session only held is one too).
+_SESSIONS = """
 SELECT staff_id, session_key, count(*) AS seats,
        floor(extract(epoch FROM min(starts_at)))::bigint AS start,
        floor(extract(epoch FROM min(blocked_from)))::bigint AS blocked_from,
        ceil(extract(epoch FROM max(blocked_until)))::bigint AS blocked_until
-FROM appointments
-WHERE staff_id = ANY($1::uuid[]) AND service_id = $2 AND session_key IS NOT NULL AND {live_status_sql()}
-  AND blocked_from < $4 AND blocked_until > $3
+FROM (
+    SELECT staff_id, session_key, starts_at, blocked_from, blocked_until FROM appointments
+    WHERE staff_id = ANY({staff}) AND service_id = {service} AND session_key IS NOT NULL AND {live}
+      AND blocked_from < {hi} AND blocked_until > {lo}
+    UNION ALL
+    SELECT staff_id, session_key, starts_at, blocked_from, blocked_until FROM waitlist_offers
+    WHERE staff_id = ANY({staff}) AND service_id = {service} AND session_key IS NOT NULL AND {held}
+      AND blocked_from < {hi} AND blocked_until > {lo}
+) AS taken
 GROUP BY staff_id, session_key
 """
+_RULES = {"live": live_status_sql(), "held": live_hold_sql()}
+# For the read pool (asyncpg's $n: staff ids, service id, lo, hi) and for a session.
+SESSIONS_SQL = _SESSIONS.format(staff="$1::uuid[]", service="$2::uuid", lo="$3", hi="$4", **_RULES)
+SESSIONS_STATEMENT = text(
+    _SESSIONS.format(
+        staff="CAST(:staff AS uuid[])",
+        service="CAST(:service AS uuid)",
+        lo="CAST(:lo AS timestamptz)",
+        hi="CAST(:hi AS timestamptz)",
+        **_RULES,
+    )
+)
 
 
 class Session:
-    """One live session as `SESSIONS_SQL` reads it."""
+    """One live session as `SESSIONS_SQL` reads it (`seats`: its seats taken, holds included)."""
 
     __slots__ = ("blocked", "key", "seats", "staff_id", "start")
 
