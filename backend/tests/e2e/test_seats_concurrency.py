@@ -1,7 +1,8 @@
 """Seats never overbooked, whatever the concurrency: two uvicorn API processes on the test database,
 real HTTP, 200 different verified clients booking one 10-seat session at once -> exactly 10 seats
 (201, numbered 1 to 10) and 190 × 409 `session_full`; one client asking many times at once gets one
-seat; series sharing an occurrence fill it and no more."""
+seat; series sharing an occurrence fill it and no more; a seat held for a waiter is never booked by
+anyone else, however many ask at once."""
 
 from collections import Counter
 from collections.abc import Iterator
@@ -10,7 +11,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from app.models import Appointment
+from app.models import Appointment, WaitlistOffer
+from app.services.booking import waitlist
 from tests.e2e.test_booking_concurrency import at, clients, fire, outcome, two_api_processes
 from tests.scheduling import URL, create_service, create_staff, days_ahead
 
@@ -98,3 +100,45 @@ class TestNoOverbooking:
         shared = at(day + timedelta(days=7), 9)
         assert sum(1 for seat in seats if seat.starts_at == shared) == 2
         assert max(per_session.values()) <= 2
+
+
+class TestSeatHolds:
+    CAPACITY = 5
+    RACERS = 30
+
+    async def test_30_clients_at_once_never_take_the_seat_held_for_a_waiter(self, api_servers, session):
+        """5 seats: 3 booked and 1 held for a waiter (a free seat is offered as they join); 30
+        other clients at once -> exactly one books the last free seat and 29 are `session_full`;
+        then the waiter's claim books the held one: 5 seats."""
+        staff = await create_staff(session, timezone="UTC", hours=(("08:00", "18:00"),))
+        service = await group_service(session, staff, capacity=self.CAPACITY)
+        day = days_ahead(3)
+        body = {"service_id": str(service.id), "staff_id": str(staff.id), "starts_at": at(day, 10).isoformat()}
+        people = await clients(session, 3 + 1 + self.RACERS)
+        booked, (waiter, as_waiter), racers = people[:3], people[3], people[4:]
+        seated = await fire(api_servers, [("POST", URL, body, headers) for _, headers in booked])
+        assert outcome(seated) == {(201, None): 3}
+        wait = {
+            "service_id": str(service.id),
+            "first_date": day.isoformat(),
+            "last_date": day.isoformat(),
+            "earliest_time": "10:00",
+            "latest_time": "11:00",
+            "timezone": "UTC",
+        }
+        (joined,) = await fire(api_servers, [("POST", "/api/v1/waitlist", wait, as_waiter)])
+        assert joined.status_code == 201, joined.text
+        assert await waitlist.scan() == 1
+        offer = await session.scalar(select(WaitlistOffer).where(WaitlistOffer.client_id == waiter.id))
+        assert offer is not None and str(offer.session_key) == seated[0].json()["session_key"]
+
+        responses = await fire(api_servers, [("POST", URL, body, headers) for _, headers in racers])
+
+        assert outcome(responses) == {(201, None): 1, (409, "session_full"): self.RACERS - 1}
+        claim = f"/api/v1/waitlist/offers/{offer.id}/claim"
+        (claimed,) = await fire(api_servers, [("POST", claim, {}, as_waiter)])
+        assert claimed.status_code == 201, claimed.text
+        seats = await live_seats(session, service)
+        assert len(seats) == self.CAPACITY
+        assert sorted(seat.seat for seat in seats) == list(range(1, self.CAPACITY + 1))
+        assert waiter.id in {seat.client_id for seat in seats}
