@@ -5103,20 +5103,6 @@ export interface components {
             offset: number;
         };
         /**
-         * WaitlistUnavailableProblem
-         * @description `waitlist_unavailable`: This service has no waitlist
-         */
-        WaitlistUnavailableProblem: {
-            /** @enum {string} */
-            type: "urn:c3po:problem:waitlist_unavailable";
-            title: string;
-            /** @enum {integer} */
-            status: 409;
-            detail: string;
-            /** @enum {string} */
-            code: "waitlist_unavailable";
-        };
-        /**
          * WeakPasswordProblem
          * @description `weak_password`: Password is too common
          */
@@ -13336,14 +13322,14 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `waitlist_full`, `waitlist_unavailable` */
+            /** @description Conflict: `waitlist_full` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["WaitlistFullProblem"] | components["schemas"]["WaitlistUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["WaitlistFullProblem"];
                 };
             };
             /** @description Request Entity Too Large: `payload_too_large` */
@@ -13613,7 +13599,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `idempotency_key_in_progress`, `offer_closed`, `slot_unavailable` */
+            /** @description Conflict: `already_booked`, `idempotency_key_in_progress`, `offer_closed`, `session_full`, `slot_unavailable` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13621,7 +13607,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["OfferClosedProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["OfferClosedProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
                 };
             };
             /** @description Gone: `offer_expired` */

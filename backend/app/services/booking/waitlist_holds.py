@@ -3,7 +3,8 @@
 A hold (`WaitlistOffer` while `offered` and unexpired) blocks its slot like a booking: both calendar
 reads count it busy (`availability_queries`), and `appointments._taken` answers 409 for it. Holds
 are created only under the staff member's calendar lock taken exclusively (`waitlist.scan`), and
-bookings read busy time under the shared one, so a hold and a booking never both take a slot.
+bookings read busy time under the shared one, so a hold and a booking never both take a slot. A
+seat hold (`session_key`: a group session's) takes one seat of its session instead (`seats`).
 
 Row locks, everywhere: an entry before its offers (so closing an entry and expiring its offer
 cannot deadlock).
