@@ -29,6 +29,7 @@ from app.services.booking.waitlist import (
     WaitlistEntryClosed,
     WaitlistFull,
 )
+from app.services.scheduling.resources import ResourceUnavailable
 
 router = APIRouter(prefix="/waitlist", tags=["waitlist"])
 
@@ -118,6 +119,7 @@ async def get_offer(offer_id: uuid.UUID, user: CurrentUser, session: DbSession) 
         SlotNotOffered,
         SessionFull,
         AlreadyBooked,
+        ResourceUnavailable,
     ),
 )
 async def claim(offer_id: uuid.UUID, user: CurrentUser, session: DbSession, idem: IdempotentChange) -> JSONResponse:

@@ -253,6 +253,28 @@ class TestOtherServices:
         assert await waitlist.scan() == 1
         (offer,) = await offers_of(first)
         assert offer.starts_at == local(day, 10)
+        claimed = await client.post(f"{OFFERS}/{offer.id}/claim", headers=await headers_for(first))
+        assert claimed.status_code == 201, claimed.text
+        assert claimed.json()["resource_id"] == str(room.id)  # the claim takes the room, like a booking
+
+    async def test_a_claim_is_refused_when_the_last_room_went_under_the_hold(
+        self, client, session, staff, service, other, first
+    ):
+        room = Resource(name="Room", description="", is_active=True)
+        session.add(room)
+        await session.flush()
+        await session.execute(insert(service_resources).values(service_id=service.id, resource_id=room.id))
+        await session.commit()
+        day = days_ahead(5)
+        await held_slot(client, session, staff, service, other, [first], day)
+        (offer,) = await offers_of(first)
+        session.add(ResourceClosure(resource_id=room.id, starts_at=local(day, 9), ends_at=local(day, 12), reason="x"))
+        await session.commit()
+
+        claimed = await client.post(f"{OFFERS}/{offer.id}/claim", headers=await headers_for(first))
+
+        assert_problem(claimed, 409, "resource_unavailable")
+        assert [o.status for o in await offers_of(first)] == ["offered"]  # still held: nothing changed
 
 
 class TestLeave:

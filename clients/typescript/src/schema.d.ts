@@ -13599,7 +13599,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["NotFoundProblem"];
                 };
             };
-            /** @description Conflict: `already_booked`, `idempotency_key_in_progress`, `offer_closed`, `session_full`, `slot_unavailable` */
+            /** @description Conflict: `already_booked`, `idempotency_key_in_progress`, `offer_closed`, `resource_unavailable`, `session_full`, `slot_unavailable` */
             409: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13607,7 +13607,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["OfferClosedProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
+                    "application/problem+json": components["schemas"]["AlreadyBookedProblem"] | components["schemas"]["IdempotencyKeyInProgressProblem"] | components["schemas"]["OfferClosedProblem"] | components["schemas"]["ResourceUnavailableProblem"] | components["schemas"]["SessionFullProblem"] | components["schemas"]["SlotUnavailableProblem"];
                 };
             };
             /** @description Gone: `offer_expired` */

@@ -49,7 +49,7 @@ from app.models import (
     WaitlistStatus,
     service_staff,
 )
-from app.services.booking import appointments, seats, waitlist_holds
+from app.services.booking import appointments, resources, seats, waitlist_holds
 from app.services.messaging import outbox
 from app.services.messaging.notifications import format_when
 from app.services.pagination import paginate
@@ -233,6 +233,7 @@ async def claim(session: AsyncSession, actor: User, offer_id: uuid.UUID) -> Appo
         session, service, offer.staff_id, [offer.starts_at], staff=staff, exclude=seat.exclude, exclude_holds=own
     )
     appointment = seat.place(appointments.new_appointment(service, actor, offer.staff_id, offer.starts_at))
+    await resources.assign(session, service, [appointment])  # a hold keeps the staff member's time, not the room
     offer.status = OfferStatus.claimed.value
     await session.flush()
     (booked,) = await appointments.insert_all(session, actor, [appointment])  # closes the entry (`booked`)
