@@ -177,6 +177,7 @@ def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, date
 
 
 def _outside_sessions(session_key, excluded: Collection[uuid.UUID]):
+    """Not of an excluded group session (a seat or a seat hold of none, or of another)."""
     return or_(session_key.is_(None), session_key.not_in(excluded))
 
 

@@ -289,25 +289,25 @@ def _matches(entry: WaitlistEntry, slot: Slot, zone: ZoneInfo) -> bool:
     )
 
 
-AnySlot = Slot | SeatSlot
+_AnySlot = Slot | SeatSlot
 
 
 class _Free:
     """The free slots of a scan, by start; a slot given to one entry is blocked for the next ones."""
 
-    def __init__(self, slots: Sequence[AnySlot], before: int, after: int) -> None:
+    def __init__(self, slots: Sequence[_AnySlot], before: int, after: int) -> None:
         self.slots, self.starts = slots, [slot.start for slot in slots]
         self.before, self.after = before, after
         self.held: list[tuple[uuid.UUID, int, int, uuid.UUID | None]] = []
 
-    def blocked(self, slot: AnySlot) -> tuple[int, int]:
+    def blocked(self, slot: _AnySlot) -> tuple[int, int]:
         return slot.start - self.before, slot.end + self.after
 
-    def session_of(self, slot: AnySlot) -> uuid.UUID | None:
+    def session_of(self, slot: _AnySlot) -> uuid.UUID | None:
         """The group session a hold of this slot takes a seat of (None: it holds the whole slot)."""
         return None
 
-    def first_for(self, entry: WaitlistEntry) -> AnySlot | None:
+    def first_for(self, entry: WaitlistEntry) -> _AnySlot | None:
         lo, hi = (timestamp(bound) for bound in _window(entry))
         zone = ZoneInfo(entry.timezone)
         for slot in self.slots[bisect.bisect_left(self.starts, lo) : bisect.bisect_left(self.starts, hi)]:
@@ -315,7 +315,7 @@ class _Free:
                 return slot
         return None
 
-    def _open(self, slot: AnySlot, entry: WaitlistEntry) -> bool:
+    def _open(self, slot: _AnySlot, entry: WaitlistEntry) -> bool:
         """Nothing given in this scan overlaps it (but seats of its own session)."""
         low, high = self.blocked(slot)
         key = self.session_of(slot)
@@ -324,7 +324,7 @@ class _Free:
             for staff, a, b, other in self.held
         )
 
-    def take(self, slot: AnySlot, entry: WaitlistEntry) -> None:
+    def take(self, slot: _AnySlot, entry: WaitlistEntry) -> None:
         self.held.append((slot.staff_id, *self.blocked(slot), self.session_of(slot)))
 
 
@@ -342,14 +342,14 @@ class _Seats(_Free):
         self.left = {self.keys[slot.staff_id, slot.start]: slot.seats_left for slot in slots}
         self.occupants: dict[uuid.UUID, set[uuid.UUID]] = {}
 
-    def session_of(self, slot: AnySlot) -> uuid.UUID:
+    def session_of(self, slot: _AnySlot) -> uuid.UUID:
         return self.keys[slot.staff_id, slot.start]
 
-    def _open(self, slot: AnySlot, entry: WaitlistEntry) -> bool:
+    def _open(self, slot: _AnySlot, entry: WaitlistEntry) -> bool:
         key = self.session_of(slot)
         return self.left[key] > 0 and entry.client_id not in self.occupants.get(key, ()) and super()._open(slot, entry)
 
-    def take(self, slot: AnySlot, entry: WaitlistEntry) -> None:
+    def take(self, slot: _AnySlot, entry: WaitlistEntry) -> None:
         key = self.session_of(slot)
         self.left[key] -= 1
         self.occupants.setdefault(key, set()).add(entry.client_id)
@@ -427,7 +427,7 @@ async def _free_seats(
     return free
 
 
-async def _offer(session: AsyncSession, entry: WaitlistEntry, slot: AnySlot, free: _Free) -> bool:
+async def _offer(session: AsyncSession, entry: WaitlistEntry, slot: _AnySlot, free: _Free) -> bool:
     """Hold the slot (a seat of its session, for a group session service) for the entry (if it is
     still waiting) and email them the link."""
     moved = await session.execute(
