@@ -22,6 +22,7 @@ class CalendarEvent:
     attendee_email: str | None = None
     attendee_name: str | None = None
     status: str = "CONFIRMED"  # CONFIRMED | TENTATIVE | CANCELLED
+    location: str = ""  # the room or other resource the booking takes
     stamp: datetime | None = None
 
 
@@ -84,6 +85,8 @@ def _event_lines(event: CalendarEvent) -> list[str]:
     ]
     if event.description:
         lines.append(f"DESCRIPTION:{_text(event.description)}")
+    if event.location:
+        lines.append(f"LOCATION:{_text(event.location)}")
     if event.organizer_email:
         name = f";CN={_param(event.organizer_name)}" if event.organizer_name else ""
         lines.append(f"ORGANIZER{name}:mailto:{event.organizer_email}")

@@ -5,7 +5,9 @@ pick per start; the database's own constraint refuses a double-booked resource."
 
 import uuid
 from datetime import timedelta
+from urllib.parse import urlsplit
 
+import icalendar
 import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
@@ -13,11 +15,12 @@ from sqlalchemy.exc import IntegrityError
 from app.database import get_sessionmaker
 from app.models import Appointment, AuditEntry, Resource, ResourceClosure, Role, Service, service_resources
 from app.services.booking import appointments, resources
+from app.services.messaging import mailer, reminders
 from app.services.scheduling import availability
 from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import timestamp
 from tests.assertions import assert_problem, assert_unauthorized
-from tests.factories import create_user
+from tests.factories import create_user, outbox
 from tests.scheduling import (
     URL,
     add_appointment,
@@ -529,3 +532,60 @@ class TestUnderTheHood:
         starts = {s.start: s.resource_id for s in slots}
         assert timestamp(TEN) not in starts  # room A taken with Carol, room B closed
         assert starts[timestamp(local(DAY, 13))] == room_id  # its own booking does not block it
+
+
+class TestWhere:
+    """Emails, invites, reminders and feeds name the room a booking takes."""
+
+    async def test_the_booked_emails_and_their_invites_name_the_room(self, client, session, massage, alice, rooms):
+        customer = await create_user(session)
+        answer = await book(client, massage, alice, TEN, await headers_for(customer))
+        assert answer.status_code == 201, answer.text
+
+        for message in await outbox(session, template="appointment_booked"):
+            assert message.payload["context"]["where"] == "Room A"
+            email = mailer.render("appointment_booked", message.payload["locale"], message.payload["context"])
+            assert "Where: Room A" in email.text and "Room A" in email.html
+            invite = icalendar.Calendar.from_ical(message.payload["attachments"][0]["content"])
+            assert str(invite.walk("VEVENT")[0]["LOCATION"]) == "Room A"
+
+    async def test_a_booking_without_a_room_names_none(self, client, session, alice):
+        plain = await create_service(session, [alice], name="Consultation")
+        answer = await book(client, plain, alice, TEN)
+        assert answer.status_code == 201, answer.text
+
+        (message, *_) = await outbox(session, template="appointment_booked")
+        assert message.payload["context"]["where"] == ""
+        assert "Where:" not in mailer.render("appointment_booked", "en", message.payload["context"]).text
+        invite = icalendar.Calendar.from_ical(message.payload["attachments"][0]["content"])
+        assert "LOCATION" not in invite.walk("VEVENT")[0]
+
+    async def test_each_occurrence_of_a_series_names_its_own_room(self, client, session, massage, alice, rooms):
+        week = timedelta(days=7)
+        await close(session, rooms[0], TEN + week - timedelta(hours=1), TEN + week + timedelta(hours=2))
+        answer = await book(client, massage, alice, TEN, recurrence={"rrule": "FREQ=WEEKLY;COUNT=2"})
+        assert answer.status_code == 201, answer.text
+
+        (to_client, *_) = await outbox(session, template="appointment_booked")
+        first, second = to_client.payload["context"]["occurrences"]
+        assert first.endswith(" · Room A") and second.endswith(" · Room B")
+        rooms_in_invites = [
+            str(icalendar.Calendar.from_ical(a["content"]).walk("VEVENT")[0]["LOCATION"])
+            for a in to_client.payload["attachments"]
+        ]
+        assert rooms_in_invites == ["Room A", "Room B"]
+
+    async def test_the_reminder_and_the_feed_name_it(self, client, session, massage, alice, rooms):
+        customer = await create_user(session)
+        answer = await book(client, massage, alice, TEN, await headers_for(customer))
+        assert answer.status_code == 201, answer.text
+
+        assert await reminders.send_due(now=TEN - timedelta(hours=1)) >= 1
+        (reminder,) = await outbox(session, template="reminder")
+        assert reminder.payload["context"]["where"] == "Room A"
+        assert "Where: Room A" in mailer.render("reminder", "en", reminder.payload["context"]).text
+
+        mine = await client.get("/api/v1/users/me/calendar-feed", headers=await headers_for(customer))
+        feed = await client.get(urlsplit(mine.json()["url"]).path)
+        (event,) = icalendar.Calendar.from_ical(feed.content).walk("VEVENT")
+        assert str(event["LOCATION"]) == "Room A"

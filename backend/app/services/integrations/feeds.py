@@ -30,7 +30,7 @@ from sqlalchemy.orm import aliased
 from app.config import get_settings
 from app.errors import NotFound, RateLimited
 from app.metrics import FEED_REQUESTS
-from app.models import Appointment, AppointmentStatus, CalendarFeed, Service, User
+from app.models import Appointment, AppointmentStatus, CalendarFeed, Resource, Service, User
 from app.services import audit, rate_limit
 from app.services.booking.series import MAX_HORIZON
 from app.services.messaging.notifications import calendar_event
@@ -167,8 +167,9 @@ async def _events(session: AsyncSession, viewer: User) -> list[CalendarEvent]:
     now = utcnow()
     cancelled_since = now - timedelta(days=get_settings().feed_cancelled_keep_days)
     rows = await session.execute(
-        select(Appointment, Service, client, staff)
+        select(Appointment, Service, client, staff, Resource.name)
         .join(Service, Service.id == Appointment.service_id)
+        .outerjoin(Resource, Resource.id == Appointment.resource_id)
         .join(client, client.id == Appointment.client_id)
         .join(staff, staff.id == Appointment.staff_id)
         .where(

@@ -8,14 +8,15 @@ calendar replaces what it holds instead of adding a second event. A series gets 
 """
 
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Appointment, AppointmentStatus, Service, User
+from app.models import Appointment, AppointmentStatus, Resource, Service, User
 from app.services.messaging import outbox
 from app.utils.ics import CalendarEvent, build_calendar
 from app.utils.manage_tokens import manage_url, page_url
@@ -83,7 +84,20 @@ async def _parties(session: AsyncSession, appointment: Appointment) -> tuple[Ser
     return service, client, staff
 
 
-def _event(appointment: Appointment, service: Service, client: User, staff: User, viewer: User) -> CalendarEvent:
+async def rooms_of(session: AsyncSession, appointments: Sequence[Appointment]) -> dict[uuid.UUID, str]:
+    """The name of the resource (room, chair) each of these appointments takes, by appointment id;
+    those taking none are left out."""
+    by_resource = {a.id: a.resource_id for a in appointments if a.resource_id is not None}
+    if not by_resource:
+        return {}
+    query = select(Resource.id, Resource.name).where(Resource.id.in_(set(by_resource.values())))
+    names = {resource: name for resource, name in await session.execute(query)}
+    return {appointment: names[resource] for appointment, resource in by_resource.items() if resource in names}
+
+
+def _event(
+    appointment: Appointment, service: Service, client: User, staff: User, viewer: User, location: str = ""
+) -> CalendarEvent:
     other = client if viewer.id == staff.id else staff
     status = {AppointmentStatus.cancelled: "CANCELLED", AppointmentStatus.pending: "TENTATIVE"}.get(
         AppointmentStatus(appointment.status), "CONFIRMED"
@@ -100,20 +114,23 @@ def _event(appointment: Appointment, service: Service, client: User, staff: User
         attendee_email=client.email,
         attendee_name=client.full_name,
         status=status,
+        location=location,
     )
 
 
 def calendar_event(
-    appointment: Appointment, service: Service, client: User, staff: User, viewer: User
+    appointment: Appointment, service: Service, client: User, staff: User, room: str | None, *, viewer: User
 ) -> CalendarEvent:
-    """The event as the invites describe it to `viewer` (the other party in its summary): calendar feeds
-    serve the same UID, SEQUENCE and STATUS, so an app holding both sees one event."""
-    return _event(appointment, service, client, staff, viewer)
+    """The event as the invites describe it to `viewer` (the other party in its summary, the room as
+    its LOCATION): calendar feeds serve the same UID, SEQUENCE and STATUS, so an app holding both sees
+    one event."""
+    return _event(appointment, service, client, staff, viewer, room or "")
 
 
 async def calendar_for(session: AsyncSession, appointment: Appointment, *, viewer: User, method: str) -> str:
     service, client, staff = await _parties(session, appointment)
-    return build_calendar(_event(appointment, service, client, staff, viewer), method=method)
+    room = (await rooms_of(session, [appointment])).get(appointment.id, "")
+    return build_calendar(_event(appointment, service, client, staff, viewer, room), method=method)
 
 
 async def _send(
@@ -127,8 +144,17 @@ async def _send(
 ) -> None:
     """One email per party (client, staff) about these appointments, which share their parties."""
     service, client, staff = await _parties(session, appointments[0])
+    rooms = await rooms_of(session, appointments)
     for payload in payloads(
-        template, appointments, service, client, staff, method=method, previous_start=previous_start, skip=skip
+        template,
+        appointments,
+        service,
+        client,
+        staff,
+        method=method,
+        previous_start=previous_start,
+        skip=skip,
+        rooms=rooms,
     ):
         outbox.add_email(session, payload)
 
@@ -143,8 +169,16 @@ def payloads(
     method: str,
     previous_start: datetime | None = None,
     skip: Collection[uuid.UUID] = (),
+    rooms: Mapping[uuid.UUID, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """The outbox payloads of one email per party (client first, then staff) about these appointments."""
+    """The outbox payloads of one email per party (client first, then staff) about these appointments;
+    `rooms` names the resource each takes (`rooms_of`), shown as where it takes place."""
+    rooms = rooms or {}
+
+    def at(appointment: Appointment, zone: str, locale: str) -> str:
+        when = format_when(appointment.starts_at, appointment.ends_at, zone, locale)
+        return f"{when} · {rooms[appointment.id]}" if appointment.id in rooms else when
+
     first = appointments[0]
     recipients = [(client, "client")] + ([(staff, "staff")] if staff.id != client.id else [])
     found: list[dict[str, Any]] = []
@@ -161,7 +195,8 @@ def payloads(
             "client_name": client.full_name,
             "other_name": client.full_name if role == "staff" else staff.full_name,
             "when": format_when(first.starts_at, first.ends_at, zone, locale),
-            "occurrences": [format_when(a.starts_at, a.ends_at, zone, locale) for a in appointments],
+            "occurrences": [at(a, zone, locale) for a in appointments],
+            "where": rooms.get(first.id, ""),
             "count": len(appointments),
             "status": first.status,
             "previous_when": format_when(previous_start, previous_start + duration, zone, locale)
@@ -180,7 +215,10 @@ def payloads(
         attachments = [
             {
                 "filename": f"appointment-{appointment.id}.ics",
-                "content": build_calendar(_event(appointment, service, client, staff, recipient), method=method),
+                "content": build_calendar(
+                    _event(appointment, service, client, staff, recipient, rooms.get(appointment.id, "")),
+                    method=method,
+                ),
                 "mime_type": f"text/calendar; method={method}",
             }
             for appointment in appointments

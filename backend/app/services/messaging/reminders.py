@@ -21,7 +21,7 @@ from app.config import get_settings
 from app.database import after_commit, unit_of_work
 from app.metrics import REMINDER_DELAY
 from app.models import LIVE_STATUSES, Appointment, Reminder, Service, User
-from app.services.messaging.notifications import format_when
+from app.services.messaging.notifications import format_when, rooms_of
 from app.services.messaging.outbox import queue_email
 from app.utils.manage_tokens import manage_url
 from app.utils.time import utcnow
@@ -201,5 +201,6 @@ async def _context(session: AsyncSession, appointment: Appointment, client: User
         "staff_name": staff.full_name if staff else "",
         "when": format_when(appointment.starts_at, appointment.ends_at, client.timezone, client.locale),
         "notes": appointment.notes or "",
+        "where": (await rooms_of(session, [appointment])).get(appointment.id, ""),
         "link": manage_url(appointment.id, appointment.client_id, appointment.ends_at),
     }
