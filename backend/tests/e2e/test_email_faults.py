@@ -22,6 +22,9 @@ from tests.e2e.conftest import ARQ_CLI, Stack
 from tests.smtp import settings_env
 
 OUTAGE_SECONDS = 30
+# A bound on what includes a worker process starting (imports, connections): far more than it takes,
+# even on a loaded machine, and still a bound (a hang fails).
+STARTING = 90
 CONTEXT = {"full_name": "Ada", "link": "https://app.test/verify-email?token=t", "expires_hours": 48}
 
 
@@ -86,7 +89,7 @@ async def test_a_worker_killed_in_mid_delivery_is_replaced_and_nothing_is_lost_o
     stack.smtp.hold()  # the server keeps each message waiting for its final 250
     first = stack.start_worker()
     ids = await queue(5)
-    await eventually(lambda: stack.smtp.mailbox.held >= 1, 20, "a delivery in progress")
+    await eventually(lambda: stack.smtp.mailbox.held >= 1, STARTING, "a delivery in progress")
     assert not any(row.sent_at for row in await rows())
 
     first.kill()
@@ -135,7 +138,7 @@ async def test_the_worker_rides_out_an_smtp_outage(stack):
     async def all_failed_at_least_twice() -> bool:
         return all(row.attempts >= 2 for row in await rows())
 
-    await eventually(all_failed_at_least_twice, 20, "retries while the server is down")
+    await eventually(all_failed_at_least_twice, STARTING, "retries while the server is down")
     await ride_out(stack, started, worker)
     assert not any(row.failed_at or row.sent_at for row in await rows())
     stack.smtp.start()
@@ -175,7 +178,7 @@ async def test_the_worker_holds_no_transaction_while_the_smtp_server_stalls(stac
     stack.smtp.hold()
     worker = stack.start_worker()
     ids = await queue(3)
-    await eventually(lambda: stack.smtp.mailbox.held >= 1, 20, "a delivery in progress")
+    await eventually(lambda: stack.smtp.mailbox.held >= 1, STARTING, "a delivery in progress")
 
     conn = await asyncpg.connect(service_urls["database_url"])
     try:

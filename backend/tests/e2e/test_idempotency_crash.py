@@ -101,8 +101,13 @@ async def booking(session):
 
 
 async def appointments(session) -> list[Appointment]:
+    """Every appointment, read in a transaction of its own, ended at once: the test then waits for
+    API processes to start, longer than the database lets a transaction sit idle on a slow machine."""
     session.expire_all()
-    return list(await session.scalars(select(Appointment)))
+    found = list(await session.scalars(select(Appointment)))
+    session.expunge_all()  # detached, they keep what was read
+    await session.rollback()
+    return found
 
 
 class TestCrashAfterCommit:

@@ -20,6 +20,7 @@ from tests.httpserver import Request, free_port, serve
 
 EVENTS = 5
 OUTAGE_SECONDS = 30
+STARTING = 90  # a bound on what includes a worker process starting, even on a loaded machine
 
 
 async def add_endpoint(url: str) -> str:
@@ -80,7 +81,7 @@ async def test_a_worker_killed_mid_delivery_loses_nothing_and_each_event_keeps_o
             secret = await add_endpoint(f"{receiver.url}/hooks")
             first = stack.start_worker()
             await emit(EVENTS)
-            await eventually(held.is_set, 20, "a delivery in progress")
+            await eventually(held.is_set, STARTING, "a delivery in progress")
             first.kill()  # SIGKILL while the receiver holds the request: its answer is never read
             assert not await all_delivered()
             release.set()

@@ -28,6 +28,11 @@ API_SETTINGS = {
     "DB_POOL_TIMEOUT_SECONDS": "30",
     "MAX_IN_FLIGHT_REQUESTS": "100",
     "REQUEST_QUEUE_TIMEOUT_SECONDS": "30",
+    # Bookings of one client or calendar queue behind each other's locks; on a slow machine a wait
+    # can pass the default 5 s (a 503, not what these tests are about). A deadlock is still broken by
+    # PostgreSQL after its deadlock_timeout (1 s), and counted, which TestNoDeadlock checks.
+    "DB_LOCK_TIMEOUT_SECONDS": "60",
+    "DB_STATEMENT_TIMEOUT_SECONDS": "60",
     "LOG_LEVEL": "WARNING",
 }
 

@@ -577,7 +577,9 @@ class TestAcceptance:
             (gone,) = [o for o in await offers_of(first) if o.starts_at == local(day, 10)]
             assert gone.status == ("expired" if expire else "declined"), repetition
             passed = [o for o in await offers_of(second) if o.starts_at == local(day, 10)]
-            assert [o.status for o in passed] == ["offered"], repetition
+            assert len(passed) == 1, repetition
+            # A short hold may have run out already on a slow machine (and been swept by the scan).
+            assert passed[0].status == "offered" or (expire and passed[0].status == "expired"), repetition
             assert passed[0].created_at >= (gone.expires_at if expire else gone.updated_at), repetition
             # Close the second hold so the next repetition starts clean (a short one may have run out already).
             closed = await client.post(f"{OFFERS}/{passed[0].id}/decline", headers=second_headers)

