@@ -87,4 +87,8 @@ class WaitlistOfferOut(BaseModel):
     expires_at: UtcDatetime = Field(description="Held for the client alone until then")
     status: HoldStatus = Field(description="offered (held), claimed, declined, expired or withdrawn")
     appointment_id: uuid.UUID | None = Field(description="The booking, once claimed")
+    session_key: uuid.UUID | None = Field(
+        description="A seat hold of a group session: the session it holds one seat of (as appointments' "
+        "`session_key`); null when it holds the whole slot"
+    )
     created_at: UtcDatetime

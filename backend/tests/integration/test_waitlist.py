@@ -320,6 +320,7 @@ class TestOffer:
         got = await client.get(f"{OFFERS}/{offer.id}", headers=await headers_for(first))
         assert got.status_code == 200
         assert (got.json()["status"], got.json()["starts_at"]) == ("offered", zulu(local(day, 10)))
+        assert got.json()["session_key"] is None  # it holds the whole slot
         assert_problem(await client.get(f"{OFFERS}/{offer.id}", headers=await headers_for(second)), 404, "not_found")
 
     async def test_a_held_slot_is_refused_to_others_and_missing_from_availability(

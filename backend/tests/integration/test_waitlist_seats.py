@@ -108,6 +108,8 @@ class TestSeatHold:
         (offer,) = await offers_of(waiter)
         assert (offer.starts_at, offer.status) == (local(day, 10), "offered")
         assert offer.session_key == uuid.UUID(kept["session_key"]) == seats.key_of(yoga, staff.id, local(day, 10))
+        shown = await client.get(f"{OFFERS}/{offer.id}", headers=await headers_for(waiter))
+        assert shown.json()["session_key"] == kept["session_key"]  # the front end can tell a seat hold
         assert [m.payload["to"] for m in await outbox(session, template="waitlist_offer")] == [waiter.email]
         assert zulu(local(day, 10)) not in await seats_left(client, yoga, day)  # 0 seats left: not offered
         refused = assert_problem(await book(client, stranger, yoga, staff, local(day, 10)), 409, "session_full")

@@ -5086,6 +5086,11 @@ export interface components {
              */
             appointment_id: string | null;
             /**
+             * Session Key
+             * @description A seat hold of a group session: the session it holds one seat of (as appointments' `session_key`); null when it holds the whole slot
+             */
+            session_key: string | null;
+            /**
              * Created At
              * Format: date-time
              */
