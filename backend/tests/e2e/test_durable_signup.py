@@ -86,7 +86,10 @@ async def test_resend_and_reset_survive_a_sigkill_right_after_the_202(
 
 async def test_signing_in_right_after_registering_says_the_email_is_not_verified(service_urls, tmp_path):
     email = unique_email()
-    with api_process(service_urls, tmp_path / "api.log") as (_, base), httpx.Client(base_url=base) as http:
+    with (
+        api_process(service_urls, tmp_path / "api.log") as (_, base),
+        httpx.Client(base_url=base, timeout=60) as http,
+    ):  # hashing runs at nice 19: slow on a busy machine
         body = {"email": email, "password": PASSWORD, "full_name": "Ada Lovelace"}
         assert http.post(f"{AUTH}/register", json=body).status_code == 202
         signed_in = http.post(f"{AUTH}/login", data={"username": email, "password": PASSWORD})

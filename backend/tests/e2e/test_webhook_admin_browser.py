@@ -19,7 +19,7 @@ from tests.factories import create_user
 from tests.httpserver import serve
 
 
-async def requests_seen(receiver, count: int, timeout: float = 20) -> None:
+async def requests_seen(receiver, count: int, timeout: float = 60) -> None:  # a bound, generous for a busy machine
     deadline = time.monotonic() + timeout
     while len(receiver.requests) < count:
         assert time.monotonic() < deadline, f"{len(receiver.requests)} of {count} requests"

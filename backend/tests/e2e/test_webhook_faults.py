@@ -97,8 +97,9 @@ async def test_a_receiver_refusing_connections_for_30_s_gets_every_event_afterwa
     port = free_port()
     secret = await add_endpoint(f"http://127.0.0.1:{port}/hooks")
     stack.start_worker()
-    started = time.monotonic()
     await emit(EVENTS)
+    await eventually(refused_once_each, STARTING, "each event tried once")  # the outage counts from there
+    started = time.monotonic()
     while time.monotonic() - started < OUTAGE_SECONDS:
         assert not await all_delivered()
         await asyncio.sleep(0.5)
@@ -108,3 +109,10 @@ async def test_a_receiver_refusing_connections_for_30_s_gets_every_event_afterwa
     async with get_sessionmaker()() as db:
         failed = select(func.count()).select_from(WebhookAttempt).where(WebhookAttempt.error.is_not(None))
         assert await db.scalar(failed) >= EVENTS * 3  # each was tried, and refused, while the receiver was down
+
+
+async def refused_once_each() -> bool:
+    """Every event's first attempt was made (and refused): the worker is up and trying."""
+    async with get_sessionmaker()() as db:
+        tried = select(func.count(func.distinct(WebhookAttempt.outbox_id))).where(WebhookAttempt.error.is_not(None))
+        return await db.scalar(tried) >= EVENTS
