@@ -60,6 +60,9 @@ ACCOUNT_ENDING = {
 }
 # Per-IP and per-email limits would turn the fresh sign-ins into 429s; the limits have tests of their own.
 UNLIMITED = "1000000/minute"
+# Sign-ins and new accounts hash a password at nice 19 (app/utils/security.py): on a busy machine one
+# can take several seconds, past httpx's default 5 s. A bound still.
+HASHING_TIMEOUT = 60
 SETTINGS = {
     "LOGIN_ATTEMPTS_PER_IP": UNLIMITED,
     "LOGIN_FAILURES_PER_EMAIL": UNLIMITED,
@@ -93,7 +96,9 @@ class Caller:
     fresh_tokens: list[str] = field(default_factory=list)
 
     def login(self, email: str) -> str:
-        response = httpx.post(f"{self.base_url}{LOGIN_URL}", data={"username": email, "password": PASSWORD})
+        response = httpx.post(
+            f"{self.base_url}{LOGIN_URL}", data={"username": email, "password": PASSWORD}, timeout=HASHING_TIMEOUT
+        )
         assert response.status_code == 200, response.text
         return response.json()["access_token"]
 
@@ -113,7 +118,7 @@ class Caller:
         email = unique_email()
         body = {"email": email, "password": PASSWORD, "full_name": "Throwaway", "role": self.name}
         headers = {"Authorization": f"Bearer {self.admin_token}"}
-        response = httpx.post(f"{self.base_url}/api/v1/users", json=body, headers=headers)
+        response = httpx.post(f"{self.base_url}/api/v1/users", json=body, headers=headers, timeout=HASHING_TIMEOUT)
         assert response.status_code == 201, response.text
         return email
 
