@@ -23,7 +23,6 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import get_settings
-from app.database import fetch_rows
 from app.errors import AppError, NotFound
 from app.models import Service
 from app.redis import get_redis
@@ -41,6 +40,7 @@ from app.services.scheduling.availability_engine import (
 )
 from app.services.scheduling.availability_queries import (
     ServiceTerms,
+    Statement,
     load_calendars,
     offering_staff,
     service_and_staff,
@@ -51,6 +51,7 @@ MAX_WINDOW = timedelta(days=62)
 CACHE_SECONDS = cache.CACHE_SECONDS
 _FORMAT = 2  # bump when the cached text changes shape
 _SECOND = timedelta(seconds=1)
+_SESSIONS = Statement(group_sessions.SESSIONS)
 
 
 class WindowTooLarge(AppError):
@@ -242,11 +243,8 @@ async def seat_slots(
     (None) on the read pool; the appointments `exclude` do not count as bookings."""
     margin = _margin(rules)
     lo, hi = start - margin, end + margin
-    if session is None:
-        rows: Sequence[Sequence] = await fetch_rows(group_sessions.SESSIONS_SQL, list(staff), service.id, lo, hi)
-    else:
-        params = {"staff": list(staff), "service": service.id, "lo": lo, "hi": hi}
-        rows = (await session.execute(group_sessions.SESSIONS_STATEMENT, params)).all()
+    params = {"staff": list(staff), "service": service.id, "lo": lo, "hi": hi}
+    rows = await _SESSIONS.rows(session, params)
     sessions = [group_sessions.Session(row) for row in rows]
     excluded = [*group_sessions.exclusions(sessions), *exclude]
     calendars = await load_calendars(session, staff, start, end, margin=margin, exclude_appointments=excluded)

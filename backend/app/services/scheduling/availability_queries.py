@@ -67,7 +67,7 @@ _LO, _HI = bindparam("lo", type_=DateTime(timezone=True)), bindparam("hi", type_
 _HALF_OPEN = literal_column("'[)'")
 
 
-class _Statement:
+class Statement:
     """A statement for a session, and its SQL compiled once for asyncpg (`$1, $2, ...`) with its
     parameters' names in that order (and the values of those the statement fixes itself)."""
 
@@ -201,9 +201,9 @@ _CALENDARS = union_all(
     _merged_ranges("time_off", _AWAY.c.staff_id, func.tstzrange(_AWAY.c.starts_at, _AWAY.c.ends_at, _HALF_OPEN)),
     _merged_ranges("busy", _BUSY.c.staff_id, _BUSY.c.blocked),
 )
-_CALENDARS_STATEMENT = _Statement(_CALENDARS)
+_CALENDARS_STATEMENT = Statement(_CALENDARS)
 ZONES = select(User.id, _ZONE).outerjoin(StaffProfile, StaffProfile.user_id == User.id).where(User.id == _IDS)
-_ZONES_STATEMENT = _Statement(ZONES)
+_ZONES_STATEMENT = Statement(ZONES)
 
 
 async def offering_staff(
@@ -239,11 +239,11 @@ class ServiceTerms(NamedTuple):
 _NEEDS_RESOURCE = exists().where(service_resources.c.service_id == Service.id)
 
 
-def _service_and_staff(one_member: bool) -> _Statement:
+def _service_and_staff(one_member: bool) -> Statement:
     member = [User.id == bindparam("staff_id", type_=Uuid)] if one_member else []
     offering = and_(User.id == offers.c.staff_id, *_ACTIVE_STAFF, *member)
     columns = (getattr(Service, name) for name in ServiceTerms._fields[:-1])
-    return _Statement(
+    return Statement(
         select(*columns, _NEEDS_RESOURCE, User.id, _ZONE)
         .outerjoin(offers, offers.c.service_id == Service.id)
         .outerjoin(User, offering)

@@ -61,22 +61,21 @@ FROM (
 ) AS taken
 GROUP BY staff_id, session_key
 """
-_RULES = {"live": live_status_sql(), "held": live_hold_sql()}
-# For the read pool (asyncpg's $n: staff ids, service id, lo, hi) and for a session.
-SESSIONS_SQL = _SESSIONS.format(staff="$1::uuid[]", service="$2::uuid", lo="$3", hi="$4", **_RULES)
-SESSIONS_STATEMENT = text(
+# One statement, run in a session or on the read pool (`availability_queries.Statement`).
+SESSIONS = text(
     _SESSIONS.format(
         staff="CAST(:staff AS uuid[])",
         service="CAST(:service AS uuid)",
         lo="CAST(:lo AS timestamptz)",
         hi="CAST(:hi AS timestamptz)",
-        **_RULES,
+        live=live_status_sql(),
+        held=live_hold_sql(),
     )
 )
 
 
 class Session:
-    """One live session as `SESSIONS_SQL` reads it (`seats`: its seats taken, holds included)."""
+    """One live session as `SESSIONS` reads it (`seats`: its seats taken, holds included)."""
 
     __slots__ = ("blocked", "key", "seats", "staff_id", "start")
 
