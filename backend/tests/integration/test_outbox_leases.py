@@ -186,6 +186,26 @@ class TestClaims:
             assert row.attempts == 1  # the attempt that never finished counts
             assert row.last_error == "claim of dead-host:4242:0badf00d ran out"
 
+    async def test_a_claim_takes_one_row_whatever_plan_the_statistics_give(self, session, service_urls, smtp):  # noqa: F811
+        """The due row is picked once. Joined to the UPDATE as a subquery, it was scanned again for
+        each outbox row when the planner thought the table nearly empty (its statistics taken just
+        after the rows were deleted): on a rescan `SKIP LOCKED` passes over the row just claimed
+        and picks the next, so one claim took every due row."""
+        await queue(1)
+        conn = await asyncpg.connect(service_urls["database_url"])
+        try:
+            await conn.execute("DELETE FROM outbox")
+            await conn.execute("ANALYZE outbox")  # statistics of an empty table that has had rows
+        finally:
+            await conn.close()
+        await queue(3)
+        await expire_claims(session)
+
+        assert await relay_once() == 3
+
+        counts = smtp.count_by_message_id()
+        assert len(counts) == 3 and set(counts.values()) == {1}
+
     async def test_two_relays_racing_for_expired_claims_send_each_once(self, session, smtp):  # noqa: F811
         await queue(8)
         await expire_claims(session)

@@ -135,12 +135,13 @@ async def claim_due(limit: int) -> list[uuid.UUID]:
         .order_by(CalendarConnection.next_sync_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
+        .cte("due")
+        .prefix_with("MATERIALIZED")  # chosen once: a rescanned subquery would skip past its own locks
     )
     async with get_sessionmaker()() as session, session.begin():
         rows = await session.scalars(
             update(CalendarConnection)
-            .where(CalendarConnection.id.in_(due))
+            .where(CalendarConnection.id.in_(select(due.c.id)))
             .values(claimed_until=func.now() + LEASE, last_attempt_at=func.now())
             .returning(CalendarConnection.id)
         )

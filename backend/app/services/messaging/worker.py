@@ -187,7 +187,8 @@ async def _sent_before(claim: Claim) -> bool:
 
 
 async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
-    """Claim one row: `UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`, committed at once.
+    """Claim one row: `WITH candidate AS MATERIALIZED (SELECT ... FOR UPDATE SKIP LOCKED) UPDATE`,
+    committed at once.
 
     A row still claimed by an attempt that never finished (its worker died) counts that attempt
     as failed, so a message that kills its sender is given up in the end like any other.
@@ -203,7 +204,10 @@ async def _claim(outbox_id: int | None, due_within: timedelta) -> Claim | None:
         due = due.order_by(OutboxMessage.next_attempt_at).limit(1)
     else:
         due = due.where(OutboxMessage.id == outbox_id)
-    candidate = due.with_for_update(skip_locked=True).subquery()
+    # A materialized CTE runs once. As a subquery joined to the UPDATE it may be scanned again for
+    # each row (a nested loop, when the table looks nearly empty to the planner), and on a rescan
+    # SKIP LOCKED passes over the row just claimed and picks the next: one claim, several rows.
+    candidate = due.with_for_update(skip_locked=True).cte("candidate").prefix_with("MATERIALIZED")
     token = f"{socket.gethostname()[:100]}:{os.getpid()}:{secrets.token_hex(4)}"  # who, and which attempt
     abandoned = candidate.c.previous.is_not(None)
     claim = (
