@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     redis_cluster: bool = False
     redis_pubsub_url: str | None = None  # events' pub/sub: a plain connection to one node (unset: REDIS_URL)
     arq_redis_url: str | None = None  # the job queue: one Redis, never a cluster (unset: REDIS_URL)
+    # How long one Redis command (or connecting) may take before the request answers 503 `redis_unavailable`.
+    redis_timeout_seconds: float = Field(default=2, gt=0, le=60)
     # Per process (API or worker); budget them against max_connections: backend/README.md.
     db_pool_size: int = 10
     db_max_overflow: int = 10

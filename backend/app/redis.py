@@ -22,7 +22,16 @@ from app.config import get_settings
 if HIREDIS_AVAILABLE:
     import hiredis
 
-_OPTIONS = {"decode_responses": True, "socket_timeout": 2, "socket_connect_timeout": 2, "health_check_interval": 30}
+
+def _options() -> dict[str, Any]:
+    timeout = get_settings().redis_timeout_seconds
+    return {
+        "decode_responses": True,
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+    }
+
 
 _client: Redis | RedisCluster | None = None
 _pubsub_client: Redis | None = None
@@ -34,7 +43,7 @@ def get_redis() -> Redis | RedisCluster:
         url = get_settings().redis_url
         if not url:
             raise RuntimeError("REDIS_URL is not set (use `python -m app dev` for embedded servers)")
-        _client = RedisCluster.from_url(url, **_OPTIONS) if get_settings().redis_cluster else _plain(url)
+        _client = RedisCluster.from_url(url, **_options()) if get_settings().redis_cluster else _plain(url)
     return _client
 
 
@@ -56,7 +65,7 @@ class _PackedInC:
 
 def _plain(url: str) -> Redis:
     """A plain client whose connections (TCP, TLS or a Unix socket, as the URL says) pack in C."""
-    client = Redis.from_url(url, **_OPTIONS)
+    client = Redis.from_url(url, **_options())
     pool = client.connection_pool
     if HIREDIS_AVAILABLE:
         pool.connection_class = type(pool.connection_class.__name__, (_PackedInC, pool.connection_class), {})

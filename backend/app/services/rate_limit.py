@@ -29,7 +29,8 @@ def _get_limiter() -> MovingWindowRateLimiter:
 
 def _build_storage(url: str, *, cluster: bool) -> RedisStorage:
     """Each moving window is one key, counted by one Lua script: cluster-safe as it is."""
-    options = {"implementation": "redispy", "socket_timeout": 2, "socket_connect_timeout": 2}
+    timeout = get_settings().redis_timeout_seconds
+    options = {"implementation": "redispy", "socket_timeout": timeout, "socket_connect_timeout": timeout}
     if not cluster:
         return RedisStorage("async+" + url, **options)
     parts = urlsplit(url)

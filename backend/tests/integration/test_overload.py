@@ -17,7 +17,7 @@ from httpx import ASGITransport, AsyncClient
 
 from app.database import dispose_engine
 from app.main import create_app
-from app.redis import close_redis
+from app.redis import close_redis, get_redis
 from app.services.rate_limit import reset_limiter
 from app.utils.security import (
     HASHING_NICENESS,
@@ -235,3 +235,38 @@ class TestRedisOutage:
         login = await client.post("/api/v1/auth/login", data={"username": user.email, "password": PASSWORD})
         assert login.status_code == 200, login.text
         assert (await client.get("/api/v1/users/me", headers=me)).status_code == 200
+
+
+class TestSilentRedis:
+    """A Redis that takes connections and never answers (a hung node, a black-holed route): each
+    command gives up after `REDIS_TIMEOUT_SECONDS`, and the request answers 503, not hangs."""
+
+    @pytest.fixture
+    async def silent_redis(self, app) -> AsyncIterator[str]:
+        held: list[asyncio.StreamWriter] = []
+
+        async def never_answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            held.append(writer)
+
+        server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with settings_env(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_TIMEOUT_SECONDS="0.3"):
+            await close_redis()
+            reset_limiter()
+            try:
+                yield f"127.0.0.1:{port}"
+            finally:
+                for writer in held:
+                    writer.close()
+                server.close()
+                await close_redis()
+                reset_limiter()
+
+    async def test_the_setting_bounds_every_command_and_the_request_answers_503(self, client, session, silent_redis):
+        user = await create_user(session)
+        assert get_redis().connection_pool.connection_kwargs["socket_timeout"] == 0.3
+
+        login = client.post("/api/v1/auth/login", data={"username": user.email, "password": PASSWORD})
+        answer = await asyncio.wait_for(login, HANG_GUARD)
+
+        assert_problem(answer, 503, "redis_unavailable")

@@ -225,7 +225,7 @@ def get_hub() -> Hub:
         redis = Redis.from_url(
             url,
             decode_responses=True,
-            socket_connect_timeout=2,
+            socket_connect_timeout=get_settings().redis_timeout_seconds,
             health_check_interval=30,
             client_name=f"c3po-events-{os.getpid()}",
         )
