@@ -32,7 +32,17 @@ class LockTimeout(DBAPIError):
     """SQLSTATE 55P03: a lock was not granted within `lock_timeout` (or `NOWAIT`)."""
 
 
-_TIMEOUTS: dict[str, type[DBAPIError]] = {"57014": StatementTimeout, "55P03": LockTimeout}
+class TransactionRollback(DBAPIError):
+    """SQLSTATE 40P01 / 40001: PostgreSQL broke a deadlock, or a serializable transaction lost a race,
+    by rolling this transaction back. Nothing of it was committed; running it again is safe."""
+
+
+_TYPED: dict[str, type[DBAPIError]] = {
+    "57014": StatementTimeout,
+    "55P03": LockTimeout,
+    "40P01": TransactionRollback,
+    "40001": TransactionRollback,
+}
 
 
 def to_async_url(url: str) -> str:
@@ -63,15 +73,16 @@ def server_settings(settings: Settings) -> dict[str, str]:
     }
 
 
-def _typed_timeouts(context: ExceptionContext) -> DBAPIError | None:
-    """Raise a timeout as `StatementTimeout` / `LockTimeout`: still a DBAPIError with its `orig`, so
-    code catching DBAPIError is unaffected, and the problem handler can tell it apart by class."""
+def _typed_errors(context: ExceptionContext) -> DBAPIError | None:
+    """Raise a timeout or a rollback as `StatementTimeout` / `LockTimeout` / `TransactionRollback`:
+    still a DBAPIError with its `orig`, so code catching DBAPIError is unaffected, and the problem
+    handler can tell them apart by class."""
     error = context.sqlalchemy_exception
     if not isinstance(error, DBAPIError) or type(error) is not DBAPIError:
         return None
     orig = error.orig
     sqlstate = getattr(orig, "sqlstate", None) or getattr(getattr(orig, "__cause__", None), "sqlstate", None)
-    typed = _TIMEOUTS.get(str(sqlstate))
+    typed = _TYPED.get(str(sqlstate))
     if typed is None:
         return None
     return typed(
@@ -110,7 +121,7 @@ def get_engine() -> AsyncEngine:
             pool_timeout=settings.db_pool_timeout_seconds,
             connect_args={"timeout": 5, "server_settings": server_settings(settings)},
         )
-        event.listen(_engine.sync_engine, "handle_error", _typed_timeouts, retval=True)
+        event.listen(_engine.sync_engine, "handle_error", _typed_errors, retval=True)
         _engine.dialect.do_ping = _ping  # type: ignore[method-assign]
         _sessionmaker = async_sessionmaker(_engine, expire_on_commit=False)
     return _engine
@@ -257,7 +268,7 @@ async def _fetch(sql: str, args: tuple[object, ...], *, many: bool) -> Any:
             if attempt == 2:
                 raise DBAPIError(sql, args, lost.__cause__, connection_invalidated=True) from lost.__cause__
         except asyncpg.PostgresError as exc:
-            raise _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc) from exc
+            raise _TYPED.get(str(exc.sqlstate), DBAPIError)(sql, args, exc) from exc
     raise AssertionError("unreachable")
 
 
@@ -283,7 +294,7 @@ async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
 
 def _wrapped(sql: str, args: tuple[object, ...], exc: Exception) -> DBAPIError:
     if isinstance(exc, asyncpg.PostgresError):
-        return _TIMEOUTS.get(str(exc.sqlstate), DBAPIError)(sql, args, exc)
+        return _TYPED.get(str(exc.sqlstate), DBAPIError)(sql, args, exc)
     return DBAPIError(sql, args, exc, connection_invalidated=_is_loss(exc, None))
 
 

@@ -168,6 +168,13 @@ class DatabaseTimeout(ServiceUnavailable):
     code, title = "database_timeout", "The database did not answer in time"
 
 
+class TransactionConflict(ServiceUnavailable):
+    """PostgreSQL rolled the request's transaction back to break a deadlock or a serialization race
+    (app/api/db_timeouts.py). By design no path of ours deadlocks; should one, the client retries."""
+
+    code, title = "transaction_conflict", "The request collided with another"
+
+
 class SlotNotOffered(AppError):
     """Outside working hours, in time off, too soon or too far ahead: availability would not offer it."""
 

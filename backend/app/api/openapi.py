@@ -38,6 +38,7 @@ from app.errors import (
     PayloadTooLarge,
     RedisUnavailable,
     ServerBusy,
+    TransactionConflict,
     UnsupportedMediaType,
     ValidationFailed,
 )
@@ -104,6 +105,7 @@ def _automatic_problems(route: Any) -> list[type[AppError]]:
         RedisUnavailable,
         ServerBusy,
         DatabaseTimeout,
+        TransactionConflict,
     ]
     if route.body_field is not None:
         automatic += [PayloadTooLarge, UnsupportedMediaType]

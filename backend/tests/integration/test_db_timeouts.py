@@ -139,3 +139,64 @@ class TestProblems:
         assert answer.status_code == 503, answer.text
         assert "GET /api/v1/manage/[redacted]" in lines.getvalue()
         assert token not in lines.getvalue()
+
+
+class TestDeadlock:
+    """A deadlock PostgreSQL breaks by rolling the request back answers 503 `transaction_conflict`.
+
+    No route of ours takes locks out of order (test_booking_limits.py's TestNoDeadlock), so a route
+    of the test's own makes one for real: it takes advisory lock A, then B, while another connection
+    holds B and then asks for A. That connection waits a minute before checking for deadlocks, the
+    request's own backend three seconds: so PostgreSQL rolls the request back."""
+
+    A, B = 7_100_001, 7_100_002
+
+    @pytest.fixture
+    def deadlocking_app(self, app):
+        from fastapi import FastAPI
+
+        from app.api.db_timeouts import install_db_timeout_handlers
+        from app.api.problems import install_problem_handlers
+
+        application = FastAPI()
+        install_problem_handlers(application)
+        install_db_timeout_handlers(application)
+
+        @application.post("/a-then-b")
+        async def a_then_b() -> dict:
+            async with get_engine().begin() as connection:
+                await connection.execute(text("SET LOCAL deadlock_timeout = '3s'"))  # time to close the cycle
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.A})
+                await connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": self.B})
+            return {"locked": "both"}
+
+        return application
+
+    async def waiting_for(self, connection: asyncpg.Connection, key: int) -> bool:
+        query = """SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+        return await connection.fetchval(query, key) > 0
+
+    async def test_the_request_rolled_back_answers_503_and_the_other_goes_on(self, deadlocking_app, service_urls):
+        from httpx import ASGITransport, AsyncClient
+
+        other = await asyncpg.connect(service_urls["database_url"], server_settings={"deadlock_timeout": "60s"})
+        try:
+            await other.execute("SELECT pg_advisory_lock($1)", self.B)
+            transport = ASGITransport(app=deadlocking_app)
+            async with AsyncClient(transport=transport, base_url="http://testserver") as http:
+                request = asyncio.create_task(http.post("/a-then-b"))
+                async with asyncio.timeout(15):
+                    while not await self.waiting_for(other, self.B):  # the request holds A, waits for B
+                        await asyncio.sleep(0.02)
+                    other_takes_a = asyncio.create_task(other.execute("SELECT pg_advisory_lock($1)", self.A))
+                    response = await request
+                    await other_takes_a  # granted once the request's transaction is rolled back
+        finally:
+            await other.close()
+
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["code"] == "transaction_conflict"
+        assert "undone" in response.json()["detail"]

@@ -4627,6 +4627,20 @@ export interface components {
             otpauth_uri: string;
         };
         /**
+         * TransactionConflictProblem
+         * @description `transaction_conflict`: The request collided with another
+         */
+        TransactionConflictProblem: {
+            /** @enum {string} */
+            type: "urn:c3po:problem:transaction_conflict";
+            title: string;
+            /** @enum {integer} */
+            status: 503;
+            detail: string;
+            /** @enum {string} */
+            code: "transaction_conflict";
+        };
+        /**
          * UnknownResourceProblem
          * @description `unknown_resource`: No such resource
          */
@@ -5530,7 +5544,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5538,7 +5552,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -5628,7 +5642,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5636,7 +5650,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -5715,7 +5729,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5723,7 +5737,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -5824,7 +5838,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5832,7 +5846,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -5912,7 +5926,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -5920,7 +5934,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -5997,7 +6011,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6005,7 +6019,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6048,7 +6062,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6056,7 +6070,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6135,7 +6149,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6143,7 +6157,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6231,7 +6245,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6239,7 +6253,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6339,7 +6353,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6347,7 +6361,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6414,7 +6428,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6422,7 +6436,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6544,7 +6558,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6552,7 +6566,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6660,7 +6674,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6668,7 +6682,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6713,7 +6727,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6721,7 +6735,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6764,7 +6778,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6772,7 +6786,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6851,7 +6865,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6859,7 +6873,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -6957,7 +6971,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -6965,7 +6979,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7065,7 +7079,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7073,7 +7087,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7118,7 +7132,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7126,7 +7140,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7199,7 +7213,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7207,7 +7221,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7306,7 +7320,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7314,7 +7328,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7391,7 +7405,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7399,7 +7413,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7487,7 +7501,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7495,7 +7509,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7609,7 +7623,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7617,7 +7631,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7691,7 +7705,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7699,7 +7713,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7788,7 +7802,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7796,7 +7810,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7863,7 +7877,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7871,7 +7885,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -7959,7 +7973,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -7967,7 +7981,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8081,7 +8095,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8089,7 +8103,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8161,7 +8175,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8169,7 +8183,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8258,7 +8272,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8266,7 +8280,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8343,7 +8357,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8351,7 +8365,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8436,7 +8450,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8444,7 +8458,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8555,7 +8569,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8563,7 +8577,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8649,7 +8663,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8657,7 +8671,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8758,7 +8772,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8766,7 +8780,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8842,7 +8856,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8850,7 +8864,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8901,7 +8915,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8909,7 +8923,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -8965,7 +8979,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -8973,7 +8987,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9050,7 +9064,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9058,7 +9072,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9159,7 +9173,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9167,7 +9181,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9244,7 +9258,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9252,7 +9266,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9353,7 +9367,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9361,7 +9375,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9447,7 +9461,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9455,7 +9469,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9556,7 +9570,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9564,7 +9578,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9640,7 +9654,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9648,7 +9662,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9734,7 +9748,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9742,7 +9756,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9853,7 +9867,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9861,7 +9875,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -9937,7 +9951,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -9945,7 +9959,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10027,7 +10041,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10035,7 +10049,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10146,7 +10160,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10154,7 +10168,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10232,7 +10246,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10240,7 +10254,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10316,7 +10330,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10324,7 +10338,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10426,7 +10440,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10434,7 +10448,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10522,7 +10536,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10530,7 +10544,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10605,7 +10619,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10613,7 +10627,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10681,7 +10695,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10689,7 +10703,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10803,7 +10817,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10811,7 +10825,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10880,7 +10894,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10888,7 +10902,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -10955,7 +10969,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -10963,7 +10977,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11079,7 +11093,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11087,7 +11101,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11164,7 +11178,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11172,7 +11186,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11264,7 +11278,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11272,7 +11286,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11388,7 +11402,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11396,7 +11410,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11488,7 +11502,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11496,7 +11510,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11588,7 +11602,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11596,7 +11610,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11702,7 +11716,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11710,7 +11724,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11798,7 +11812,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11806,7 +11820,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -11933,7 +11947,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -11941,7 +11955,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12068,7 +12082,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12076,7 +12090,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12171,7 +12185,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12179,7 +12193,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12273,7 +12287,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12281,7 +12295,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12326,7 +12340,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12334,7 +12348,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12379,7 +12393,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12387,7 +12401,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12465,7 +12479,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12473,7 +12487,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12543,7 +12557,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12551,7 +12565,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12640,7 +12654,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12648,7 +12662,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12725,7 +12739,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12733,7 +12747,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12808,7 +12822,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12816,7 +12830,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -12917,7 +12931,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -12925,7 +12939,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13002,7 +13016,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13010,7 +13024,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13092,7 +13106,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13100,7 +13114,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13188,7 +13202,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13196,7 +13210,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13260,7 +13274,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13268,7 +13282,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13377,7 +13391,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13385,7 +13399,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13460,7 +13474,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13468,7 +13482,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13535,7 +13549,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13543,7 +13557,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13645,7 +13659,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13653,7 +13667,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13740,7 +13754,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13748,7 +13762,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
@@ -13782,7 +13796,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["InternalErrorProblem"];
                 };
             };
-            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy` */
+            /** @description Service Unavailable: `database_timeout`, `database_unavailable`, `redis_unavailable`, `server_busy`, `transaction_conflict` */
             503: {
                 headers: {
                     "X-Request-ID": components["headers"]["X-Request-ID"];
@@ -13790,7 +13804,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"];
+                    "application/problem+json": components["schemas"]["DatabaseTimeoutProblem"] | components["schemas"]["DatabaseUnavailableProblem"] | components["schemas"]["RedisUnavailableProblem"] | components["schemas"]["ServerBusyProblem"] | components["schemas"]["TransactionConflictProblem"];
                 };
             };
         };
