@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
@@ -40,7 +40,7 @@ from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
-from app.services.scheduling.availability_queries import active_staff, staff_zone
+from app.services.scheduling.availability_queries import active_staff, outside_sessions, staff_zone
 from app.services.scheduling.calendar_lock import lock_calendars
 from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
@@ -176,11 +176,6 @@ def blocked_range(service: Service, starts_at: datetime) -> tuple[datetime, date
     )
 
 
-def _outside_sessions(session_key, excluded: Collection[uuid.UUID]):
-    """Not of an excluded group session (a seat or a seat hold of none, or of another)."""
-    return or_(session_key.is_(None), session_key.not_in(excluded))
-
-
 async def _taken(
     session: AsyncSession,
     service: Service,
@@ -207,8 +202,8 @@ async def _taken(
         WaitlistOffer.id.not_in(list(exclude_holds)),
     )
     if exclude:
-        query = query.where(Appointment.id.not_in(exclude), _outside_sessions(Appointment.session_key, exclude))
-        held = held.where(_outside_sessions(WaitlistOffer.session_key, exclude))
+        query = query.where(Appointment.id.not_in(exclude), outside_sessions(Appointment.session_key, exclude))
+        held = held.where(outside_sessions(WaitlistOffer.session_key, exclude))
     busy = (await session.execute(query.union_all(held))).all()
 
     def clashes(start: datetime) -> bool:

@@ -41,6 +41,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import BindParameter
 
 from app.database import fetch_rows
 from app.errors import NotFound
@@ -144,10 +145,13 @@ def _away(table) -> Executable:
     )
 
 
-def _outside_excluded_sessions(session_key):
-    """An excluded id may also name a group session: none of its seats, however many have joined,
-    nor its seat holds, are busy (a seat joining it does not clash with them)."""
-    return or_(session_key.is_(None), session_key != all_(_EXCLUDED))
+def outside_sessions(session_key, excluded: Collection[uuid.UUID] | BindParameter):
+    """Not a seat or a seat hold of an excluded group session. An excluded id may name a group
+    session: none of its seats, however many have joined, nor its seat holds, are busy (a seat
+    joining it does not clash with them). `excluded`: the ids, or an array parameter bound later."""
+    if isinstance(excluded, BindParameter):
+        return or_(session_key.is_(None), session_key != all_(excluded))
+    return or_(session_key.is_(None), session_key.not_in(excluded))
 
 
 _HELD = func.tstzrange(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until, _HALF_OPEN)
@@ -158,14 +162,14 @@ _BUSY = union_all(
         _LIVE,
         _BLOCKED.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
         Appointment.id != all_(_EXCLUDED),
-        _outside_excluded_sessions(Appointment.session_key),
+        outside_sessions(Appointment.session_key, _EXCLUDED),
     ),
     select(WaitlistOffer.staff_id, _HELD).where(
         WaitlistOffer.staff_id == _IDS,
         text(live_hold_sql()),
         _HELD.op("&&")(func.tstzrange(_LO, _HI, _HALF_OPEN)),
         WaitlistOffer.id != all_(bindparam("excluded_holds", type_=ARRAY(Uuid))),
-        _outside_excluded_sessions(WaitlistOffer.session_key),
+        outside_sessions(WaitlistOffer.session_key, _EXCLUDED),
     ),
 ).subquery("busy")
 # Time away: time off and the busy blocks of external calendars (calendar_sync), which block exactly alike.
