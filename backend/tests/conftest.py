@@ -68,6 +68,23 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         _embedded_for_workers = None
 
 
+# The longest units first, the shortest last, so no worker is left with a long one at the end:
+# schemathesis (one group per caller), the end-to-end tests (processes of their own), then the rest.
+_FOLDER_ORDER = {"fuzz": 0, "e2e": 1, "integration": 2, "unit": 3}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Send whole modules to xdist workers (`--dist loadgroup`), so module fixtures start once, and a
+    module may split itself into groups of its own (`xdist_group` marks; schemathesis does, by caller).
+
+    Runs before xdist's own hook, which reads the marks."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: _FOLDER_ORDER.get(item.path.parent.name, len(_FOLDER_ORDER)))
+
+
 def _worker_redis_url(url: str) -> str:
     """xdist worker gwN flushes Redis database (given - N) mod 16, so workers never share one."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
@@ -168,16 +185,9 @@ async def _clean_state(request) -> AsyncIterator[None]:
         yield
         return
     yield
-    from sqlalchemy import text
+    from tests.state import empty_state
 
-    from app.database import get_engine
-    from app.models import Base
-    from app.redis import get_redis
-
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with get_engine().begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    await get_redis().flushdb()
+    await empty_state()
 
 
 # Whatever a test asks, no answer may ever carry a password hash: neither the field nor a hash value.

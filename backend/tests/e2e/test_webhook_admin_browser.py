@@ -8,10 +8,11 @@ import sys
 import time
 
 from playwright.async_api import expect
+from sqlalchemy import func, select
 from standardwebhooks import Webhook
 
 from app.database import unit_of_work
-from app.models import Role
+from app.models import Role, WebhookAttempt
 from app.services.integrations import webhooks
 from tests.e2e.browser import admin_page, require_chromium
 from tests.e2e.test_ws_fanout import api_processes
@@ -23,6 +24,19 @@ async def requests_seen(receiver, count: int, timeout: float = 60) -> None:  # a
     deadline = time.monotonic() + timeout
     while len(receiver.requests) < count:
         assert time.monotonic() < deadline, f"{len(receiver.requests)} of {count} requests"
+        await asyncio.sleep(0.1)
+
+
+async def attempts_recorded(count: int, timeout: float = 60) -> None:
+    """The worker records an attempt once the receiver has answered: the list page shows only what
+    is recorded when it loads (Playwright's expectations wait, but never reload the page)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        async with unit_of_work() as db:
+            recorded = await db.scalar(select(func.count()).select_from(WebhookAttempt))
+        if recorded >= count:
+            return
+        assert time.monotonic() < deadline, f"{recorded} of {count} attempts recorded"
         await asyncio.sleep(0.1)
 
 
@@ -61,6 +75,7 @@ async def test_an_admin_redelivers_a_webhook_from_the_panel(stack, session, tmp_
                 await page.screenshot(path=str(shots / "03-redelivered.png"), full_page=True)
 
                 await requests_seen(receiver, 2)
+                await attempts_recorded(2)
                 await page.goto(f"{base}/admin/webhook-attempt/list")
                 await expect(page.locator("table tbody tr")).to_have_count(2)
                 await page.screenshot(path=str(shots / "04-attempts.png"), full_page=True)

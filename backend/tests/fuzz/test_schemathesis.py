@@ -26,14 +26,13 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy import text
 
-from app.database import get_engine, get_sessionmaker
-from app.models import Base, Role
-from app.redis import get_redis
+from app.database import get_sessionmaker
+from app.models import Role
 from tests.apiserver import api_process
 from tests.factories import LOGIN_URL, PASSWORD, create_user, unique_email
 from tests.scheduling import create_service, create_staff
+from tests.state import empty_state
 
 EXAMPLES = int(os.environ.get("SCHEMATHESIS_EXAMPLES", "25"))
 # The coverage phase (every boundary and type of every parameter, well past EXAMPLES cases per
@@ -148,10 +147,7 @@ async def callers(api_url) -> AsyncIterator[dict[str, str]]:
         await create_service(session, [staff])
         emails = {"user": user.email, "staff": staff.email, "admin": admin.email}
     yield emails
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    async with get_engine().begin() as connection:
-        await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
-    await get_redis().flushdb()
+    await empty_state()
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +181,8 @@ class CallerAuth:
         case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
 
 
-@pytest.mark.parametrize("caller", CALLERS)
+# One xdist group per caller: four workers can share the run, each with an API process of its own.
+@pytest.mark.parametrize("caller", [pytest.param(c, marks=pytest.mark.xdist_group(f"fuzz-{c}")) for c in CALLERS])
 @schema.parametrize()
 def test_every_operation_conforms(case, caller, as_caller):
     case.call_and_validate(base_url=as_caller.base_url, checks=CHECKS)

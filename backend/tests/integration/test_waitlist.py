@@ -4,7 +4,8 @@ per freed slot, with two real workers scanning at once."""
 
 import asyncio
 import os
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, insert, select, update
@@ -525,12 +526,31 @@ class TestWorker:
         assert "Europe/Moscow" in text_part(email)
 
 
+@dataclass
+class Trial:
+    """One freed slot and its own two waiters: the acceptance's unit, run ten at a time."""
+
+    day: date
+    taken: Appointment
+    first: User
+    second: User
+    held: WaitlistOffer | None = None
+
+    async def offers(self, user: User) -> list[WaitlistOffer]:
+        return [o for o in await offers_of(user) if o.starts_at == local(self.day, 10)]
+
+
 class TestAcceptance:
     """Two waiters, one freed slot, two real workers, fifty times: each time exactly one offer, to
-    the first waiter; the second is offered only once the first hold has expired or was declined."""
+    the first waiter; the second is offered only once the first hold has expired or was declined.
+
+    The fifty trials run in rounds of ten slots freed at the same moment (each slot with waiters of
+    its own), which also makes the cancellations simultaneous. Rounds alternate between holds left
+    to run out and holds declined."""
 
     REPETITIONS = int(os.environ.get("WAITLIST_REPETITIONS", "50"))
-    HOLD_MINUTES = 0.035  # 2.1 s, for the repetitions that let the hold run out
+    AT_ONCE = 10
+    HOLD_MINUTES = 0.1  # 6 s, for the rounds that let the holds run out: ten trials are checked in it
 
     async def scan_with_workers(self, staff: User) -> None:
         """Two arq workers side by side, each running the startup cron (expire and scan everything)
@@ -541,55 +561,68 @@ class TestAcceptance:
         await run_workers(2)
 
     async def test_one_offer_per_freed_slot_with_two_workers(
-        self, client, session, staff, service, other, first, second, set_env, smtp
+        self, client, session, staff, service, other, set_env, smtp
     ):
-        first_headers, second_headers = await headers_for(first), await headers_for(second)
+        trials: list[Trial] = []
         checked_while_held = 0
-        for repetition in range(self.REPETITIONS):
-            expire = repetition % 2 == 0
+        for round_start in range(0, self.REPETITIONS, self.AT_ONCE):
+            expire = (round_start // self.AT_ONCE) % 2 == 0
             set_env(WAITLIST_HOLD_MINUTES=str(self.HOLD_MINUTES if expire else 30))
-            day = days_ahead(2 + repetition)
-            taken = await add_appointment(session, other, staff, service, local(day, 10))
-            one = await join(client, first, window(service, day))
-            two = await join(client, second, window(service, day))
-            assert (await entry_status(one["id"]), await entry_status(two["id"])) == ("waiting", "waiting")
+            round_trials = []
+            for repetition in range(round_start, min(round_start + self.AT_ONCE, self.REPETITIONS)):
+                day = days_ahead(2 + repetition)
+                taken = await add_appointment(session, other, staff, service, local(day, 10))
+                first = await create_user(session, full_name=f"First {repetition}", timezone="Europe/Berlin")
+                second = await create_user(session, full_name=f"Second {repetition}", timezone="Europe/Berlin")
+                one = await join(client, first, window(service, day))
+                two = await join(client, second, window(service, day))
+                assert (await entry_status(one["id"]), await entry_status(two["id"])) == ("waiting", "waiting")
+                round_trials.append(Trial(day, taken, first, second))
 
-            await cancel(client, staff, taken)
+            await asyncio.gather(*(cancel(client, staff, trial.taken) for trial in round_trials))
             await self.scan_with_workers(staff)
 
-            offered = [o for o in await offers_of(first) if o.starts_at == local(day, 10)]
-            assert len(offered) == 1, repetition
-            (held,) = offered
-            if datetime.now(UTC) < held.expires_at - timedelta(seconds=0.5):
-                assert held.status == "offered", repetition
-                assert [o for o in await offers_of(second) if o.starts_at == local(day, 10)] == [], repetition
-                await self.scan_with_workers(staff)  # while it is held, nobody else gets it
-            if datetime.now(UTC) < held.expires_at:
-                checked_while_held += 1
-                assert [o for o in await offers_of(second) if o.starts_at == local(day, 10)] == [], repetition
+            for trial in round_trials:
+                offered = await trial.offers(trial.first)
+                assert len(offered) == 1, trial.day
+                (trial.held,) = offered
+            if datetime.now(UTC) < min(t.held.expires_at for t in round_trials) - timedelta(seconds=0.5):
+                for trial in round_trials:
+                    assert trial.held.status == "offered", trial.day
+                    assert await trial.offers(trial.second) == [], trial.day
+                await self.scan_with_workers(staff)  # while they are held, nobody else gets them
+            for trial in round_trials:
+                if datetime.now(UTC) < trial.held.expires_at:
+                    checked_while_held += 1
+                    assert await trial.offers(trial.second) == [], trial.day
 
             if expire:
-                await asyncio.sleep(max(0.0, (held.expires_at - datetime.now(UTC)).total_seconds()) + 0.05)
+                last = max(t.held.expires_at for t in round_trials)
+                await asyncio.sleep(max(0.0, (last - datetime.now(UTC)).total_seconds()) + 0.05)
             else:
-                declined = await client.post(f"{OFFERS}/{held.id}/decline", headers=first_headers)
-                assert declined.status_code == 200, declined.text
+                for trial in round_trials:
+                    declined = await client.post(
+                        f"{OFFERS}/{trial.held.id}/decline", headers=await headers_for(trial.first)
+                    )
+                    assert declined.status_code == 200, declined.text
             await self.scan_with_workers(staff)
 
-            (gone,) = [o for o in await offers_of(first) if o.starts_at == local(day, 10)]
-            assert gone.status == ("expired" if expire else "declined"), repetition
-            passed = [o for o in await offers_of(second) if o.starts_at == local(day, 10)]
-            assert len(passed) == 1, repetition
-            # A short hold may have run out already on a slow machine (and been swept by the scan).
-            assert passed[0].status == "offered" or (expire and passed[0].status == "expired"), repetition
-            assert passed[0].created_at >= (gone.expires_at if expire else gone.updated_at), repetition
-            # Close the second hold so the next repetition starts clean (a short one may have run out already).
-            closed = await client.post(f"{OFFERS}/{passed[0].id}/decline", headers=second_headers)
-            assert closed.status_code in (200, 410), closed.text
+            for trial in round_trials:
+                (gone,) = await trial.offers(trial.first)
+                assert gone.status == ("expired" if expire else "declined"), trial.day
+                passed = await trial.offers(trial.second)
+                assert len(passed) == 1, trial.day
+                # A short hold may have run out already on a slow machine (and been swept by the scan).
+                assert passed[0].status == "offered" or (expire and passed[0].status == "expired"), trial.day
+                assert passed[0].created_at >= (gone.expires_at if expire else gone.updated_at), trial.day
+            trials += round_trials
 
-        # Every decline repetition, and most short holds, were also scanned again while still held.
+        # Every declined round, and most short holds, were also checked again while still held.
         assert checked_while_held >= self.REPETITIONS * 3 // 4, checked_while_held
         offers = [m["To"] for m in smtp.messages if "held for you" in str(m["Subject"])]
-        assert sorted(offers) == sorted([first.email, second.email] * self.REPETITIONS)  # one email per offer
+        expected = [trial.first.email for trial in trials] + [trial.second.email for trial in trials]
+        assert sorted(offers) == sorted(expected)  # one email per offer
+        assert len(trials) == self.REPETITIONS
 
 
 class TestAdminPanel:
