@@ -211,12 +211,14 @@ class MetricsMiddleware:
         self.app = app
         self.templates: dict[int, str] | None = None  # built on the first request, once every route exists
 
-    def _template(self, scope: Scope) -> str:
+    def _template(self, scope: Scope, root: ASGIApp) -> str:
         route = scope.get("route")  # set by the router on a match
         if route is None:
             return "none"
         if self.templates is None:
-            self.templates = route_templates(scope["app"].routes)
+            # From the app as it came in: a mounted app (the admin panel) replaces `scope["app"]`
+            # with itself on the way down, and a table of its routes would miss every API route.
+            self.templates = route_templates(root.routes)  # type: ignore[attr-defined]
         return self.templates.get(id(route)) or getattr(route, "path", None) or "none"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -225,12 +227,13 @@ class MetricsMiddleware:
             return
         started = time.perf_counter()
         status, response_size, handler = 500, 0, "none"
+        root = scope["app"]
 
         async def send_measured(message: Message) -> None:
             nonlocal status, response_size, handler
             if message["type"] == "http.response.start":
                 status, response_size = message["status"], _content_length(message.get("headers", []))
-                handler = self._template(scope)
+                handler = self._template(scope, root)
             await send(message)
 
         try:

@@ -298,6 +298,21 @@ class TestMetrics:
         assert await self._count(client, series) == before + 1
         assert await self._count(client, duration) == before_duration + 1
 
+    async def test_templates_hold_when_the_first_request_was_to_the_admin_panel(self, service_urls, session):
+        """The mounted admin app sets `scope["app"]` to itself: the table of templates, built on a
+        process's first request, must still be the API's (it was the panel's, for good)."""
+        from app.main import create_app
+
+        pair = await start_session(await create_user(session))
+        series = 'http_requests_total{handler="/api/v1/users/me",method="GET",status="2xx"}'
+        async with AsyncClient(transport=ASGITransport(app=create_app()), base_url="http://testserver") as fresh:
+            assert (await fresh.get("/admin/login")).status_code == 200  # the process's first request
+            before = await self._count(fresh, series)
+
+            assert (await fresh.get(ME, headers=pair.headers)).status_code == 200
+
+            assert await self._count(fresh, series) == before + 1
+
     async def test_path_parameters_stay_in_the_template(self, client):
         series = 'http_requests_total{handler="/api/v1/appointments/{appointment_id}",method="GET",status="4xx"}'
         before = await self._count(client, series)
