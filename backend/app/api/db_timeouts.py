@@ -23,7 +23,7 @@ _ANSWERS: dict[type[Exception], tuple[type[ServiceUnavailable], str]] = {
 }
 
 
-async def _timed_out(request: Request, exc: Exception) -> JSONResponse:
+async def _try_again_later(request: Request, exc: Exception) -> JSONResponse:
     path = redact_path(request.url.path)  # a manage link or feed URL carries its credential in the path
     logger.warning("{} {}: {}", request.method, path, str(getattr(exc, "orig", exc)).splitlines()[0])
     error, detail = _ANSWERS[type(exc)]
@@ -33,4 +33,4 @@ async def _timed_out(request: Request, exc: Exception) -> JSONResponse:
 
 def install_db_timeout_handlers(app: FastAPI) -> None:
     for error in _ANSWERS:
-        app.add_exception_handler(error, _timed_out)
+        app.add_exception_handler(error, _try_again_later)

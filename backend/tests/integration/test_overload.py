@@ -206,19 +206,28 @@ class TestPasswordHashing:
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) < niceness  # the loop's own is untouched
 
 
+@asynccontextmanager
+async def app_redis_at(url: str, **settings: str) -> AsyncIterator[None]:
+    """The app's Redis clients (and the rate limiter's) made anew for `url`, and again after."""
+    with settings_env(REDIS_URL=url, **settings):
+        await close_redis()
+        reset_limiter()
+        try:
+            yield
+        finally:
+            await close_redis()
+            reset_limiter()
+
+
 class TestRedisOutage:
     @pytest.fixture
     async def own_redis(self, app) -> AsyncIterator[RedisServer]:
         server = RedisServer().start()
-        with settings_env(REDIS_URL=server.url):
-            await close_redis()
-            reset_limiter()
-            try:
+        try:
+            async with app_redis_at(server.url):
                 yield server
-            finally:
-                server.stop()
-                await close_redis()
-                reset_limiter()
+        finally:
+            server.stop()
 
     async def test_requests_that_need_redis_answer_redis_unavailable_then_recover(self, client, session, own_redis):
         user = await create_user(session)
@@ -250,17 +259,13 @@ class TestSilentRedis:
 
         server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        with settings_env(REDIS_URL=f"redis://127.0.0.1:{port}/0", REDIS_TIMEOUT_SECONDS="0.3"):
-            await close_redis()
-            reset_limiter()
-            try:
+        try:
+            async with app_redis_at(f"redis://127.0.0.1:{port}/0", REDIS_TIMEOUT_SECONDS="0.3"):
                 yield f"127.0.0.1:{port}"
-            finally:
-                for writer in held:
-                    writer.close()
-                server.close()
-                await close_redis()
-                reset_limiter()
+        finally:
+            for writer in held:
+                writer.close()
+            server.close()
 
     async def test_the_setting_bounds_every_command_and_the_request_answers_503(self, client, session, silent_redis):
         user = await create_user(session)

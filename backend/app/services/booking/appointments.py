@@ -40,7 +40,7 @@ from app.services.integrations import webhooks
 from app.services.messaging import events, notifications, reminders
 from app.services.pagination import paginate
 from app.services.scheduling import availability
-from app.services.scheduling.availability_queries import active_staff, outside_sessions, staff_zone
+from app.services.scheduling.availability_queries import active_staff, excluded_ids, outside_sessions, staff_zone
 from app.services.scheduling.calendar_lock import lock_calendars
 from app.services.scheduling.resources import ResourceUnavailable
 from app.utils.time import utcnow
@@ -202,8 +202,9 @@ async def _taken(
         WaitlistOffer.id.not_in(list(exclude_holds)),
     )
     if exclude:
-        query = query.where(Appointment.id.not_in(exclude), outside_sessions(Appointment.session_key, exclude))
-        held = held.where(outside_sessions(WaitlistOffer.session_key, exclude))
+        sessions = excluded_ids(exclude)
+        query = query.where(Appointment.id.not_in(exclude), outside_sessions(Appointment.session_key, sessions))
+        held = held.where(outside_sessions(WaitlistOffer.session_key, sessions))
     busy = (await session.execute(query.union_all(held))).all()
 
     def clashes(start: datetime) -> bool:

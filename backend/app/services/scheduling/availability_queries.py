@@ -145,13 +145,16 @@ def _away(table) -> Executable:
     )
 
 
-def outside_sessions(session_key, excluded: Collection[uuid.UUID] | BindParameter):
+def outside_sessions(session_key, excluded: BindParameter):
     """Not a seat or a seat hold of an excluded group session. An excluded id may name a group
     session: none of its seats, however many have joined, nor its seat holds, are busy (a seat
-    joining it does not clash with them). `excluded`: the ids, or an array parameter bound later."""
-    if isinstance(excluded, BindParameter):
-        return or_(session_key.is_(None), session_key != all_(excluded))
-    return or_(session_key.is_(None), session_key.not_in(excluded))
+    joining it does not clash with them). `excluded`: an array of ids, bound (`excluded_ids`)."""
+    return or_(session_key.is_(None), session_key != all_(excluded))
+
+
+def excluded_ids(ids: Collection[uuid.UUID]) -> BindParameter:
+    """`ids` as the array `outside_sessions` takes, bound now."""
+    return bindparam("excluded_ids", list(ids), type_=ARRAY(Uuid))
 
 
 _HELD = func.tstzrange(WaitlistOffer.blocked_from, WaitlistOffer.blocked_until, _HALF_OPEN)
